@@ -1,0 +1,1 @@
+"""Authentication (sessions, JWT) and authorisation (roles and owner scoping)."""

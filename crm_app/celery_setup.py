@@ -1,0 +1,61 @@
+"""Celery wired the Flask way: every task runs inside the app context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery, Task
+from flask import Flask
+
+# Task modules; each holds thin tasks that call services.
+TASK_MODULES = ["workers.tokens", "workers.sync", "workers.webhooks", "workers.inbound"]
+
+
+def broker_settings(app: Flask) -> dict[str, object]:
+    """Redis when REDIS_URL is set; otherwise kombu's filesystem transport under instance/."""
+    redis_url = app.config.get("REDIS_URL")
+    if redis_url:
+        return {
+            "broker_url": redis_url,
+            # Above the longest task (a full sync of a big account), so no redelivery mid-run.
+            "broker_transport_options": {"visibility_timeout": 4 * 3600},
+        }
+    base = Path(app.instance_path) / "celery"
+    queue, processed = base / "queue", base / "processed"
+    for folder in (queue, processed):
+        folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "broker_url": "filesystem://",
+        "broker_transport_options": {
+            "data_folder_in": str(queue),
+            "data_folder_out": str(queue),
+            "data_folder_processed": str(processed),
+        },
+    }
+
+
+def celery_init_app(app: Flask) -> Celery:
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.conf.update(
+        task_ignore_result=True,  # job state lives in our own tables
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_always_eager=bool(app.config.get("CELERY_EAGER")),
+        task_eager_propagates=True,
+        broker_connection_retry_on_startup=True,
+        timezone="UTC",
+        include=TASK_MODULES,
+        **broker_settings(app),
+    )
+    from workers.schedule import beat_schedule
+
+    celery_app.conf.beat_schedule = beat_schedule(app)
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app

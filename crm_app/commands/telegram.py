@@ -1,0 +1,5 @@
+"""`flask telegram ...` commands (filled in by the feature that owns them)."""
+
+import click
+
+group = click.Group("telegram", help="telegram commands.")

@@ -1,0 +1,81 @@
+"""Configuration read from the environment (see README "Configuration")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = Path(os.environ.get("CRM_INSTANCE_PATH", ROOT / "instance"))
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the Flask config dict from environment variables, then apply overrides."""
+    instance = Path(os.environ.get("CRM_INSTANCE_PATH", INSTANCE))
+    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'crm.sqlite3'}"
+    # Heroku-style URLs name the old driver; we ship psycopg 3.
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgres://") :]
+    elif database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    public_url = os.environ.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/")
+    cfg: dict[str, Any] = {
+        "INSTANCE_PATH": str(instance),
+        "SECRET_KEY": os.environ.get("SECRET_KEY", ""),
+        "CRM_ENCRYPTION_KEY": os.environ.get("CRM_ENCRYPTION_KEY", ""),
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "REDIS_URL": os.environ.get("REDIS_URL", ""),
+        "AMOCRM_PROXY": os.environ.get("AMOCRM_PROXY", ""),
+        "AMOCRM_BASE_URL": os.environ.get("AMOCRM_BASE_URL", "").rstrip("/"),
+        "AMOCRM_RATE_LIMIT": _float("AMOCRM_RATE_LIMIT", 7.0),
+        "AMOCRM_TIMEOUT": (
+            _float("AMOCRM_CONNECT_TIMEOUT", 5.0),
+            _float("AMOCRM_READ_TIMEOUT", 20.0),
+        ),
+        "PUBLIC_URL": public_url,
+        "TOKEN_REFRESH_AHEAD_SECONDS": _int("TOKEN_REFRESH_AHEAD_SECONDS", 6 * 3600),
+        "TOKEN_KEEPALIVE_DAYS": _int("TOKEN_KEEPALIVE_DAYS", 30),
+        "SYNC_INTERVAL_SECONDS": _int("SYNC_INTERVAL_SECONDS", 300),
+        "RECONCILE_INTERVAL_SECONDS": _int("RECONCILE_INTERVAL_SECONDS", 6 * 3600),
+        "JWT_TTL_SECONDS": _int("JWT_TTL_SECONDS", 900),
+        "JWT_ISSUER": os.environ.get("JWT_ISSUER", "crm-app"),
+        "JWT_AUDIENCE": os.environ.get("JWT_AUDIENCE", "crm-app-api"),
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
+        "WEBHOOK_MAX_BODY": _int("WEBHOOK_MAX_BODY", 256 * 1024),
+        "TELEGRAM_WEBHOOK_SECRET": os.environ.get("TELEGRAM_WEBHOOK_SECRET", ""),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": public_url.startswith("https://"),
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SECURE": public_url.startswith("https://"),
+        "WTF_CSRF_TIME_LIMIT": None,
+        "BABEL_DEFAULT_LOCALE": os.environ.get("BABEL_DEFAULT_LOCALE", "ru"),
+        "RATELIMIT_STORAGE_URI": os.environ.get("REDIS_URL") or "memory://",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "LOGIN_RATE_LIMIT": os.environ.get("LOGIN_RATE_LIMIT", "10 per 5 minutes"),
+        # Celery: Redis when configured, otherwise kombu's filesystem transport (no server needed).
+        "CELERY_EAGER": _bool("CELERY_EAGER", False),
+        "TESTING": False,
+    }
+    if overrides:
+        cfg.update(overrides)
+    return cfg

@@ -1,0 +1,118 @@
+"""The local mirror of amoCRM entities, keyed by (owner_id, amoCRM id)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm_app.extensions import db
+from crm_app.models.base import JSONType, UTCDateTime, utcnow
+
+
+class _Mirrored:
+    """Columns every mirrored entity has."""
+
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    created_at: Mapped[int | None] = mapped_column()  # amoCRM unix seconds
+    updated_at: Mapped[int | None] = mapped_column(index=True)
+    raw: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Contact(_Mirrored, db.Model):
+    __tablename__ = "crm_contacts"
+    __table_args__ = (
+        Index("ix_crm_contacts_telegram", "owner_id", "telegram_id"),
+        Index("ix_crm_contacts_phone", "owner_id", "phone"),
+        Index("ix_crm_contacts_email", "owner_id", "email"),
+    )
+
+    name: Mapped[str | None] = mapped_column(String(255))
+    first_name: Mapped[str | None] = mapped_column(String(255))
+    last_name: Mapped[str | None] = mapped_column(String(255))
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    # First normalised (E.164) phone and lower-cased email, for dedup lookups.
+    phone: Mapped[str | None] = mapped_column(String(32))
+    email: Mapped[str | None] = mapped_column(String(255))
+    phones: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    emails: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    telegram_id: Mapped[str | None] = mapped_column(String(64))
+    custom_fields_values: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+
+
+class Lead(_Mirrored, db.Model):
+    __tablename__ = "crm_leads"
+    __table_args__ = (Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id"),)
+
+    name: Mapped[str | None] = mapped_column(String(255))
+    price: Mapped[int | None] = mapped_column(BigInteger)
+    pipeline_id: Mapped[int | None] = mapped_column(BigInteger)
+    status_id: Mapped[int | None] = mapped_column(BigInteger)
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    closed_at: Mapped[int | None] = mapped_column()
+    contact_ids: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    main_contact_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    custom_fields_values: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+
+
+class Task(_Mirrored, db.Model):
+    __tablename__ = "crm_tasks"
+
+    text: Mapped[str | None] = mapped_column(Text)
+    task_type_id: Mapped[int | None] = mapped_column(BigInteger)
+    entity_type: Mapped[str | None] = mapped_column(String(32))
+    entity_id: Mapped[int | None] = mapped_column(BigInteger)
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    is_completed: Mapped[bool] = mapped_column(default=False)
+    complete_till: Mapped[int | None] = mapped_column()
+    result_text: Mapped[str | None] = mapped_column(Text)
+
+
+class Pipeline(db.Model):
+    __tablename__ = "crm_pipelines"
+
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(255))
+    sort: Mapped[int] = mapped_column(default=0)
+    is_main: Mapped[bool] = mapped_column(default=False)
+    is_archive: Mapped[bool] = mapped_column(default=False)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PipelineStatus(db.Model):
+    """Statuses 142/143 share ids across pipelines, hence the pipeline in the key."""
+
+    __tablename__ = "crm_statuses"
+
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True
+    )
+    pipeline_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(255))
+    sort: Mapped[int] = mapped_column(default=0)
+    color: Mapped[str | None] = mapped_column(String(16))
+    type: Mapped[int] = mapped_column(default=0)
+
+
+class AmoUser(db.Model):
+    __tablename__ = "crm_users"
+
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str | None] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    is_active: Mapped[bool] = mapped_column(default=True)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,62 @@
+"""Error handlers: problem+json for machine callers, a plain page for browsers; never a 500 leak."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+logger = logging.getLogger(__name__)
+
+_MACHINE_PREFIXES = ("/api/", "/webhooks/", "/auth/token", "/admin/crm/", "/healthz", "/readyz")
+_HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
+
+
+def wants_json() -> bool:
+    path = request.path
+    if path.startswith(_HTML_PREFIXES) or request.headers.get("HX-Request"):
+        return False
+    if path.startswith(_MACHINE_PREFIXES):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return (
+        best == "application/json"
+        and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+    )
+
+
+def problem(status: int, title: str, detail: str, **extra: object) -> Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    resp = jsonify(body)
+    resp.status_code = status
+    resp.mimetype = "application/problem+json"
+    return resp
+
+
+def init_errorhandlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def handle_http(exc: HTTPException) -> Response | tuple[str, int]:
+        status = exc.code or 500
+        detail = exc.description or ""
+        extra = getattr(exc, "extra", None) or {}
+        if wants_json():
+            resp = problem(status, exc.name, detail, **extra)
+        else:
+            resp = app.make_response(
+                (
+                    render_template("error.html", status=status, title=exc.name, detail=detail),
+                    status,
+                )
+            )
+        # Keep Allow / Retry-After etc. that werkzeug attaches.
+        for key, value in exc.get_headers():
+            if key.lower() != "content-type":
+                resp.headers[key] = value
+        return resp
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> Response | tuple[str, int]:
+        # The traceback goes to the log (secrets are masked there); the client gets no detail.
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return handle_http(InternalServerError("Internal error; it has been logged."))

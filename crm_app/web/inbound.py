@@ -1,0 +1,5 @@
+"""Blueprint placeholder: filled in by the feature that owns it."""
+
+from flask import Blueprint
+
+bp = Blueprint("inbound", __name__)

@@ -1,0 +1,1 @@
+"""Celery tasks for webhooks (thin: ids in, service call, retries and logging)."""
