@@ -42,6 +42,7 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.conf.update(
+        task_default_queue=app.config["CELERY_QUEUE"],
         task_ignore_result=True,  # job state lives in our own tables
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -74,6 +74,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "LOGIN_RATE_LIMIT": os.environ.get("LOGIN_RATE_LIMIT", "10 per 5 minutes"),
         # Celery: Redis when configured, otherwise kombu's filesystem transport (no server needed).
         "CELERY_EAGER": _bool("CELERY_EAGER", False),
+        "CELERY_QUEUE": os.environ.get("CELERY_QUEUE", "crm"),
         "TESTING": False,
     }
     if overrides:

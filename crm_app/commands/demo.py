@@ -1,5 +1,47 @@
-"""`flask demo ...` commands (filled in by the feature that owns them)."""
+"""`flask demo setup`: a demo admin and settings pointing at the local sandbox (make run)."""
+
+from __future__ import annotations
 
 import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy import select
 
-group = click.Group("demo", help="demo commands.")
+from crm_app.auth.passwords import hash_password
+from crm_app.commands.users import get_or_create_owner
+from crm_app.extensions import db
+from crm_app.models import AmoConfig, Role, User
+
+group = click.Group("demo", help="Demo set-up for `make run`.")
+
+
+@group.command("setup")
+@click.option("--username", default="admin")
+@click.option("--password", default="admin12345")
+@click.option("--subdomain", default="demo")
+@click.option("--client-id", default="demo-client-id")
+@click.option("--client-secret", default="demo-client-secret")
+@with_appcontext
+def setup(username: str, password: str, subdomain: str, client_id: str, client_secret: str) -> None:
+    """Create (or reset) the demo admin and pre-fill the amoCRM settings for the sandbox."""
+    owner = get_or_create_owner("demo")
+    user = db.session.scalar(select(User).where(User.username == username))
+    if user is None:
+        user = User(username=username, role=Role.ADMIN.value, owner=owner, password_hash="")
+        db.session.add(user)
+    user.password_hash = hash_password(password)
+    cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner.id))
+    if cfg is None:
+        cfg = AmoConfig(
+            owner_id=owner.id,
+            subdomain=subdomain,
+            client_id=client_id,
+            client_secret=client_secret,
+            sync_contacts=True,
+            sync_leads=True,
+            sync_tasks=True,
+        )
+        db.session.add(cfg)
+    cfg.redirect_uri = current_app.config["PUBLIC_URL"] + "/admin/crm/callback"
+    db.session.commit()
+    click.echo(f"demo admin {username!r} ready (owner 'demo', id {owner.id})")

@@ -1,0 +1,1 @@
+"""Business logic: tested directly, called by views, tasks and commands."""

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Pre-release only: rebuild 0001 from the models (no deployed database exists yet).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d)
+export CRM_INSTANCE_PATH="$tmp" DATABASE_URL="sqlite:///$tmp/gen.sqlite3"
+rm -f migrations/versions/0001_*.py
+.venv/bin/flask --app wsgi db migrate -m "initial schema" --rev-id 0001 >/dev/null
+.venv/bin/ruff format -q migrations/versions || true
+rm -rf "$tmp"
+echo "regenerated migrations/versions/0001_initial_schema.py"

@@ -1,0 +1,212 @@
+"""Shared fixtures: a real PostgreSQL database and Redis per test session, the app, users."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BASE = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_BASE = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Parallel test sessions (developers, CI) each get their own database and Redis db number.
+SESSION_TAG = f"{os.getpid()}"
+REDIS_DB = 1 + os.getpid() % 15
+
+
+def _pg_admin_url() -> sa.URL:
+    url = make_url(PG_BASE)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def _redis_url() -> str:
+    base = REDIS_BASE.rsplit("/", 1)[0] if REDIS_BASE.count("/") >= 3 else REDIS_BASE
+    return f"{base}/{REDIS_DB}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail loudly, not with a thousand errors, when a required service is down."""
+    try:
+        engine = sa.create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        pytest.exit(
+            f"PostgreSQL is unreachable at {PG_BASE} ({type(exc).__name__}: {exc}). "
+            "Start it or set TEST_DATABASE_URL.",
+            returncode=3,
+        )
+    import redis
+
+    try:
+        redis.Redis.from_url(_redis_url(), socket_timeout=3).ping()
+    except Exception as exc:
+        pytest.exit(
+            f"Redis is unreachable at {REDIS_BASE} ({type(exc).__name__}). "
+            "Start it or set REDIS_URL.",
+            returncode=3,
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    admin = _pg_admin_url()
+    name = f"crm_test_{SESSION_TAG}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    yield url
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    import redis
+
+    url = _redis_url()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def instance_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("instance")
+    os.environ["CRM_INSTANCE_PATH"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_config(pg_url: str, redis_url: str, instance_dir: Path) -> dict[str, object]:
+    from cryptography.fernet import Fernet
+
+    return {
+        "SQLALCHEMY_DATABASE_URI": pg_url,
+        "REDIS_URL": redis_url,
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "INSTANCE_PATH": str(instance_dir),
+        "SECRET_KEY": "test-secret-key-" + "x" * 32,
+        "CRM_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "TESTING": True,
+        "PUBLIC_URL": "http://127.0.0.1:5000",
+        "CELERY_QUEUE": f"crm-test-{SESSION_TAG}",
+    }
+
+
+@pytest.fixture(scope="session")
+def _schema(base_config: dict[str, object]) -> None:
+    from crm_app import create_app
+    from crm_app.extensions import db
+
+    app = create_app(dict(base_config))
+    with app.app_context():
+        db.create_all()
+        db.engine.dispose()
+
+
+def _truncate_all() -> None:
+    from crm_app.extensions import db
+
+    names = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    db.session.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    db.session.commit()
+
+
+@pytest.fixture
+def app(base_config: dict[str, object], _schema: None):  # type: ignore[no-untyped-def]
+    """The app on the session's PostgreSQL database, emptied before each test."""
+    import redis
+
+    from crm_app import create_app
+    from crm_app.extensions import db
+
+    application = create_app(dict(base_config))
+    with application.app_context():
+        _truncate_all()
+        redis.Redis.from_url(str(base_config["REDIS_URL"])).flushdb()
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):  # type: ignore[no-untyped-def]
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_user(app):  # type: ignore[no-untyped-def]
+    """make_user("alice", role="user", owner="acme") → User (password: 'password123')."""
+    from crm_app.commands.users import create_user
+
+    def _make(
+        username: str, role: str = "admin", owner: str | None = None, password: str = "password123"
+    ):  # type: ignore[no-untyped-def]
+        return create_user(username, password, role, owner)
+
+    return _make
+
+
+@pytest.fixture
+def login(client):  # type: ignore[no-untyped-def]
+    """login(username) signs the test client in through the real form (CSRF off in TESTING?)."""
+
+    def _login(username: str, password: str = "password123") -> None:
+        with client.session_transaction() as sess:
+            sess.clear()
+        resp = client.post(
+            "/login", data={"username": username, "password": password, "csrf_token": _csrf(client)}
+        )
+        assert resp.status_code == 302, resp.data[:300]
+
+    return _login
+
+
+def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+    import re
+
+    html = client.get("/login").get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    return match.group(1) if match else ""
+
+
+@pytest.fixture
+def csrf_token(client):  # type: ignore[no-untyped-def]
+    """A valid CSRF token for the test client's session."""
+    return lambda: _csrf(client)
+
+
+@pytest.fixture
+def auth_header(client):  # type: ignore[no-untyped-def]
+    """auth_header(username) → {"Authorization": "Bearer <jwt>"} via POST /auth/token."""
+
+    def _hdr(username: str, password: str = "password123") -> dict[str, str]:
+        resp = client.post("/auth/token", json={"username": username, "password": password})
+        assert resp.status_code == 200, resp.data
+        return {"Authorization": f"Bearer {resp.json['access_token']}"}
+
+    return _hdr
+
+
+sys.path.insert(0, str(ROOT))
