@@ -1,0 +1,1 @@
+"""`make bench`: performance figures against the sandbox, printed as one table."""
