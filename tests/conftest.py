@@ -210,3 +210,93 @@ def auth_header(client):  # type: ignore[no-untyped-def]
 
 
 sys.path.insert(0, str(ROOT))
+
+
+def app_env(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment that makes a child process (worker, gunicorn) build the same app as `app`."""
+    cfg = app.config
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": cfg["SQLALCHEMY_DATABASE_URI"],
+            "REDIS_URL": cfg["REDIS_URL"],
+            "SECRET_KEY": cfg["SECRET_KEY"],
+            "CRM_ENCRYPTION_KEY": cfg["CRM_ENCRYPTION_KEY"],
+            "CRM_INSTANCE_PATH": cfg["INSTANCE_PATH"],
+            "CELERY_QUEUE": cfg["CELERY_QUEUE"],
+            "AMOCRM_BASE_URL": cfg.get("AMOCRM_BASE_URL") or "",
+            "AMOCRM_RATE_LIMIT": str(cfg["AMOCRM_RATE_LIMIT"]),
+            "PUBLIC_URL": cfg["PUBLIC_URL"],
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def celery_worker(app, tmp_path):  # type: ignore[no-untyped-def]
+    """start_worker(name="w1", concurrency=2, env={...}) → a real `celery worker` subprocess.
+
+    Uses the test session's Redis broker and queue; call after setting app.config (e.g.
+    AMOCRM_BASE_URL) so the worker builds the same app. All workers are stopped afterwards.
+    """
+    import subprocess
+    import time
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        name: str = "w1",
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        pool: str = "prefork",
+    ) -> subprocess.Popen[bytes]:
+        log = tmp_path / f"worker-{name}.log"
+        full_env = app_env(app) | (env or {})
+        proc = subprocess.Popen(
+            [
+                str(ROOT / ".venv/bin/celery"),
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                app.config["CELERY_QUEUE"],
+                "-n",
+                f"{name}-{SESSION_TAG}@%h",
+                "--concurrency",
+                str(concurrency),
+                "--pool",
+                pool,
+                "-l",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--logfile",
+                str(log),
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        proc.log_path = log  # type: ignore[attr-defined]
+        procs.append(proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if log.exists() and "ready." in log.read_text(errors="replace"):
+                return proc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        raise RuntimeError(f"celery worker {name} did not start:\n{text[-3000:]}")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
