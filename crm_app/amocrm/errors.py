@@ -14,8 +14,9 @@ _REDACTED = "[redacted]"
 
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
     """Return ``text`` with JWT-like strings and the given secret values replaced."""
-    # Longest first, so a secret that contains another is removed whole.
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+    # Longest first, so a secret that contains another is removed whole. Very short values are
+    # skipped: no real secret is that short, and replacing them would mangle ordinary words.
+    for secret in sorted((s for s in secrets if s and len(s) >= 8), key=len, reverse=True):
         text = text.replace(secret, _REDACTED)
     return _JWT_RE.sub(_REDACTED, text)
 
@@ -72,11 +73,12 @@ class AmoCRMAuthError(AmoCRMAPIError):
     ) -> None:
         super().__init__(message, status=status, problem=problem, secrets=secrets)
         self.hint = scrub(hint, secrets) if hint else None
+        self._revoked = hint == "Token has been revoked"
 
     @property
     def is_revoked(self) -> bool:
         """True when the refresh token was already spent or access was withdrawn."""
-        return self.hint == "Token has been revoked"
+        return self._revoked
 
 
 class AmoCRMRateLimited(AmoCRMAPIError):
