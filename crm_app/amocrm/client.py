@@ -59,6 +59,8 @@ _ENTITY_PATH_RE = re.compile(r"[a-z_]+(?:/[a-z0-9_]+)*")
 _DEFAULT_THROTTLE = LocalThrottle()
 
 Params = list[tuple[str, str]]
+# Network failures worth another try for an idempotent call.
+_TRANSIENT = (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError)
 
 
 @dataclass(frozen=True)
@@ -338,9 +340,10 @@ class AmoCRMClient:
                 )
             except requests.RequestException as exc:
                 failures += 1
-                # A connect timeout means nothing left this machine, so even a POST may go again.
-                retryable = isinstance(exc, requests.Timeout | requests.ConnectionError) and (
-                    idempotent or isinstance(exc, requests.ConnectTimeout)
+                # A dropped connection or a cut-off body may hide an applied write, so only
+                # idempotent calls go again; a connect timeout means nothing left this machine.
+                retryable = isinstance(exc, requests.ConnectTimeout) or (
+                    idempotent and isinstance(exc, _TRANSIENT)
                 )
                 if retryable and failures <= self.max_retries:
                     delay = self._jitter(self.retry_delay * failures)
