@@ -113,13 +113,34 @@ def _write_certs(folder: Path) -> tuple[Path, Path, Path]:
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"path": self.path, "host": self.headers.get("Host")}).encode()
+    def _send_json(self, data: dict[str, object]) -> None:
+        body = json.dumps(data).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send_json(
+            {
+                "path": self.path,
+                "host": self.headers.get("Host"),
+                "bearer": (self.headers.get("Authorization") or "").startswith("Bearer "),
+            }
+        )
+
+    def do_POST(self) -> None:
+        # Just enough of amoCRM's token endpoint for the OAuth client.
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send_json(
+            {
+                "token_type": "Bearer",
+                "expires_in": 86400,
+                "access_token": "access-through-proxy",
+                "refresh_token": "refresh-through-proxy",
+            }
+        )
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -313,6 +334,7 @@ def test_tunnels_an_allowlisted_host_to_the_tls_endpoint(
     assert response.json() == {
         "path": "/api/v4/account?with=users",
         "host": f"{TEST_HOST}:{tls_endpoint.port}",
+        "bearer": False,
     }
 
 
@@ -342,6 +364,61 @@ def test_plain_http_refusal_log_has_no_path_or_query(open_proxy: RunningProxy) -
     text = open_proxy.wait_for_log(lambda t: "reason=plain-http" in t)
     assert "qs-secret-77" not in text
     assert "tok-55" not in text
+
+
+# --- the app's amoCRM client through the proxy ----------------------------------------------
+
+
+def _tunnels_to_test_host(running: RunningProxy) -> int:
+    return sum(
+        1
+        for line in running.log().splitlines()
+        if f"host={TEST_HOST}" in line and "result=ok" in line
+    )
+
+
+def test_amocrm_client_get_goes_through_the_proxy(
+    auth_proxy: RunningProxy, tls_endpoint: TlsEndpoint
+) -> None:
+    from crm_app.amocrm.client import AmoCRMClient
+    from crm_app.amocrm.hosts import AmoHosts
+    from crm_app.amocrm.tokens import StaticTokenSource
+
+    before = _tunnels_to_test_host(auth_proxy)
+    hosts = AmoHosts("test", "amocrm.ru", base_url=f"https://{TEST_HOST}:{tls_endpoint.port}")
+    proxy_url = f"http://{AUTH_USER}:{AUTH_PASSWORD}@127.0.0.1:{auth_proxy.port}"
+    with AmoCRMClient(hosts, StaticTokenSource("long-lived-token"), proxy=proxy_url) as client:
+        client.session.verify = tls_endpoint.ca_file  # the client ignores REQUESTS_CA_BUNDLE
+        account = client.get_account()
+    assert account["path"] == "/api/v4/account"
+    assert account["bearer"] is True
+    auth_proxy.wait_for_log(lambda _: _tunnels_to_test_host(auth_proxy) > before)
+    assert "long-lived-token" not in auth_proxy.log()
+
+
+def test_amocrm_token_exchange_goes_through_the_proxy(
+    auth_proxy: RunningProxy, tls_endpoint: TlsEndpoint
+) -> None:
+    from crm_app.amocrm.client import exchange_code
+    from crm_app.amocrm.hosts import AmoHosts
+
+    before = _tunnels_to_test_host(auth_proxy)
+    hosts = AmoHosts("test", "amocrm.ru", base_url=f"https://{TEST_HOST}:{tls_endpoint.port}")
+    session = requests.Session()
+    session.verify = tls_endpoint.ca_file
+    tokens = exchange_code(
+        hosts,
+        "client-id",
+        "client-secret-value",
+        "https://crm.example.com/admin/crm/callback",
+        "auth-code-value",
+        proxy=f"http://{AUTH_USER}:{AUTH_PASSWORD}@127.0.0.1:{auth_proxy.port}",
+        session=session,
+    )
+    assert tokens.access_token == "access-through-proxy"
+    auth_proxy.wait_for_log(lambda _: _tunnels_to_test_host(auth_proxy) > before)
+    log = auth_proxy.log()
+    assert "client-secret-value" not in log and "auth-code-value" not in log
 
 
 # --- basic auth ---------------------------------------------------------------------------------
