@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -366,16 +367,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bind.is_unspecified and policy.credentials is None:
         logger.warning("listening on all interfaces without --auth; firewall the port")
 
+    # proxy.py insists on data folders (certificates, cache) we never use; a throwaway one keeps
+    # it off $HOME, which may be missing or read-only for a service user or in a container.
+    with tempfile.TemporaryDirectory(prefix="amocrm-proxy-") as data_dir:
+        return _serve(args, policy, bind, data_dir)
+
+
+def _serve(
+    args: argparse.Namespace,
+    policy: Policy,
+    bind: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    data_dir: str,
+) -> int:
     # Only the options we chose reach proxy.py: its own CLI (web server, plugins, reverse
     # proxy, TLS interception) is never exposed, so nobody can switch those on by accident.
     server = Proxy(
-        [],
+        ["--cache-dir", os.path.join(data_dir, "cache")],
         hostname=bind,
         port=args.port,
         plugins=[AmoCRMAllowlistPlugin],
         num_acceptors=1,
         num_workers=max(1, args.workers),
         timeout=args.idle_timeout,
+        data_dir=data_dir,
     )
     # Plugins read the policy from the flags namespace; workers inherit it when forked.
     server.flags.amocrm_policy = policy

@@ -200,7 +200,8 @@ class RunningProxy:
 def _start_proxy(folder: Path, *args: str, env: dict[str, str] | None = None) -> RunningProxy:
     log_path = folder / "proxy.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("AMOCRM_PROXY")}
-    child_env["HOME"] = str(folder)  # proxy.py keeps a data folder under $HOME
+    # A $HOME nobody can write to, as for a service user: the proxy must not need one.
+    child_env["HOME"] = "/dev/null"
     child_env.update(env or {})
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -533,7 +534,7 @@ def test_rejects_an_open_allowlist_on_the_command_line(tmp_path: Path) -> None:
         text=True,
         timeout=30,
         cwd=str(ROOT),
-        env={**os.environ, "HOME": str(tmp_path)},
+        env={**os.environ, "HOME": "/dev/null"},
     )
     assert result.returncode == 2
     assert "invalid allowlist entry" in result.stderr
