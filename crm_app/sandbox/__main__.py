@@ -199,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    print(f"listening on http://{ns.host}:{ns.port}", file=sys.stderr, flush=True)
+    server.bind()
+    print(f"listening on {server.url}", file=sys.stderr, flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0

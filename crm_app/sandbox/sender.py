@@ -68,6 +68,7 @@ class Dispatcher:
         self.threads: list[threading.Thread] = []
         self.running = False
         self.inflight = 0
+        self.busy: set[int] = set()
 
     def start(self) -> None:
         self.running = True
@@ -110,13 +111,15 @@ class Dispatcher:
     def _work(self) -> None:
         while True:
             with self.cond:
-                while self.running and (not self.heap or self.heap[0].due > time.monotonic()):
-                    timeout = self.heap[0].due - time.monotonic() if self.heap else None
-                    self.cond.wait(timeout=timeout)
+                delivery = self._take()
+                while self.running and delivery is None:
+                    self.cond.wait(timeout=self._wait_time())
+                    delivery = self._take()
                 if not self.running:
                     return
-                delivery = heapq.heappop(self.heap)
+                assert delivery is not None
                 self.inflight += 1
+                self.busy.add(delivery.hook["id"])
             try:
                 self._deliver(delivery)
             except Exception:  # a broken destination must never kill the sender
@@ -124,6 +127,24 @@ class Dispatcher:
             finally:
                 with self.cond:
                     self.inflight -= 1
+                    self.busy.discard(delivery.hook["id"])
+                    self.cond.notify_all()
+
+    def _take(self) -> Delivery | None:
+        """The earliest due delivery whose destination is idle: one hook gets events in order."""
+        now = time.monotonic()
+        ready = [d for d in self.heap if d.due <= now and d.hook["id"] not in self.busy]
+        if not ready:
+            return None
+        chosen = min(ready)
+        self.heap.remove(chosen)
+        heapq.heapify(self.heap)
+        return chosen
+
+    def _wait_time(self) -> float | None:
+        now = time.monotonic()
+        future = [d.due - now for d in self.heap if d.due > now]
+        return max(0.001, min(future)) if future else None
 
     def _deliver(self, delivery: Delivery) -> None:
         hook = delivery.hook

@@ -40,26 +40,35 @@ class SandboxServer:
         self._thread: threading.Thread | None = None
 
     # --- lifecycle --------------------------------------------------------------------
+    def bind(self) -> SandboxServer:
+        """Open the listening socket (port 0 picks a free one; see .port and .url)."""
+        if self._server is None:
+            handler = QuietHandler if self.config.quiet else WSGIRequestHandler
+            self._server = make_server(
+                self.host, self.requested_port, self.app, threaded=True, request_handler=handler
+            )
+            self._server.daemon_threads = True
+        return self
+
     def start(self) -> SandboxServer:
-        handler = QuietHandler if self.config.quiet else WSGIRequestHandler
-        self._server = make_server(
-            self.host, self.requested_port, self.app, threaded=True, request_handler=handler
-        )
-        self._server.daemon_threads = True
+        """Serve from a background thread; returns self so `SandboxServer(...).start()` reads well."""
+        self.bind()
+        assert self._server is not None
         self.sandbox.start()
+        # A short poll interval keeps stop() (and so every test teardown) quick.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="sandbox-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="sandbox-http",
+            daemon=True,
         )
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
         """Run in the calling thread (the CLI)."""
-        handler = QuietHandler if self.config.quiet else WSGIRequestHandler
-        self._server = make_server(
-            self.host, self.requested_port, self.app, threaded=True, request_handler=handler
-        )
-        self._server.daemon_threads = True
+        self.bind()
+        assert self._server is not None
         self.sandbox.start()
         try:
             self._server.serve_forever()
@@ -68,7 +77,8 @@ class SandboxServer:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None:
+                self._server.shutdown()  # only a running serve_forever can acknowledge this
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

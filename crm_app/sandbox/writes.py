@@ -204,9 +204,10 @@ class Writer:
         self._lead_status(item, old, changes, errs)
         record = dict(old) if old else leads_record_defaults()
         record.update(changes)
-        if record["status_id"] in CLOSED and (old is None or old["status_id"] not in CLOSED):
+        status = record.get("status_id")  # missing when the status failed validation
+        if status in CLOSED and (old is None or old["status_id"] not in CLOSED):
             record["closed_at"] = changes.get("closed_at") or self.now
-        elif record["status_id"] not in CLOSED and "closed_at" not in changes:
+        elif status not in CLOSED and "closed_at" not in changes:
             record["closed_at"] = None
         embedded = item.get("_embedded")
         if isinstance(embedded, dict) and embedded.get("contacts"):
