@@ -1,5 +1,545 @@
-"""Blueprint placeholder: filled in by the feature that owns it."""
+"""The JSON API under /admin/crm/* (Bearer JWT or browser session), its OpenAPI document and docs."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    render_template,
+    request,
+    session,
+)
+from spectree import Response as Responses
+from sqlalchemy import Select, String, cast, func, or_, select
+from werkzeug.http import HTTP_STATUS_CODES
+
+from crm_app.amocrm.errors import (
+    AmoCRMAPIError,
+    AmoCRMAuthError,
+    AmoCRMConfigError,
+    AmoCRMRateLimited,
+    AmoCRMTokenExpired,
+)
+from crm_app.auth.access import (
+    authenticate,
+    current_actor,
+    require_write,
+    resolve_owner_id,
+    via_bearer,
+)
+from crm_app.extensions import csrf, db
+from crm_app.models import Contact, Lead, Pipeline, PipelineStatus, SyncLog, SyncRun, Task, User
+from crm_app.schemas import API_SECURITY, OPTIONAL_BODY, openapi_document, spec
+from crm_app.schemas.common import EmptyBody, ListQuery, OwnerQuery, Problem
+from crm_app.schemas.config import (
+    AccountOut,
+    AuthUrlOut,
+    AuthUrlQuery,
+    ConfigOut,
+    ConfigUpdate,
+    DisconnectOut,
+    StatusOut,
+)
+from crm_app.schemas.entities import (
+    ContactsPage,
+    LeadsPage,
+    PipelinesPage,
+    TasksPage,
+    contact_out,
+    lead_out,
+    pipeline_out,
+    task_out,
+)
+from crm_app.schemas.openapi import schema_type
+from crm_app.schemas.sync import (
+    StatsOut,
+    SyncLogPage,
+    SyncLogQuery,
+    SyncRequest,
+    SyncRunOut,
+)
+from crm_app.services import connection
+from crm_app.services.amo import NotConfigured
+from crm_app.services.connection import ConfigInvalid, ConnectError
+from crm_app.services.stats import get_stats
+from crm_app.web.errors import problem
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
+# Bearer callers carry no cookie an attacker could ride on; session callers are checked by
+# the guard below, which runs CSRF validation itself for every state-changing request.
+csrf.exempt(bp)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DEFAULT_MAX_BODY = 64 * 1024
+# Marks an OAuth state issued to a Bearer client (no browser session to bind it to).
+API_NONCE_SUFFIX = "api"
+
+# Error statuses an operation can answer, listed in the document: every operation can meet a
+# bad owner_id (400), no credentials (401), another owner (404) and a schema error (422).
+_BASE_ERRORS = (400, 401, 404, 422)
+_WRITE_ERRORS = (403,)  # guests
+_BODY_ERRORS = (413, 415)  # too large; not JSON
+_AMO_ERRORS = (409, 502, 503)  # not configured; amoCRM failed; amoCRM rate limit
+
+
+# -- the guard every operation runs through ------------------------------------------------------
+
+
+def _read_json_body() -> None:
+    """Make sure a non-empty body is a JSON object of bounded size before validation sees it."""
+    raw = request.get_data(cache=True)  # raises 413 past the per-request limit
+    if not raw.strip():
+        return
+    if not request.is_json:
+        abort(415, description="Send the request body as application/json.")
+    try:
+        data = request.get_json()
+    except RecursionError:
+        abort(400, description="The request body is nested too deeply.")
+    if not isinstance(data, dict):
+        abort(422, description="The request body must be a JSON object.")
+
+
+def _guard(view: F, *, write: bool) -> F:
+    """401 → CSRF (session writes) → owner scope (404) → role (403) → body checks."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request.max_content_length = int(current_app.config.get("API_MAX_BODY", DEFAULT_MAX_BODY))
+        actor = authenticate()
+        unsafe = request.method not in _SAFE_METHODS
+        if unsafe and not via_bearer():
+            # A cookie rides along on cross-site requests; only our own pages know the token.
+            csrf.protect()
+        g.owner_id = resolve_owner_id(actor, request.args.get("owner_id"))
+        if write:
+            require_write(actor)
+        if unsafe:
+            _read_json_body()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def operation(
+    response: type,
+    *,
+    status: int = 200,
+    tags: tuple[str, ...],
+    write: bool = False,
+    body: bool = False,
+    amo: bool = False,
+    optional_body: bool = False,
+) -> Callable[[F], F]:
+    """Declare an API operation: its schemas (validated by SpecTree), roles and error codes.
+
+    `write`: Admin and User only (Guest → 403). `body`: takes a JSON body. `amo`: may call
+    amoCRM. The view's `query` / `json` annotations name its request models; its return value
+    is validated against `response` and serialised by it (ISO dates, `_embedded`).
+    """
+    codes = set(_BASE_ERRORS)
+    codes.update(_WRITE_ERRORS if write else ())
+    codes.update(_BODY_ERRORS if body else ())
+    codes.update(_AMO_ERRORS if amo else ())
+    models: dict[str, Any] = {f"HTTP_{status}": response}
+    models.update({f"HTTP_{code}": Problem for code in sorted(codes)})
+
+    def decorate(view: F) -> F:
+        if optional_body:
+            OPTIONAL_BODY.add(view.__name__)
+        validated = spec.validate(
+            resp=Responses(**models),
+            tags=tags,
+            security=API_SECURITY,
+            operation_id=view.__name__,
+            force_resp_serialize=True,
+        )(view)
+        return _guard(validated, write=write)
+
+    return decorate
+
+
+def _actor() -> User:
+    actor = current_actor()
+    assert actor is not None  # the guard answered 401 otherwise
+    return actor
+
+
+# -- failures of the services and of amoCRM ------------------------------------------------------
+
+
+@bp.errorhandler(AmoCRMConfigError)
+def _config_error(exc: AmoCRMConfigError) -> Response:
+    return problem(422, "Unprocessable Content", str(exc))
+
+
+@bp.errorhandler(AmoCRMAuthError)
+def _auth_error(exc: AmoCRMAuthError) -> Response:
+    hint = f" ({exc.hint})" if exc.hint else ""
+    return problem(502, "Bad Gateway", f"amoCRM refused the authorization{hint}.")
+
+
+@bp.errorhandler(AmoCRMTokenExpired)
+def _token_error(exc: AmoCRMTokenExpired) -> Response:
+    return problem(502, "Bad Gateway", "amoCRM rejected our token; connect the account again.")
+
+
+@bp.errorhandler(AmoCRMRateLimited)
+def _rate_limited(exc: AmoCRMRateLimited) -> Response:
+    resp = problem(503, "Service Unavailable", "amoCRM is rate limiting us; try again later.")
+    if exc.retry_after:
+        resp.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return resp
+
+
+@bp.errorhandler(AmoCRMAPIError)
+def _amo_error(exc: AmoCRMAPIError) -> Response:
+    # The message is already scrubbed of tokens by the client.
+    logger.warning("amoCRM call failed on %s: %s", request.path, exc.message)
+    return problem(502, "Bad Gateway", f"amoCRM request failed: {exc.message}")
+
+
+@bp.errorhandler(ConfigInvalid)
+def _config_invalid(exc: ConfigInvalid) -> Response:
+    errors = [
+        {
+            "in": "body",
+            "loc": [] if field == "__all__" else [field],
+            "msg": msg,
+            "type": "value_error",
+        }
+        for field, msg in exc.errors.items()
+    ]
+    return problem(422, "Unprocessable Content", f"Invalid settings: {exc}", errors=errors)
+
+
+@bp.errorhandler(ConnectError)
+def _connect_error(exc: ConnectError) -> Response:
+    status = exc.status if exc.status in (400, 409, 502, 503) else 400
+    return problem(status, HTTP_STATUS_CODES.get(status, "Error"), exc.message)
+
+
+@bp.errorhandler(NotConfigured)
+def _not_configured(exc: NotConfigured) -> Response:
+    return problem(409, "Conflict", f"Fill in the amoCRM settings first ({exc}).")
+
+
+# -- connection: config, auth-url, status, disconnect, account ----------------------------------
+
+
+def _config_out(owner_id: int, actor: User) -> dict[str, Any]:
+    cfg = connection.get_or_create_config(owner_id)
+    hook: str | None = None
+    if actor.can_write:
+        # The URL carries the webhook secret: shown to those who may configure amoCRM.
+        from crm_app.services.webhooks.subscription import webhook_url
+
+        hook = webhook_url(owner_id)
+    return connection.config_values(cfg) | {"webhook_url": hook, "status": cfg.status}
+
+
+@bp.get("/admin/crm/config")
+@operation(ConfigOut, tags=("connection",))
+def get_config(query: OwnerQuery) -> dict[str, Any]:
+    """Read the settings (no secrets: `client_secret_set` tells whether one is stored)."""
+    return _config_out(g.owner_id, _actor())
+
+
+@bp.put("/admin/crm/config")
+@operation(ConfigOut, tags=("connection",), write=True, body=True, amo=True)
+def put_config(query: OwnerQuery, json: ConfigUpdate) -> dict[str, Any]:
+    """Change the settings; `authorization_code` or `long_lived_token` also connects at once.
+
+    Only the fields sent change (an empty `client_secret` keeps the stored one). Unknown fields
+    such as `owner_id`, `role` or token fields are rejected with 422 and change nothing.
+    """
+    owner_id = g.owner_id
+    sent = json.settings()
+    if sent:
+        current = connection.config_values(connection.get_or_create_config(owner_id))
+        # The service validates the whole settings object (lead target, responsible user...).
+        connection.update_config(owner_id, connection.parse_config(current | sent))
+    if json.authorization_code is not None:
+        connection.connect_with_code(owner_id, json.authorization_code)
+    elif json.long_lived_token is not None:
+        connection.connect_with_long_lived_token(owner_id, json.long_lived_token)
+    logger.info("owner %s settings changed by user %s via the API", owner_id, _actor().id)
+    return _config_out(owner_id, _actor())
+
+
+def _oauth_nonce(actor: User) -> str:
+    """What the OAuth state is bound to.
+
+    A browser session gets the same per-session nonce the CRM page uses, so the callback in
+    that browser accepts the state. A Bearer client has no session: its state is bound to the
+    user alone (see docs/api.md for how the callback must treat such states).
+    """
+    if via_bearer():
+        return f"{actor.id}:{API_NONCE_SUFFIX}"
+    from crm_app.web.pages import NONCE_KEY
+
+    prefix = f"{actor.id}:"
+    nonce = session.get(NONCE_KEY)
+    if not isinstance(nonce, str) or not nonce.startswith(prefix):
+        nonce = prefix + secrets.token_urlsafe(24)
+        session[NONCE_KEY] = nonce
+    return nonce
+
+
+@bp.get("/admin/crm/auth-url")
+@operation(AuthUrlOut, tags=("connection",), write=True, amo=True)
+def auth_url(query: AuthUrlQuery) -> dict[str, Any]:
+    """amoCRM's consent page URL with client_id, a fresh single-use `state` and `mode`.
+
+    Connecting is a change, so guests get 403.
+    """
+    actor = _actor()
+    url = connection.build_auth_url(g.owner_id, actor.id, _oauth_nonce(actor), query.mode)
+    return {"url": url}
+
+
+@bp.get("/admin/crm/status")
+@operation(StatusOut, tags=("connection",))
+def status(query: OwnerQuery) -> dict[str, Any]:
+    """Connection status: connected, disconnected or error (with the last error)."""
+    return dict(connection.status(g.owner_id))
+
+
+@bp.post("/admin/crm/disconnect")
+@operation(DisconnectOut, tags=("connection",), write=True, body=True, amo=True, optional_body=True)
+def disconnect(query: OwnerQuery, json: EmptyBody) -> dict[str, Any]:
+    """Forget the tokens and unsubscribe the webhooks."""
+    connection.disconnect(g.owner_id)
+    logger.info("owner %s disconnected by user %s", g.owner_id, _actor().id)
+    return dict(connection.status(g.owner_id))
+
+
+@bp.get("/admin/crm/account")
+@operation(AccountOut, tags=("connection",), amo=True)
+def account(query: OwnerQuery) -> dict[str, Any]:
+    """The connected amoCRM account and the user who granted access."""
+    return dict(connection.account_info(g.owner_id))
+
+
+# -- the local mirror ---------------------------------------------------------------------------
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _page(stmt: Select[Any], model: Any, query: ListQuery) -> tuple[list[Any], int]:
+    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    order = (model.updated_at.desc().nulls_last(), model.id.desc())
+    rows = db.session.scalars(stmt.order_by(*order).limit(query.limit).offset(query.offset)).all()
+    return list(rows), int(total)
+
+
+def _id_match(model: Any, q: str) -> list[Any]:
+    return [model.id == int(q)] if q.isdigit() and len(q) <= 18 else []
+
+
+@bp.get("/admin/crm/contacts")
+@operation(ContactsPage, tags=("mirror",))
+def contacts(query: ListQuery) -> dict[str, Any]:
+    """Contacts from the local mirror; `q` matches name, phone, e-mail or id."""
+    stmt = select(Contact).where(Contact.owner_id == g.owner_id)
+    if query.q:
+        pattern = _like(query.q)
+        conds = [
+            Contact.name.ilike(pattern, escape="\\"),
+            Contact.email.ilike(pattern, escape="\\"),
+            *_id_match(Contact, query.q),
+        ]
+        digits = "".join(ch for ch in query.q if ch.isdigit())
+        if len(digits) >= 5:
+            conds.append(cast(Contact.phones, String).like(_like(digits), escape="\\"))
+        stmt = stmt.where(or_(*conds))
+    rows, total = _page(stmt, Contact, query)
+    return {
+        "_embedded": {"contacts": [contact_out(r) for r in rows]},
+        "total": total,
+        "limit": query.limit,
+        "offset": query.offset,
+    }
+
+
+@bp.get("/admin/crm/leads")
+@operation(LeadsPage, tags=("mirror",))
+def leads(query: ListQuery) -> dict[str, Any]:
+    """Leads from the local mirror; `q` matches the name or the id."""
+    stmt = select(Lead).where(Lead.owner_id == g.owner_id)
+    if query.q:
+        stmt = stmt.where(
+            or_(Lead.name.ilike(_like(query.q), escape="\\"), *_id_match(Lead, query.q))
+        )
+    rows, total = _page(stmt, Lead, query)
+    return {
+        "_embedded": {"leads": [lead_out(r) for r in rows]},
+        "total": total,
+        "limit": query.limit,
+        "offset": query.offset,
+    }
+
+
+@bp.get("/admin/crm/tasks")
+@operation(TasksPage, tags=("mirror",))
+def tasks(query: ListQuery) -> dict[str, Any]:
+    """Tasks from the local mirror; `q` matches the text or the id."""
+    stmt = select(Task).where(Task.owner_id == g.owner_id)
+    if query.q:
+        stmt = stmt.where(
+            or_(Task.text.ilike(_like(query.q), escape="\\"), *_id_match(Task, query.q))
+        )
+    rows, total = _page(stmt, Task, query)
+    return {
+        "_embedded": {"tasks": [task_out(r) for r in rows]},
+        "total": total,
+        "limit": query.limit,
+        "offset": query.offset,
+    }
+
+
+@bp.get("/admin/crm/pipelines")
+@operation(PipelinesPage, tags=("mirror",))
+def pipelines(query: OwnerQuery) -> dict[str, Any]:
+    """Pipelines with their statuses, in amoCRM's order."""
+    owner_id = g.owner_id
+    rows = db.session.scalars(
+        select(Pipeline).where(Pipeline.owner_id == owner_id).order_by(Pipeline.sort, Pipeline.id)
+    ).all()
+    statuses: dict[int, list[PipelineStatus]] = {}
+    for st in db.session.scalars(
+        select(PipelineStatus)
+        .where(PipelineStatus.owner_id == owner_id)
+        .order_by(PipelineStatus.sort, PipelineStatus.id)
+    ):
+        statuses.setdefault(st.pipeline_id, []).append(st)
+    return {
+        "_embedded": {"pipelines": [pipeline_out(p, statuses.get(p.id, [])) for p in rows]},
+        "total": len(rows),
+    }
+
+
+# -- sync, log, stats ---------------------------------------------------------------------------
+
+
+def _run_out(run: SyncRun) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "status": run.status,
+        "entities": list(run.entities or []),
+        "full": bool(run.full),
+        "trigger": run.trigger,
+        "current_entity": run.current_entity,
+        "pages": run.pages,
+        "records": run.records,
+        "counts": dict(run.counts or {}),
+        "error": run.error,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }
+
+
+@bp.post("/admin/crm/sync")
+@operation(
+    SyncRunOut, status=202, tags=("sync",), write=True, body=True, amo=True, optional_body=True
+)
+def start_sync(query: OwnerQuery, json: SyncRequest) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Start a sync (or return the one already running): 202 with its `run_id`."""
+    from crm_app.services.sync import SyncError
+    from crm_app.services.sync import start_sync as start
+
+    try:
+        run = start(g.owner_id, entities=json.entities, full=json.full, trigger="api")
+    except SyncError as exc:  # e.g. every entity is switched off in the settings
+        abort(409, description=str(exc))
+    except Exception:  # the broker refused the task; the service marked the run failed
+        logger.exception("owner %s: sync could not be queued", g.owner_id)
+        abort(503, description="The task queue is unavailable; the sync was not started.")
+    logger.info("owner %s sync run %s requested by user %s", g.owner_id, run.id, _actor().id)
+    location = f"/admin/crm/sync/runs/{run.id}"
+    return _run_out(run), 202, {"Location": location}
+
+
+@bp.get("/admin/crm/sync/runs/<int:run_id>")
+@operation(SyncRunOut, tags=("sync",))
+def sync_run(run_id: int, query: OwnerQuery) -> dict[str, Any]:
+    """Progress of one sync run (poll it after POST /admin/crm/sync)."""
+    run = db.session.get(SyncRun, run_id)
+    if run is None or run.owner_id != g.owner_id:
+        abort(404, description="No such sync run.")
+    return _run_out(run)
+
+
+@bp.get("/admin/crm/sync/log")
+@operation(SyncLogPage, tags=("sync",))
+def sync_log(query: SyncLogQuery) -> dict[str, Any]:
+    """The sync log, newest first."""
+    stmt = select(SyncLog).where(SyncLog.owner_id == g.owner_id)
+    if query.operation:
+        stmt = stmt.where(SyncLog.operation == query.operation)
+    if query.status:
+        stmt = stmt.where(SyncLog.status == query.status)
+    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = db.session.scalars(
+        stmt.order_by(SyncLog.timestamp.desc(), SyncLog.id.desc())
+        .limit(query.limit)
+        .offset(query.offset)
+    ).all()
+    items = [
+        {
+            "timestamp": r.timestamp,
+            "operation": r.operation,
+            "status": r.status,
+            "details": r.details,
+            "run_id": r.run_id,
+        }
+        for r in rows
+    ]
+    return {"items": items, "total": int(total), "limit": query.limit, "offset": query.offset}
+
+
+@bp.get("/admin/crm/stats")
+@operation(StatsOut, tags=("sync",))
+def stats(query: OwnerQuery) -> dict[str, Any]:
+    """Counts in the local mirror and the time of the last successful sync."""
+    return dict(get_stats(g.owner_id))
+
+
+# -- the document and its page ------------------------------------------------------------------
+
+
+@bp.get("/api/openapi.json")
+def openapi_json() -> Response:
+    """The OpenAPI 3.1 document (public: it describes, it holds no data)."""
+    return jsonify(openapi_document())
+
+
+@bp.get("/api/docs")
+def api_docs() -> str:
+    """A server-rendered reference of the operations and schemas (no script, no CDN)."""
+    doc = openapi_document()
+    operations = []
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            operations.append({"path": path, "method": method.upper(), **op})
+    schemas = doc.get("components", {}).get("schemas", {})
+    return render_template(
+        "api/docs.html", doc=doc, operations=operations, schemas=schemas, schema_type=schema_type
+    )
