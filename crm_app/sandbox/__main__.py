@@ -16,15 +16,24 @@ from crm_app.sandbox.server import SandboxServer
 D = SandboxConfig()
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults for valued options only: an on/off switch's help says what turning it on does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m crm_app.sandbox",
         description="amoCRM API v4 sandbox: OAuth, API, limits and webhooks on one origin.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = p.add_argument
     g = p.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     g.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     g.add_argument("--verbose", action="store_true", help="log every request line")
 
@@ -35,19 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-domain", default=D.base_domain, help="amocrm.ru (platform 1) or kommo.com"
     )
     g.add_argument("--api-domain", default=D.api_domain, help="the JWT api_domain claim")
-    g.add_argument("--contacts", type=int, default=D.contacts)
-    g.add_argument("--leads", type=int, default=D.leads)
-    g.add_argument("--tasks", type=int, default=D.tasks)
+    g.add_argument("--contacts", type=int, default=D.contacts, help="seeded contacts per account")
+    g.add_argument("--leads", type=int, default=D.leads, help="seeded leads per account")
+    g.add_argument("--tasks", type=int, default=D.tasks, help="seeded tasks per account")
     g.add_argument("--companies", type=int, default=None, help="default: contacts/10, ≤5000")
     g.add_argument("--seed", type=int, default=D.seed, help="RNG seed of the generated data")
     g.add_argument("--seed-anchor", type=int, default=None, help="unix time the history ends at")
     g.add_argument("--utc-offset", type=int, default=D.utc_offset, help="account time zone, hours")
 
     g = p.add_argument_group("integration and OAuth")
-    g.add_argument("--client-id", default=D.client_id)
-    g.add_argument("--client-secret", default=D.client_secret)
+    g.add_argument("--client-id", default=D.client_id, help="the registered integration")
+    g.add_argument("--client-secret", default=D.client_secret, help="its secret key")
     g.add_argument("--redirect-uri", default=D.redirect_uri, help="must match exactly")
-    g.add_argument("--integration-name", default=D.integration_name)
+    g.add_argument(
+        "--integration-name", default=D.integration_name, help="shown on the consent page"
+    )
     g.add_argument("--disconnect-url", default=None, help="the integration's disconnect hook")
     g.add_argument("--code-ttl", type=int, default=D.code_ttl, help="authorization code, seconds")
     g.add_argument("--access-ttl", type=int, default=D.access_ttl, help="expires_in, seconds")
@@ -71,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("API behaviour")
-    g.add_argument("--default-limit", type=int, default=D.default_limit)
-    g.add_argument("--max-limit", type=int, default=D.max_limit)
+    g.add_argument(
+        "--default-limit", type=int, default=D.default_limit, help="page size without limit="
+    )
+    g.add_argument("--max-limit", type=int, default=D.max_limit, help="largest page size")
     g.add_argument(
         "--over-limit",
         choices=CHOICES["over_limit"],
@@ -129,7 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.account_rate_limit,
         help="API calls per second per account; 0 = off",
     )
-    g.add_argument("--429-body", dest="body_429", choices=CHOICES["body_429"], default=D.body_429)
+    g.add_argument(
+        "--429-body",
+        dest="body_429",
+        choices=CHOICES["body_429"],
+        default=D.body_429,
+        help="Kommo's JSON with retry_after, or an nginx HTML page",
+    )
     g.add_argument("--retry-after-header", action="store_true", help="add Retry-After to 429s")
     g.add_argument(
         "--block-after",
@@ -144,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.block_duration,
         help="seconds; 0 = until POST /_sandbox/unblock",
     )
-    g.add_argument("--403-body", dest="body_403", choices=CHOICES["body_403"], default=D.body_403)
+    g.add_argument(
+        "--403-body",
+        dest="body_403",
+        choices=CHOICES["body_403"],
+        default=D.body_403,
+        help="plain text '403 Forbidden' (Kommo docs) or an nginx HTML page",
+    )
 
     g = p.add_argument_group("webhooks")
     g.add_argument(
@@ -153,8 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.webhook_time_scale,
         help="multiplies retry delays and the 2-hour disable window",
     )
-    g.add_argument("--webhook-timeout", type=float, default=D.webhook_timeout)
-    g.add_argument("--webhook-workers", type=int, default=D.webhook_workers)
+    g.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=D.webhook_timeout,
+        help="seconds amoCRM waits for an answer",
+    )
+    g.add_argument(
+        "--webhook-workers",
+        type=int,
+        default=D.webhook_workers,
+        help="sender threads (each destination still gets events in order)",
+    )
     g.add_argument(
         "--webhook-text-values",
         choices=CHOICES["webhook_text_values"],
@@ -171,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add old_pipeline_id to leads[status]",
     )
-    g.add_argument("--webhook-disable-threshold", type=int, default=D.webhook_disable_threshold)
+    g.add_argument(
+        "--webhook-disable-threshold",
+        type=int,
+        default=D.webhook_disable_threshold,
+        help="invalid answers within 2 hours (scaled) that disable a hook",
+    )
     del add
     return p
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import random
 import uuid
+from typing import Any
 
 from crm_app.sandbox import names
 from crm_app.sandbox.config import SandboxConfig
@@ -161,45 +162,37 @@ def _fields(number: int) -> dict[str, list[CustomField]]:
             out.append(Enum(counter["e"], value, k * 2, value if coded else None))
         return out
 
+    def field(entity: str, name: str, kind: str, sort: int, **extra: Any) -> CustomField:
+        return CustomField(next_field(), name, kind, entity, sort, **extra)
+
     def multitext(
         entity: str, name: str, code: str, values: tuple[str, ...], sort: int
     ) -> CustomField:
-        return CustomField(
-            next_field(), name, "multitext", entity, sort, code, True, False, False,
-            enums(list(values), coded=True),
+        # Predefined like amoCRM's own PHONE/EMAIL: enum values are the codes (WORK, MOB, …).
+        return field(
+            entity, name, "multitext", sort, code=code, is_predefined=True, is_deletable=False,
+            enums=enums(list(values), coded=True),
         )  # fmt: skip
 
+    predefined = {"is_predefined": True, "is_deletable": False}
     contacts = [
         multitext("contacts", "Телефон", "PHONE", PHONE_ENUMS, 4),
         multitext("contacts", "Email", "EMAIL", EMAIL_ENUMS, 6),
-        CustomField(next_field(), "Должность", "text", "contacts", 2, "POSITION", True, False),
-        CustomField(next_field(), "Telegram ID", "text", "contacts", 500, "TELEGRAM_ID"),
-        CustomField(
-            next_field(), "Telegram username", "text", "contacts", 501, "TELEGRAM_USERNAME"
-        ),
+        field("contacts", "Должность", "text", 2, code="POSITION", **predefined),
+        field("contacts", "Telegram ID", "text", 500, code="TELEGRAM_ID"),
+        field("contacts", "Telegram username", "text", 501, code="TELEGRAM_USERNAME"),
     ]
     companies = [
         multitext("companies", "Телефон", "PHONE", PHONE_ENUMS, 4),
         multitext("companies", "Email", "EMAIL", EMAIL_ENUMS, 6),
-        CustomField(next_field(), "Web", "url", "companies", 8, "WEB", True, False),
-        CustomField(next_field(), "Адрес", "textarea", "companies", 10, "ADDRESS", True, False),
+        field("companies", "Web", "url", 8, code="WEB", **predefined),
+        field("companies", "Адрес", "textarea", 10, code="ADDRESS", **predefined),
     ]
     leads = [
-        CustomField(
-            next_field(),
-            "Источник",
-            "select",
-            "leads",
-            500,
-            None,
-            False,
-            True,
-            False,
-            enums(list(LEAD_SOURCES), coded=False),
-        ),
-        CustomField(next_field(), "utm_source", "tracking_data", "leads", 510, "UTM_SOURCE", True),
-        CustomField(next_field(), "Комментарий", "textarea", "leads", 520),
-        CustomField(next_field(), "Бюджет подтверждён", "checkbox", "leads", 530),
+        field("leads", "Источник", "select", 500, enums=enums(list(LEAD_SOURCES), coded=False)),
+        field("leads", "utm_source", "tracking_data", 510, code="UTM_SOURCE", is_predefined=True),
+        field("leads", "Комментарий", "textarea", 520),
+        field("leads", "Бюджет подтверждён", "checkbox", 530),
     ]
     return {"contacts": contacts, "companies": companies, "leads": leads}
 

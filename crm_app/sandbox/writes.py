@@ -383,13 +383,11 @@ class Writer:
                 [{"lead_status": {"id": old["status_id"], "pipeline_id": old["pipeline_id"]}}],
             )  # fmt: skip
         if responsible:
-            if kind in ("leads", "tasks"):
-                item = (
-                    self.items.entity(kind, new, old, responsible=True)
-                    if kind == "leads"
-                    else (self.items.task(new, old))
-                )
-                self.events.append(Event(kind, "responsible", item))
+            # `responsible_*` subscribers get their own action; contacts also carry
+            # old_responsible_user_id inside `update`, as in Kommo's examples.
+            flags = {"responsible": True} if kind == "leads" else {}
+            item = self.items.entity(kind, new, old, **flags)
+            self.events.append(Event(kind, "responsible", item))
             self.sb.add_event(
                 self.acc, "entity_responsible_changed", singular, new["id"], self.user_id,
                 [{"responsible_user": {"id": new["responsible_user_id"]}}],
