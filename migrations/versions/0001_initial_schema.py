@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 21:31:29.696703
+Create Date: 2026-11-26 21:48:04.632113
 
 """
 
@@ -250,46 +250,30 @@ def upgrade():
         sa.PrimaryKeyConstraint("owner_id", "id"),
     )
     op.create_table(
+        "inbound_field_maps",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("data", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
+        sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id"),
+    )
+    op.create_table(
         "inbound_people",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("owner_id", sa.Integer(), nullable=False),
         sa.Column("channel", sa.String(length=16), nullable=False),
         sa.Column("external_id", sa.String(length=128), nullable=False),
+        sa.Column("ref", sa.String(length=16), nullable=False),
         sa.Column("contact_id", sa.BigInteger(), nullable=True),
         sa.Column("lead_id", sa.BigInteger(), nullable=True),
+        sa.Column("create_started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("owner_id", "channel", "external_id"),
+        sa.UniqueConstraint("ref"),
     )
-    op.create_table(
-        "inbound_requests",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("public_id", sa.String(length=36), nullable=False),
-        sa.Column("owner_id", sa.Integer(), nullable=False),
-        sa.Column("channel", sa.String(length=16), nullable=False),
-        sa.Column("external_id", sa.String(length=128), nullable=False),
-        sa.Column(
-            "payload", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
-        ),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("outcome", sa.String(length=32), nullable=True),
-        sa.Column("contact_id", sa.BigInteger(), nullable=True),
-        sa.Column("lead_id", sa.BigInteger(), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("public_id"),
-    )
-    with op.batch_alter_table("inbound_requests", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_inbound_requests_owner_id"), ["owner_id"], unique=False
-        )
-
     op.create_table(
         "sync_cursors",
         sa.Column("owner_id", sa.Integer(), nullable=False),
@@ -369,6 +353,52 @@ def upgrade():
         batch_op.create_index("ix_webhook_inbox_status", ["status", "received_at"], unique=False)
 
     op.create_table(
+        "inbound_requests",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("public_id", sa.String(length=36), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("person_id", sa.Integer(), nullable=True),
+        sa.Column("api_key_id", sa.Integer(), nullable=True),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("external_id", sa.String(length=128), nullable=False),
+        sa.Column(
+            "payload", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
+        ),
+        sa.Column("idempotency_key", sa.String(length=128), nullable=True),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("outcome", sa.String(length=32), nullable=True),
+        sa.Column("contact_id", sa.BigInteger(), nullable=True),
+        sa.Column("lead_id", sa.BigInteger(), nullable=True),
+        sa.Column("note_added", sa.Boolean(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["api_key_id"], ["api_keys.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["person_id"], ["inbound_people.id"], ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("owner_id", "idempotency_key"),
+        sa.UniqueConstraint("public_id"),
+    )
+    with op.batch_alter_table("inbound_requests", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_inbound_requests_owner_created", ["owner_id", "created_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_inbound_requests_owner_id"), ["owner_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_inbound_requests_person_fp", ["person_id", "fingerprint"], unique=False
+        )
+        batch_op.create_index(
+            "ix_inbound_requests_status_next", ["status", "next_attempt_at"], unique=False
+        )
+
+    op.create_table(
         "oauth_states",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("state_hash", sa.String(length=64), nullable=False),
@@ -417,6 +447,13 @@ def downgrade():
         batch_op.drop_index(batch_op.f("ix_oauth_states_owner_id"))
 
     op.drop_table("oauth_states")
+    with op.batch_alter_table("inbound_requests", schema=None) as batch_op:
+        batch_op.drop_index("ix_inbound_requests_status_next")
+        batch_op.drop_index("ix_inbound_requests_person_fp")
+        batch_op.drop_index(batch_op.f("ix_inbound_requests_owner_id"))
+        batch_op.drop_index("ix_inbound_requests_owner_created")
+
+    op.drop_table("inbound_requests")
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_inbox_status")
 
@@ -431,11 +468,8 @@ def downgrade():
 
     op.drop_table("sync_runs")
     op.drop_table("sync_cursors")
-    with op.batch_alter_table("inbound_requests", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_inbound_requests_owner_id"))
-
-    op.drop_table("inbound_requests")
     op.drop_table("inbound_people")
+    op.drop_table("inbound_field_maps")
     op.drop_table("crm_users")
     with op.batch_alter_table("crm_tasks", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_crm_tasks_updated_at"))
