@@ -1,0 +1,159 @@
+"""Taking inbound requests in: store first, enqueue second, so nothing is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from crm_app.extensions import db
+from crm_app.models import InboundPerson, InboundRequest, InboundStatus
+from crm_app.services.inbound.schema import InboundPayload, parse_payload
+
+logger = logging.getLogger(__name__)
+
+PROCESS_TASK = "inbound.process"
+_REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud over the phone
+
+
+def new_ref() -> str:
+    """A person's reference, e.g. ``IN7K3M9Q2X``: unique, searchable, safe in a deal name."""
+    return "IN" + "".join(secrets.choice(_REF_ALPHABET) for _ in range(8))
+
+
+def fingerprint(data: Mapping[str, Any], extra: str | None = None) -> str:
+    """SHA-256 of what a message says; equal for a retried or duplicated copy of it."""
+    keys = ("channel", "external_id", "name", "username", "phone", "email", "message")
+    basis = {k: data.get(k) for k in keys}
+    basis["utm"] = dict(sorted((data.get("utm") or {}).items()))
+    basis["page_url"] = data.get("page_url")
+    basis["extra"] = extra
+    raw = json.dumps(basis, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def get_or_create_person(owner_id: int, channel: str, external_id: str) -> InboundPerson:
+    """The person row, created at most once even under concurrent inserts (unique constraint)."""
+    query = select(InboundPerson).where(
+        InboundPerson.owner_id == owner_id,
+        InboundPerson.channel == channel,
+        InboundPerson.external_id == external_id,
+    )
+    person = db.session.scalar(query)
+    if person is not None:
+        return person
+    dialect = db.engine.dialect.name
+    values = {
+        "owner_id": owner_id,
+        "channel": channel,
+        "external_id": external_id,
+        "ref": new_ref(),
+        "created_at": datetime.now(UTC),
+        "updated_at": datetime.now(UTC),
+    }
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(InboundPerson).values(**values)
+        # Only the (owner, channel, external_id) conflict is expected; a clash of the random
+        # ref would surface as an error instead of silently dropping the person.
+        stmt = stmt.on_conflict_do_nothing(index_elements=["owner_id", "channel", "external_id"])
+        db.session.execute(stmt)
+        db.session.commit()
+    else:  # pragma: no cover - other databases are not supported targets
+        try:
+            db.session.add(InboundPerson(**values))
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+    person = db.session.scalar(query)
+    if person is None:  # pragma: no cover - the insert above either made it or lost to another
+        raise RuntimeError("inbound person could not be stored")
+    return person
+
+
+def find_by_idempotency_key(owner_id: int, key: str) -> InboundRequest | None:
+    return db.session.scalar(
+        select(InboundRequest).where(
+            InboundRequest.owner_id == owner_id, InboundRequest.idempotency_key == key
+        )
+    )
+
+
+def submit(
+    owner_id: int,
+    payload: InboundPayload | Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    api_key_id: int | None = None,
+    fingerprint_extra: str | None = None,
+    enqueue_now: bool = True,
+) -> InboundRequest:
+    """Store one inbound request (status ``queued``) and hand it to the worker.
+
+    The same ``idempotency_key`` returns the request stored the first time. Raises
+    ``pydantic.ValidationError`` for a bad payload given as a mapping.
+    """
+    data = payload if isinstance(payload, InboundPayload) else parse_payload(payload)
+    key = (idempotency_key or "").strip()[:128] or None
+    if key is not None:
+        existing = find_by_idempotency_key(owner_id, key)
+        if existing is not None:
+            return existing
+    person = get_or_create_person(owner_id, data.channel, data.external_id)
+    stored = data.stored()
+    req = InboundRequest(
+        public_id=str(uuid.uuid4()),
+        owner_id=owner_id,
+        person_id=person.id,
+        api_key_id=api_key_id,
+        channel=data.channel,
+        external_id=data.external_id,
+        payload=stored,
+        idempotency_key=key,
+        fingerprint=fingerprint(stored, fingerprint_extra),
+        status=InboundStatus.QUEUED,
+        next_attempt_at=None,
+    )
+    db.session.add(req)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # Two copies with one idempotency key raced: the other one was stored first.
+        db.session.rollback()
+        existing = find_by_idempotency_key(owner_id, key) if key else None
+        if existing is None:
+            raise
+        return existing
+    if enqueue_now:
+        enqueue(req.id)
+    return req
+
+
+def enqueue(request_id: int) -> bool:
+    """Send ``inbound.process``; a broker outage leaves the row for the beat to pick up."""
+    celery = current_app.extensions.get("celery")
+    if celery is None:
+        return False
+    try:
+        if celery.conf.task_always_eager:
+            from workers.inbound import process_request
+
+            process_request.apply(args=[request_id])
+        else:
+            celery.send_task(PROCESS_TASK, args=[request_id])
+    except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later
+        logger.warning("could not enqueue inbound request %s: %s", request_id, type(exc).__name__)
+        return False
+    return True
