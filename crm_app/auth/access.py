@@ -6,27 +6,56 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import abort, g, request
+from flask import abort, request
 from flask_login import current_user
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Unauthorized
 
 from crm_app.auth.tokens import user_from_token
 from crm_app.models import User
 
 F = TypeVar("F", bound=Callable[..., Any])
+_MAX_OWNER_ID = 2**31 - 1
+_ACTOR_KEY = "crm.actor"
+_BEARER_KEY = "crm.via_bearer"
+_MISSING = object()
 
 
 def current_actor() -> User | None:
     """The signed-in user: a valid Bearer JWT wins, then the browser session."""
-    if "actor" in g:
-        return g.actor
+    # Cached on the request, not on `g`: an app context (and its `g`) can outlive a request.
+    cached = request.environ.get(_ACTOR_KEY, _MISSING)
+    if cached is not _MISSING:
+        return cached  # type: ignore[no-any-return]
     actor: User | None = None
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        actor = user_from_token(header[7:].strip())
-        g.via_bearer = True
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        # A Bearer header is final: a bad token is 401 even if a session cookie came along.
+        actor = user_from_token(credentials.strip())
+        request.environ[_BEARER_KEY] = True
     elif current_user.is_authenticated:
         actor = current_user._get_current_object()
-    g.actor = actor
+        # A session outlives a deactivation; the account's state is checked on every request.
+        if not actor.is_active:
+            actor = None
+    request.environ[_ACTOR_KEY] = actor
+    return actor
+
+
+def via_bearer() -> bool:
+    """True when this request authenticated (or tried to) with a Bearer token, not a cookie."""
+    current_actor()
+    return bool(request.environ.get(_BEARER_KEY))
+
+
+def authenticate() -> User:
+    """The actor, or a 401 problem (with `WWW-Authenticate: Bearer`) when there is none."""
+    actor = current_actor()
+    if actor is None:
+        raise Unauthorized(
+            description="Authentication required: send a valid Bearer token or sign in.",
+            www_authenticate=WWWAuthenticate("bearer", {"realm": "crm-api"}),
+        )
     return actor
 
 
@@ -35,8 +64,7 @@ def api_auth_required(view: F) -> F:
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if current_actor() is None:
-            abort(401, description="Authentication required: send a Bearer token or sign in.")
+        authenticate()
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -50,10 +78,13 @@ def resolve_owner_id(actor: User, requested: Any = None) -> int:
     """
     if requested in (None, ""):
         return actor.owner_id
-    try:
-        owner_id = int(requested)
-    except (TypeError, ValueError):
-        abort(400, description="owner_id must be an integer.")
+    text = str(requested).strip()
+    if not text.isascii() or not text.isdigit():
+        abort(400, description="owner_id must be a positive integer.")
+    owner_id = int(text)
+    # Beyond the id column's range there is no owner (and the database would raise).
+    if owner_id > _MAX_OWNER_ID:
+        abort(404, description="Not found.")
     if owner_id != actor.owner_id and not actor.is_admin:
         abort(404, description="Not found.")
     if actor.is_admin:
