@@ -1,10 +1,664 @@
-"""Blueprint placeholder: filled in by the feature that owns it."""
+"""The CRM page (/admin/crm), its HTMX partials, the OAuth callback and amoCRM's disconnect hook."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    get_flashed_messages,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_babel import get_locale
+from flask_babel import gettext as _
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from crm_app.auth.access import require_write, resolve_owner_id
+from crm_app.extensions import csrf, db, htmx, login_manager
+from crm_app.logging_setup import mask_secrets
+from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog, User
+from crm_app.services import connection, stats
+from crm_app.services.connection import ConfigInvalid, ConnectError
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("pages", __name__)
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+HTMX_VERSION = "2.0.11"
+LOG_PAGE_SIZE = 20
+NONCE_KEY = "crm_oauth_nonce"
+# Events the panels listen to (documented in docs/connect.md and at the top of static/css/crm.css).
+EVT_CONNECTION = "crm-connection-changed"
+EVT_SETTINGS = "crm-settings-saved"
+EVT_STATUS = "crm-status-changed"  # only the badge: e.g. a failed connect put a reason there
+# Slots filled by other areas, loaded lazily; they degrade quietly while their routes are missing.
+SLOTS = (
+    ("sync-panel", "/admin/crm/ui/sync"),
+    ("webhooks-panel", "/admin/crm/ui/webhooks"),
+    ("inbound-panel", "/admin/crm/ui/inbound"),
+)
+OPERATION_LABELS = {
+    "sync_contacts": "Синхронизация контактов",
+    "sync_leads": "Синхронизация сделок",
+    "sync_tasks": "Синхронизация задач",
+    "sync_reference": "Справочники",
+    "create_lead": "Создание сделки",
+    "webhook": "Вебхук",
+    "connect": "Подключение",
+    "disconnect": "Отключение",
+    "disconnect_hook": "Отключено в amoCRM",
+}
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+
+def page_login_required(view: F) -> F:
+    """Flask-Login's gate; an HTMX request gets 401 + HX-Redirect instead of a swapped login form."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_authenticated:
+            if htmx:
+                resp = make_response("", 401)
+                resp.headers["HX-Redirect"] = url_for("auth.login", next=url_for(".crm_page"))
+                return resp
+            return login_manager.unauthorized()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Who is looking at which owner's integration."""
+
+    actor: User
+    owner_id: int
+
+    @property
+    def can_write(self) -> bool:
+        return bool(self.actor.can_write)
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.actor.is_admin)
+
+    @property
+    def foreign(self) -> bool:
+        """An admin looking at another owner: every URL must carry ?owner_id=."""
+        return self.owner_id != self.actor.owner_id
+
+    def url(self, endpoint: str, **values: Any) -> str:
+        if self.foreign:
+            values.setdefault("owner_id", self.owner_id)
+        return url_for(endpoint, **values)
+
+    def slot_url(self, path: str) -> str:
+        return f"{path}?owner_id={self.owner_id}" if self.foreign else path
+
+
+def _ctx(write: bool = False) -> Ctx:
+    actor: User = current_user._get_current_object()
+    # resolve_owner_id: another owner's id → 404 for non-admins, so ids cannot be probed.
+    owner_id = resolve_owner_id(actor, request.values.get("owner_id"))
+    if write:
+        require_write(actor)
+    return Ctx(actor, owner_id)
+
+
+def _session_nonce() -> str:
+    """Binds OAuth states to this browser session and user (a new login gets a new nonce)."""
+    prefix = f"{current_user.id}:"
+    nonce = session.get(NONCE_KEY)
+    if not isinstance(nonce, str) or not nonce.startswith(prefix):
+        nonce = prefix + secrets.token_urlsafe(24)
+        session[NONCE_KEY] = nonce
+    return nonce
+
+
+def _fragment_wanted() -> bool:
+    """HTMX asked for a piece (not a boosted navigation, not a history restore)."""
+    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
+
+
+def _vary(resp: Response) -> Response:
+    resp.vary.add("HX-Request")
+    resp.headers.setdefault("Cache-Control", "no-store")
+    return resp
+
+
+# -- view models ----------------------------------------------------------------------------------
+
+
+def _badge_vm(owner_id: int) -> dict[str, Any]:
+    st = connection.status(owner_id)
+    if st["status"] == "connected":
+        kind = "warn" if st["last_error"] else "ok"
+    elif st["status"] == "error":
+        kind = "error"
+    else:
+        kind = "off"
+    return {"st": st, "badge_kind": kind}
+
+
+def _pipelines(owner_id: int) -> list[Pipeline]:
+    return list(
+        db.session.scalars(
+            select(Pipeline)
+            .where(Pipeline.owner_id == owner_id, Pipeline.is_archive.is_(False))
+            .order_by(Pipeline.sort, Pipeline.id)
+        )
+    )
+
+
+def _statuses(owner_id: int, pipeline_id: int | None) -> list[PipelineStatus]:
+    if pipeline_id is None:
+        return []
+    return list(
+        db.session.scalars(
+            select(PipelineStatus)
+            .where(
+                PipelineStatus.owner_id == owner_id,
+                PipelineStatus.pipeline_id == pipeline_id,
+                PipelineStatus.type != connection.UNSORTED_STATUS_TYPE,
+            )
+            .order_by(PipelineStatus.sort, PipelineStatus.id)
+        )
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _settings_vm(
+    owner_id: int,
+    values: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    cfg = connection.get_or_create_config(owner_id)
+    stored = connection.config_values(cfg)
+    form = dict(stored)
+    if values:
+        form.update({k: v for k, v in values.items() if k != "client_secret"})
+    pipeline_id = _int_or_none(form.get("lead_pipeline_id"))
+    users = list(
+        db.session.scalars(
+            select(AmoUser)
+            .where(AmoUser.owner_id == owner_id, AmoUser.is_active.is_(True))
+            .order_by(AmoUser.name)
+        )
+    )
+    return {
+        "form": form,
+        "errors": errors or {},
+        "secret_set": stored["client_secret_set"],
+        "pipelines": _pipelines(owner_id),
+        "statuses": _statuses(owner_id, pipeline_id),
+        "amo_users": users,
+        "domains": connection.ALLOWED_DOMAINS,
+        "default_redirect": connection.default_redirect_uri(),
+    }
+
+
+def _connect_vm(
+    owner_id: int,
+    auth_url: str | None = None,
+    errors: dict[str, str] | None = None,
+    open_private: bool = False,
+) -> dict[str, Any]:
+    return {
+        "st": connection.status(owner_id),
+        "auth_url": auth_url,
+        "connect_errors": errors or {},
+        "open_private": open_private or bool(errors),
+    }
+
+
+# viewBox units ≈ CSS pixels in the side column, so the labels keep their size on every screen.
+FUNNEL_WIDTH = 360
+FUNNEL_ROW = 28
+FUNNEL_GAP = 5
+
+
+def _funnel_geometry(stages: list[stats.FunnelStage]) -> dict[str, Any]:
+    """Bars centred like a funnel; widths proportional to counts, empty stages a hairline."""
+    top = max((s.count for s in stages), default=0)
+    rows = []
+    for index, stage in enumerate(stages):
+        share = stage.count / top if top else 0.0
+        width = max(FUNNEL_WIDTH * share, 6.0 if stage.count else 2.0)
+        rows.append(
+            {
+                "name": stage.name,
+                "color": stage.color,
+                "count": stage.count,
+                "x": round((FUNNEL_WIDTH - width) / 2, 1),
+                "y": index * (FUNNEL_ROW + FUNNEL_GAP),
+                "width": round(width, 1),
+                "text_y": index * (FUNNEL_ROW + FUNNEL_GAP) + FUNNEL_ROW / 2 + 4.5,
+            }
+        )
+    height = max(len(stages) * (FUNNEL_ROW + FUNNEL_GAP) - FUNNEL_GAP, FUNNEL_ROW)
+    return {
+        "rows": rows,
+        "width": FUNNEL_WIDTH,
+        "height": height,
+        "row_height": FUNNEL_ROW,
+        "total": sum(s.count for s in stages),
+    }
+
+
+def _stats_vm(owner_id: int, pipeline_id: int | None = None) -> dict[str, Any]:
+    cfg = connection.get_or_create_config(owner_id)
+    chosen = stats.default_pipeline_id(owner_id, pipeline_id or cfg.lead_pipeline_id)
+    stages = stats.funnel(owner_id, chosen) if chosen is not None else []
+    return {
+        "stats": stats.get_stats(owner_id),
+        "funnel_pipeline_id": chosen,
+        "funnel_pipelines": _pipelines(owner_id),
+        "funnel": _funnel_geometry(stages),
+    }
+
+
+def _details_text(details: Any) -> str:
+    """A log row's details as one line; masked in case a writer ever put a secret there."""
+    if isinstance(details, dict):
+        parts = [f"{k}: {v}" for k, v in details.items() if v not in (None, "", [], {})]
+        text = ", ".join(parts)
+    else:
+        text = str(details or "")
+    return mask_secrets(text)[:400]
+
+
+def _log_vm(owner_id: int, page: int = 1) -> dict[str, Any]:
+    total = int(db.session.scalar(select(func.count()).where(SyncLog.owner_id == owner_id)) or 0)
+    pages = max(1, math.ceil(total / LOG_PAGE_SIZE))
+    page = min(max(1, page), pages)
+    rows = db.session.scalars(
+        select(SyncLog)
+        .where(SyncLog.owner_id == owner_id)
+        .order_by(SyncLog.timestamp.desc(), SyncLog.id.desc())
+        .limit(LOG_PAGE_SIZE)
+        .offset((page - 1) * LOG_PAGE_SIZE)
+    ).all()
+    items = [
+        {
+            "timestamp": row.timestamp,
+            "operation": row.operation,
+            "label": _(OPERATION_LABELS[row.operation])
+            if row.operation in OPERATION_LABELS
+            else row.operation,
+            "status": row.status,
+            "details": _details_text(row.details),
+        }
+        for row in rows
+    ]
+    return {"log_items": items, "log_page": page, "log_pages": pages, "log_total": total}
+
+
+def _account_vm(owner_id: int) -> dict[str, Any]:
+    return {"account": connection.account_info(owner_id), "st": connection.status(owner_id)}
+
+
+def _owners_for(ctx: Ctx) -> list[Owner]:
+    if not ctx.is_admin:
+        return []
+    return list(db.session.scalars(select(Owner).order_by(Owner.name)))
+
+
+def _page(ctx: Ctx, status: int = 200, **overrides: Any) -> Response:
+    """The whole page; ``overrides`` replace one panel's view model (errors, a shown auth URL)."""
+    vm: dict[str, Any] = {}
+    vm |= _badge_vm(ctx.owner_id)
+    vm |= overrides.pop("settings", None) or _settings_vm(ctx.owner_id)
+    vm |= overrides.pop("connect", None) or _connect_vm(ctx.owner_id)
+    vm |= _account_vm(ctx.owner_id)
+    vm |= overrides.pop("stats", None) or _stats_vm(ctx.owner_id)
+    vm |= overrides.pop("log", None) or _log_vm(ctx.owner_id)
+    owner = db.session.get(Owner, ctx.owner_id)
+    html = render_template(
+        "crm/page.html",
+        ctx=ctx,
+        owner=owner,
+        owners=_owners_for(ctx),
+        slots=[(sid, ctx.slot_url(path)) for sid, path in SLOTS],
+        **vm,
+    )
+    return _vary(make_response(html, status))
+
+
+def _partial(ctx: Ctx, template: str, status: int = 200, **vm: Any) -> Response:
+    html = render_template(f"crm/partials/{template}", ctx=ctx, **vm)
+    return _vary(make_response(html, status))
+
+
+def _flash_fragment(message: str, category: str = "success") -> str:
+    return render_template("crm/partials/_flash.html", oob=True, messages=[(category, message)])
+
+
+def _action_done(ctx: Ctx, message: str, event: str, category: str = "success") -> Response:
+    """After a change: HTMX gets a flash (out of band) and an event; a plain form gets PRG."""
+    if _fragment_wanted():
+        resp = make_response(_flash_fragment(message, category))
+        resp.headers["HX-Reswap"] = "none"
+        resp.headers["HX-Trigger"] = event
+        return _vary(resp)
+    flash(message, category)
+    return redirect(ctx.url(".crm_page"), code=303)
+
+
+# -- the page -------------------------------------------------------------------------------------
+
 
 @bp.get("/admin/crm")
+@page_login_required
 def crm_page():  # type: ignore[no-untyped-def]
-    return "CRM page is being built", 200
+    ctx = _ctx()
+    return _page(ctx)
+
+
+@bp.get("/admin/crm/ui/status")
+@page_login_required
+def status_badge():  # type: ignore[no-untyped-def]
+    ctx = _ctx()
+    if not _fragment_wanted():
+        return _page(ctx)
+    return _partial(ctx, "_status_badge.html", **_badge_vm(ctx.owner_id))
+
+
+@bp.get("/admin/crm/ui/account")
+@page_login_required
+def account_card():  # type: ignore[no-untyped-def]
+    ctx = _ctx()
+    if not _fragment_wanted():
+        return _page(ctx)
+    return _partial(ctx, "_account_card.html", **_account_vm(ctx.owner_id))
+
+
+@bp.get("/admin/crm/ui/stats")
+@page_login_required
+def stats_panel():  # type: ignore[no-untyped-def]
+    ctx = _ctx()
+    vm = _stats_vm(ctx.owner_id, _int_or_none(request.args.get("pipeline_id")))
+    if not _fragment_wanted():
+        return _page(ctx, stats=vm)
+    return _partial(ctx, "_stats.html", **vm)
+
+
+@bp.get("/admin/crm/ui/log")
+@page_login_required
+def sync_log():  # type: ignore[no-untyped-def]
+    ctx = _ctx()
+    vm = _log_vm(ctx.owner_id, _int_or_none(request.args.get("page")) or 1)
+    if not _fragment_wanted():
+        return _page(ctx, log=vm)
+    return _partial(ctx, "_sync_log.html", **vm)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def _form_input() -> dict[str, Any]:
+    """The settings form as ConfigInput data: an unticked checkbox is simply absent."""
+    data: dict[str, Any] = {
+        key: request.form.get(key, "")
+        for key in (
+            "subdomain",
+            "domain",
+            "client_id",
+            "client_secret",
+            "redirect_uri",
+            "lead_pipeline_id",
+            "lead_status_id",
+            "lead_responsible_user_id",
+        )
+    }
+    for flag in ("sync_contacts", "sync_leads", "sync_tasks", "auto_create_lead"):
+        data[flag] = request.form.get(flag) in ("on", "1", "true", "yes")
+    return data
+
+
+@bp.route("/admin/crm/ui/settings", methods=["GET", "POST"])
+@page_login_required
+def settings():  # type: ignore[no-untyped-def]
+    if request.method == "GET":
+        ctx = _ctx()
+        if not _fragment_wanted():
+            return _page(ctx)
+        return _partial(ctx, "_settings_form.html", **_settings_vm(ctx.owner_id))
+    ctx = _ctx(write=True)
+    data = _form_input()
+    try:
+        parsed = connection.parse_config(data)
+        before = connection.status(ctx.owner_id)["status"]
+        connection.update_config(ctx.owner_id, parsed)
+    except ConfigInvalid as exc:
+        db.session.rollback()
+        vm = _settings_vm(ctx.owner_id, values=data, errors=exc.errors)
+        if not _fragment_wanted():
+            return _page(ctx, status=422, settings=vm)
+        return _partial(ctx, "_settings_form.html", status=422, **vm)
+    after = connection.status(ctx.owner_id)["status"]
+    event = EVT_CONNECTION if before != after else EVT_SETTINGS
+    message = _("Настройки сохранены")
+    if not _fragment_wanted():
+        flash(message, "success")
+        return redirect(ctx.url(".crm_page"), code=303)
+    html = render_template(
+        "crm/partials/_settings_form.html", ctx=ctx, saved=True, **_settings_vm(ctx.owner_id)
+    ) + _flash_fragment(message)
+    resp = make_response(html)
+    resp.headers["HX-Trigger"] = event
+    return _vary(resp)
+
+
+@bp.get("/admin/crm/ui/settings/statuses")
+@page_login_required
+def status_options():  # type: ignore[no-untyped-def]
+    """The status <option>s of the chosen pipeline (the dropdown follows the pipeline)."""
+    ctx = _ctx()
+    if not _fragment_wanted():
+        return redirect(ctx.url(".crm_page"))
+    pipeline_id = _int_or_none(request.args.get("lead_pipeline_id"))
+    return _partial(
+        ctx,
+        "_status_options.html",
+        statuses=_statuses(ctx.owner_id, pipeline_id),
+        selected=None,
+        pipeline_chosen=pipeline_id is not None,
+    )
+
+
+# -- connecting -----------------------------------------------------------------------------------
+
+
+@bp.get("/admin/crm/ui/connect")
+@page_login_required
+def connect_panel():  # type: ignore[no-untyped-def]
+    ctx = _ctx()
+    if not _fragment_wanted():
+        return _page(ctx)
+    return _partial(ctx, "_connect_panel.html", **_connect_vm(ctx.owner_id))
+
+
+@bp.post("/admin/crm/ui/auth-url")
+@page_login_required
+def auth_url():  # type: ignore[no-untyped-def]
+    """ "Получить URL авторизации": a fresh consent URL behind the "Подключить amoCRM" button."""
+    ctx = _ctx(write=True)
+    try:
+        url = connection.build_auth_url(
+            ctx.owner_id, current_user.id, _session_nonce(), mode="post_message"
+        )
+    except ConnectError as exc:
+        vm = _connect_vm(ctx.owner_id, errors={"auth": exc.message})
+        if not _fragment_wanted():
+            return _page(ctx, status=exc.status, connect=vm)
+        return _partial(ctx, "_connect_panel.html", status=422, **vm)
+    vm = _connect_vm(ctx.owner_id, auth_url=url)
+    if not _fragment_wanted():
+        return _page(ctx, connect=vm)
+    return _partial(ctx, "_connect_panel.html", **vm)
+
+
+def _connect_action(field: str, run: Callable[[int, str], Any], ok_message: str) -> Response:
+    ctx = _ctx(write=True)
+    value = request.form.get(field, "")
+    try:
+        run(ctx.owner_id, value)
+    except ConnectError as exc:
+        db.session.rollback()
+        vm = _connect_vm(ctx.owner_id, errors={field: exc.message}, open_private=True)
+        if not _fragment_wanted():
+            return _page(ctx, status=422, connect=vm)
+        resp = _partial(ctx, "_connect_panel.html", status=422, **vm)
+        # The badge may now carry the reason (last_error).
+        resp.headers["HX-Trigger"] = EVT_STATUS
+        return resp
+    return _action_done(ctx, ok_message, EVT_CONNECTION)
+
+
+@bp.post("/admin/crm/ui/code")
+@page_login_required
+def connect_code():  # type: ignore[no-untyped-def]
+    """A private integration's authorization code, pasted and exchanged at once."""
+    return _connect_action("code", connection.connect_with_code, _("amoCRM подключён"))
+
+
+@bp.post("/admin/crm/ui/token")
+@page_login_required
+def connect_token():  # type: ignore[no-untyped-def]
+    """A long-lived token, checked against the account and stored."""
+    return _connect_action("token", connection.connect_with_long_lived_token, _("amoCRM подключён"))
+
+
+@bp.post("/admin/crm/ui/disconnect")
+@page_login_required
+def disconnect():  # type: ignore[no-untyped-def]
+    ctx = _ctx(write=True)
+    connection.disconnect(ctx.owner_id)
+    return _action_done(ctx, _("amoCRM отключён"), EVT_CONNECTION)
+
+
+@bp.get("/admin/crm/callback")
+@page_login_required
+def oauth_callback():  # type: ignore[no-untyped-def]
+    """amoCRM's redirect: state and referer are checked before any request leaves."""
+    nonce = session.get(NONCE_KEY)
+    try:
+        connection.handle_callback(request.args, nonce if isinstance(nonce, str) else "")
+    except ConnectError as exc:
+        db.session.rollback()
+        logger.info("OAuth callback refused (%s): %s", exc.status, exc.message)
+        return _callback_page(ok=False, reason=exc.message, status=exc.status)
+    # PRG: the code never stays in the popup's address bar or history.
+    return redirect(url_for(".oauth_done"), code=303)
+
+
+@bp.get("/admin/crm/callback/done")
+@page_login_required
+def oauth_done():  # type: ignore[no-untyped-def]
+    return _callback_page(ok=True, reason=None, status=200)
+
+
+def _callback_page(ok: bool, reason: str | None, status: int) -> Response:
+    resp = make_response(render_template("crm/callback.html", ok=ok, reason=reason), status)
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    # The popup must keep its opener to post the result back (a stricter COOP would sever it).
+    resp.headers["Cross-Origin-Opener-Policy"] = "unsafe-none"
+    return resp
+
+
+# -- amoCRM's disconnect hook ---------------------------------------------------------------------
+
+
+@bp.get("/webhooks/amocrm/disconnect")
+@csrf.exempt
+def disconnect_hook():  # type: ignore[no-untyped-def]
+    """GET with client_uuid, account_id and an HMAC-SHA256 signature keyed by the client secret."""
+    args = request.args
+    if not all(args.get(k) for k in ("client_uuid", "account_id", "signature")):
+        abort(400, description="client_uuid, account_id and signature are required.")
+    if not connection.handle_disconnect_hook(args):
+        abort(403, description="Signature does not match any connected integration.")
+    return jsonify(status="disconnected")
+
+
+# -- template helpers -----------------------------------------------------------------------------
+
+
+def _lang_url(code: str) -> str:
+    args = {k: v for k, v in request.args.items() if k != "lang"}
+    return request.path + "?" + urlencode({**args, "lang": code})
+
+
+def _current_lang() -> str:
+    locale = get_locale()
+    return locale.language if locale is not None else "ru"
+
+
+@bp.app_context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {
+        "flashed": lambda: get_flashed_messages(with_categories=True),
+        "lang_url": _lang_url,
+        "current_lang": _current_lang,
+        "htmx_version": HTMX_VERSION,
+    }
+
+
+@bp.app_template_filter("masked")
+def _masked(value: Any) -> str:
+    """Free text from amoCRM or other areas, with anything secret-shaped cut out."""
+    return mask_secrets(str(value)) if value not in (None, "") else ""
+
+
+@bp.app_template_filter("dt")
+def _format_dt(value: Any) -> str:
+    """A UTC timestamp as dd.mm.yyyy HH:MM UTC (crm.js shows it in the browser's time zone)."""
+    if value in (None, ""):
+        return ""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%d.%m.%Y %H:%M UTC")
+
+
+@bp.app_template_filter("iso")
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.isoformat()
+    return str(value or "")

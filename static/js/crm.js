@@ -1,0 +1,165 @@
+// CRM page behaviour that htmx attributes cannot express (CSP: script-src 'self', no inline JS).
+(function () {
+  "use strict";
+
+  var CHANNEL = "amocrm-oauth";
+  var popup = null;
+  var popupTimer = null;
+
+  document.documentElement.classList.add("js");
+
+  function body() {
+    return document.body;
+  }
+
+  function msg(name, fallback) {
+    var value = body() && body().getAttribute("data-msg-" + name);
+    return value || fallback;
+  }
+
+  function flash(text, category) {
+    var region = document.getElementById("flash");
+    if (!region) return;
+    var item = document.createElement("div");
+    item.className = "flash flash-" + (category === "error" ? "error" : "success");
+    item.setAttribute("role", category === "error" ? "alert" : "status");
+    item.textContent = text;
+    region.replaceChildren(item);
+  }
+
+  function refreshPanels() {
+    if (window.htmx) window.htmx.trigger(body(), "crm-connection-changed");
+  }
+
+  // Times are rendered in UTC by the server; show them in the reader's time zone.
+  function localizeTimes(root) {
+    var lang = document.documentElement.lang || "ru";
+    (root || document).querySelectorAll("time[data-local]").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (isNaN(when.getTime())) return;
+      el.textContent = when.toLocaleString(lang === "en" ? "en-GB" : "ru-RU", {
+        day: "2-digit",
+        month: "2-digit",
+        year: "numeric",
+        hour: "2-digit",
+        minute: "2-digit",
+      });
+      el.title = el.getAttribute("datetime");
+      el.removeAttribute("data-local");
+    });
+  }
+
+  // --- OAuth popup ---------------------------------------------------------------------
+  var handled = {};
+
+  function onOAuthResult(data) {
+    if (!data || data.type !== "amocrm-oauth") return;
+    // The same result may arrive twice (postMessage and BroadcastChannel).
+    if (data.id && handled[data.id]) return;
+    if (data.id) handled[data.id] = true;
+    if (popupTimer) window.clearInterval(popupTimer);
+    popupTimer = null;
+    if (data.ok) {
+      refreshPanels();
+    } else {
+      flash(msg("oauth-failed", "OAuth failed"), "error");
+      refreshPanels();
+    }
+  }
+
+  window.addEventListener("message", function (event) {
+    // Only our own callback page (same origin) may tell us how the consent ended.
+    if (event.origin !== window.location.origin) return;
+    onOAuthResult(event.data);
+  });
+
+  if ("BroadcastChannel" in window) {
+    // Works even when a strict opener policy cut the popup off from window.opener.
+    new BroadcastChannel(CHANNEL).onmessage = function (event) {
+      onOAuthResult(event.data);
+    };
+  }
+
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest && event.target.closest("a[data-oauth-popup]");
+    if (!link) return;
+    event.preventDefault();
+    var width = 760;
+    var height = 720;
+    var left = Math.max(0, window.screenX + (window.outerWidth - width) / 2);
+    var top = Math.max(0, window.screenY + (window.outerHeight - height) / 2);
+    popup = window.open(
+      link.href,
+      "amocrm-oauth",
+      "popup=yes,width=" + width + ",height=" + height + ",left=" + left + ",top=" + top
+    );
+    if (!popup) {
+      flash(msg("popup-blocked", "Popup blocked"), "error");
+      return;
+    }
+    popup.focus();
+    // If the window is closed without a message (declined, closed by hand), refresh anyway.
+    if (popupTimer) window.clearInterval(popupTimer);
+    popupTimer = window.setInterval(function () {
+      if (popup && popup.closed) {
+        window.clearInterval(popupTimer);
+        popupTimer = null;
+        refreshPanels();
+      }
+    }, 700);
+  });
+
+  // --- forms that submit themselves ------------------------------------------------------
+  document.addEventListener("change", function (event) {
+    var select = event.target;
+    if (select.matches && select.matches("select[data-autosubmit]") && select.form) {
+      select.form.submit();
+    }
+  });
+
+  // --- errors ----------------------------------------------------------------------------
+  function optionalPanel(elt) {
+    return elt && elt.closest ? elt.closest("[data-optional-panel]") : null;
+  }
+
+  document.addEventListener("htmx:responseError", function (event) {
+    var detail = event.detail || {};
+    var slot = optionalPanel(detail.elt);
+    if (slot && slot === detail.elt) {
+      // A panel another area has not shipped yet: hide it quietly.
+      slot.hidden = true;
+      return;
+    }
+    var xhr = detail.xhr;
+    var text = "";
+    if (xhr && xhr.status === 401 && xhr.getResponseHeader("HX-Redirect")) return;
+    if (xhr && xhr.responseText) {
+      try {
+        var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+        var node = doc.querySelector("[data-error-detail]");
+        text = node ? node.textContent.trim() : "";
+      } catch (e) {
+        text = "";
+      }
+    }
+    var status = xhr ? " (" + xhr.status + ")" : "";
+    flash(text || msg("request-failed", "Request failed") + status, "error");
+  });
+
+  document.addEventListener("htmx:sendError", function (event) {
+    var slot = optionalPanel(event.detail && event.detail.elt);
+    if (slot && slot === event.detail.elt) {
+      slot.hidden = true;
+      return;
+    }
+    flash(msg("network", "Network error"), "error");
+  });
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    localizeTimes(event.detail && event.detail.elt);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localizeTimes(document);
+  });
+})();
