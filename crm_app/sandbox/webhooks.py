@@ -15,7 +15,7 @@ SETTINGS = frozenset(
     + [f"restore_{e}" for e in ("lead", "contact", "company")]
     + [f"note_{e}" for e in ("lead", "contact", "company", "customer")]
     + ["add_talk", "update_talk", "status_lead", "add_chat_template_review",
-       "add_message", "add_outgoing_message", "add_unsorted", "delete_unsorted"]
+       "add_message", "add_outgoing_message"]
 )  # fmt: skip
 
 # Body key and singular setting name per entity kind: tasks arrive under `task`, companies
