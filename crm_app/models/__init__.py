@@ -5,7 +5,7 @@ from crm_app.models.integration import AmoConfig, AmoToken, ConnectionStatus, OA
 from crm_app.models.mirror import AmoUser, Contact, Lead, Pipeline, PipelineStatus, Task
 from crm_app.models.sync import RunStatus, SyncCursor, SyncLog, SyncRun
 from crm_app.models.users import ApiKey, Owner, Role, User
-from crm_app.models.webhooks import InboxStatus, WebhookDelivery
+from crm_app.models.webhooks import InboxStatus, WebhookDelivery, WebhookEventKey
 
 __all__ = [
     "AmoConfig",
@@ -31,4 +31,5 @@ __all__ = [
     "Task",
     "User",
     "WebhookDelivery",
+    "WebhookEventKey",
 ]
