@@ -1,1 +1,52 @@
 """Celery tasks for webhooks (thin: ids in, service call, retries and logging)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="webhooks.process")
+def process(target: int | list[int]) -> dict[str, Any]:
+    """Apply pending deliveries: `target` is an owner id, or a list of delivery ids."""
+    from crm_app.services.webhooks import enqueue, inbox
+    from crm_app.services.webhooks.apply import process_owner
+
+    owners = inbox.owners_of(list(target)) if isinstance(target, list) else [int(target)]
+    results: dict[str, Any] = {}
+    for owner_id in owners:
+        # Cleared before reading: a kick arriving from now on must queue a fresh task.
+        enqueue.clear_flag(owner_id)
+        result = process_owner(owner_id)
+        results[str(owner_id)] = result
+        if result.get("retry_in"):
+            enqueue.kick_now(owner_id, countdown=float(result["retry_in"]))
+        elif result.get("more"):
+            enqueue.kick_now(owner_id)
+        logger.info("webhooks for owner %s: %s", owner_id, result)
+    return results
+
+
+@shared_task(name="webhooks.drain_inbox")
+def drain_inbox() -> dict[str, Any]:
+    """Beat: queue every owner with due pending deliveries (after a broker outage, say)."""
+    from crm_app.services.webhooks import enqueue, inbox
+
+    owners = inbox.owners_with_pending()
+    queued = [owner_id for owner_id in owners if enqueue.kick_now(owner_id)]
+    pruned = inbox.prune()
+    if owners or pruned:
+        logger.info("webhook drain: %d owners queued, %d old deliveries pruned", len(queued), pruned)
+    return {"owners": queued, "pruned": pruned}
+
+
+@shared_task(name="webhooks.subscribe")
+def subscribe(owner_id: int) -> dict[str, Any]:
+    """Subscribe the owner's webhook URL (queued on connect and when sync flags change)."""
+    from crm_app.services.webhooks.subscription import subscribe as subscribe_owner
+
+    return subscribe_owner(owner_id)

@@ -1,0 +1,149 @@
+"""Hand stored deliveries to Celery without ever slowing down or failing the acknowledgement.
+
+The web request only records "owner N has new rows" in memory; a daemon thread per process
+sends at most one `webhooks.process` task per owner at a time. In Redis, a per-owner flag means
+"a task is queued and has not started yet": while it is set, another kick is redundant because
+that task has not read the inbox yet. The task clears the flag before it reads. When the broker
+is down the kick is retried with back-off, and the beat's `webhooks.drain_inbox` sweeps up
+anything left, so a delivery is never lost, only delayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from flask import Flask, current_app
+
+logger = logging.getLogger(__name__)
+
+PROCESS_TASK = "webhooks.process"
+FLAG_TTL = 30  # a flag whose task was lost expires; the drain covers the gap
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+
+
+def _flag_key(owner_id: int) -> str:
+    return f"crm:webhooks:queued:{owner_id}"
+
+
+def _redis(app: Flask) -> Any | None:
+    url = app.config.get("REDIS_URL")
+    if not url:
+        return None
+    cache = app.extensions.setdefault("crm_webhook_redis", {})
+    if url not in cache:
+        import redis
+
+        # Short timeouts: a hung broker must not stall the kicker thread for long.
+        cache[url] = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    return cache[url]
+
+
+def clear_flag(owner_id: int) -> None:
+    """Called by the task before it reads the inbox (see the module docstring)."""
+    client = _redis(current_app._get_current_object())  # type: ignore[attr-defined]
+    if client is None:
+        return
+    try:
+        client.delete(_flag_key(owner_id))
+    except Exception as exc:
+        logger.warning("could not clear the webhook queue flag: %s", type(exc).__name__)
+
+
+def kick_now(owner_id: int, countdown: float | None = None) -> bool:
+    """Queue processing for one owner unless a task is already waiting; False on failure."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.config.get("CELERY_EAGER"):
+        from crm_app.services.webhooks.apply import process_owner
+
+        process_owner(owner_id)
+        return True
+    client = _redis(app)
+    try:
+        if client is not None and not client.set(_flag_key(owner_id), "1", nx=True, ex=FLAG_TTL):
+            return True  # a queued task will see the new rows
+        app.extensions["celery"].send_task(
+            PROCESS_TASK, args=[owner_id], countdown=countdown, retry=False
+        )
+        return True
+    except Exception as exc:
+        logger.warning(
+            "could not queue webhook processing for owner %s (%s); will retry",
+            owner_id,
+            type(exc).__name__,
+        )
+        if client is not None:
+            try:
+                client.delete(_flag_key(owner_id))
+            except Exception:
+                logger.debug("flag cleanup failed too", exc_info=True)
+        return False
+
+
+class Kicker:
+    """One per process and app: a daemon thread draining a set of owner ids."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.owners: set[int] = set()
+        self.retry: dict[int, tuple[float, float]] = {}  # owner -> (due, delay)
+        self.thread = threading.Thread(target=self._run, name="webhook-kicker", daemon=True)
+        self.thread.start()
+
+    def add(self, owner_id: int) -> None:
+        with self.lock:
+            self.owners.add(owner_id)
+        self.wake.set()
+
+    def _due(self) -> set[int]:
+        now = time.monotonic()
+        with self.lock:
+            owners, self.owners = self.owners, set()
+        owners |= {o for o, (due, _) in self.retry.items() if due <= now}
+        return owners
+
+    def _run(self) -> None:
+        while True:
+            timeout = None
+            if self.retry:
+                timeout = max(0.05, min(d for d, _ in self.retry.values()) - time.monotonic())
+            self.wake.wait(timeout)
+            self.wake.clear()
+            for owner_id in self._due():
+                try:
+                    with self.app.app_context():
+                        ok = kick_now(owner_id)
+                except Exception:
+                    logger.exception("webhook kicker failed for owner %s", owner_id)
+                    ok = False
+                if ok:
+                    self.retry.pop(owner_id, None)
+                else:
+                    delay = min(RETRY_MAX, self.retry.get(owner_id, (0.0, RETRY_MIN / 2))[1] * 2)
+                    self.retry[owner_id] = (time.monotonic() + delay, delay)
+
+
+_guard = threading.Lock()
+
+
+def kick(owner_id: int) -> None:
+    """Ask for processing of `owner_id`'s inbox soon; returns at once and never raises."""
+    try:
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        kicker: Kicker | None = app.extensions.get("crm_webhook_kicker")
+        # After a fork (gunicorn workers) the parent's thread does not exist in the child.
+        if kicker is None or kicker.pid != os.getpid():
+            with _guard:
+                kicker = app.extensions.get("crm_webhook_kicker")
+                if kicker is None or kicker.pid != os.getpid():
+                    kicker = Kicker(app)
+                    app.extensions["crm_webhook_kicker"] = kicker
+        kicker.add(owner_id)
+    except Exception:
+        logger.exception("could not schedule webhook processing for owner %s", owner_id)

@@ -1,0 +1,165 @@
+"""The inbox: store raw deliveries (deduplicated by body hash) and hand them to the worker."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from crm_app.extensions import db
+from crm_app.models import InboxStatus, WebhookDelivery
+
+logger = logging.getLogger(__name__)
+
+# Redeliveries come within hours (the retry ladder ends after ~1.5 h); keep a week for the card.
+RETENTION = timedelta(days=7)
+
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _insert_ignoring_duplicates(values: dict[str, Any]) -> Any:
+    dialect = db.engine.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return (
+            pg_insert(WebhookDelivery)
+            .values(**values)
+            .on_conflict_do_nothing(constraint="uq_webhook_inbox_owner_hash")
+        )
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(WebhookDelivery).values(**values).on_conflict_do_nothing()
+    return insert(WebhookDelivery).values(**values)
+
+
+def store_delivery(owner_id: int, body: bytes, request_id: str | None = None) -> int | None:
+    """Store one delivery and commit; the new row id, or None for a redelivery of stored bytes."""
+    values = {
+        "owner_id": owner_id,
+        "body": body,
+        "body_hash": body_hash(body),
+        "request_id": (request_id or None) and request_id[:64],
+        "status": InboxStatus.PENDING,
+        "attempts": 0,
+        "received_at": datetime.now(UTC),
+    }
+    stmt = _insert_ignoring_duplicates(values).returning(WebhookDelivery.id)
+    new_id = db.session.execute(stmt).scalar()
+    db.session.commit()
+    return new_id
+
+
+def owners_with_pending(now: datetime | None = None) -> list[int]:
+    """Owners that have deliveries due for processing (backed-off ones excluded)."""
+    now = now or datetime.now(UTC)
+    rows = db.session.execute(
+        select(WebhookDelivery.owner_id)
+        .where(
+            WebhookDelivery.status == InboxStatus.PENDING,
+            (WebhookDelivery.next_attempt_at.is_(None)) | (WebhookDelivery.next_attempt_at <= now),
+        )
+        .distinct()
+    )
+    return [r[0] for r in rows]
+
+
+def owners_of(delivery_ids: list[int]) -> list[int]:
+    rows = db.session.execute(
+        select(WebhookDelivery.owner_id).where(WebhookDelivery.id.in_(delivery_ids)).distinct()
+    )
+    return [r[0] for r in rows]
+
+
+def due_pending(owner_id: int, limit: int, now: datetime | None = None) -> list[WebhookDelivery]:
+    """The oldest pending deliveries of one owner that are not waiting out a back-off."""
+    now = now or datetime.now(UTC)
+    return list(
+        db.session.scalars(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.owner_id == owner_id,
+                WebhookDelivery.status == InboxStatus.PENDING,
+                (WebhookDelivery.next_attempt_at.is_(None))
+                | (WebhookDelivery.next_attempt_at <= now),
+            )
+            .order_by(WebhookDelivery.id)
+            .limit(limit)
+        )
+    )
+
+
+def counts(owner_id: int, since: datetime | None = None) -> dict[str, int]:
+    """Deliveries per status (received since `since`, default the last 24 hours)."""
+    since = since or datetime.now(UTC) - timedelta(hours=24)
+    rows = db.session.execute(
+        select(WebhookDelivery.status, func.count())
+        .where(WebhookDelivery.owner_id == owner_id, WebhookDelivery.received_at >= since)
+        .group_by(WebhookDelivery.status)
+    )
+    out = {
+        s: 0
+        for s in (
+            InboxStatus.PENDING,
+            InboxStatus.PROCESSED,
+            InboxStatus.DUPLICATE,
+            InboxStatus.IGNORED,
+            InboxStatus.FAILED,
+        )
+    }
+    out.update({status: int(n) for status, n in rows})
+    out["total"] = sum(out.values())
+    return out
+
+
+def recent(owner_id: int, limit: int = 10) -> list[WebhookDelivery]:
+    return list(
+        db.session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.owner_id == owner_id)
+            .order_by(WebhookDelivery.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def last_error(owner_id: int) -> WebhookDelivery | None:
+    return db.session.scalar(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.owner_id == owner_id, WebhookDelivery.error.is_not(None))
+        .order_by(WebhookDelivery.id.desc())
+        .limit(1)
+    )
+
+
+def prune(older_than: timedelta = RETENTION) -> int:
+    """Forget finished deliveries past retention; pending ones are never dropped."""
+    cutoff = datetime.now(UTC) - older_than
+    result = db.session.execute(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.received_at < cutoff,
+            WebhookDelivery.status != InboxStatus.PENDING,
+        )
+    )
+    db.session.commit()
+    return int(result.rowcount or 0)
+
+
+def requeue_failed(owner_id: int) -> int:
+    """Put failed deliveries back in the queue (after a reconnect, say)."""
+    result = db.session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.owner_id == owner_id,
+            WebhookDelivery.status == InboxStatus.FAILED,
+        )
+        .values(status=InboxStatus.PENDING, next_attempt_at=None, attempts=0)
+    )
+    db.session.commit()
+    return int(result.rowcount or 0)
