@@ -1,5 +1,157 @@
-"""Blueprint placeholder: filled in by the feature that owns it."""
+"""amoCRM webhook endpoint (store, acknowledge, enqueue) and the admin webhook card."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import login_required
+from sqlalchemy import select
+
+from crm_app.auth.access import current_actor, require_write, resolve_owner_id
+from crm_app.extensions import csrf, db
+from crm_app.models import AmoConfig, ConnectionStatus
+from crm_app.services.webhooks import enqueue, inbox
+from crm_app.services.webhooks.parse import MalformedBody, parse_delivery
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("webhooks", __name__)
+
+_FORM = "application/x-www-form-urlencoded"
+_MAX_TOKEN = 128
+
+
+def _lookup(token: str) -> Any:
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    return db.session.execute(
+        select(
+            AmoConfig.owner_id, AmoConfig.account_id, AmoConfig.subdomain, AmoConfig.status
+        ).where(AmoConfig.webhook_token_hash == digest)
+    ).first()
+
+
+def _read_body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        abort(413, description=f"Webhook body larger than {limit} bytes.")
+    # Chunked bodies carry no length: read one byte past the limit to notice.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        abort(413, description=f"Webhook body larger than {limit} bytes.")
+    return body
+
+
+def _check_account(cfg: Any, account_id: str | None, subdomain: str | None) -> None:
+    if not account_id and not subdomain:
+        abort(400, description="The body has no account[id] or account[subdomain].")
+    if cfg.status == ConnectionStatus.DISCONNECTED:
+        # We unsubscribe on disconnect; a late hook has nothing to apply to.
+        abort(409, description="The amoCRM integration is disconnected.")
+    expected_id = cfg.account_id
+    expected_sub = (cfg.subdomain or "").strip().lower()
+    if expected_id is None and not expected_sub:
+        abort(409, description="No amoCRM account is connected for this webhook URL.")
+    if account_id and expected_id is not None and account_id.strip() != str(expected_id):
+        abort(403, description="account[id] does not match the connected amoCRM account.")
+    if subdomain and expected_sub and subdomain.strip().lower() != expected_sub:
+        abort(403, description="account[subdomain] does not match the connected amoCRM account.")
+    if expected_id is not None and not account_id and not expected_sub:
+        abort(403, description="account[id] is missing.")
+
+
+@bp.post("/webhooks/amocrm/<token>")
+@bp.post("/webhooks/amocrm")
+@csrf.exempt
+def receive(token: str | None = None) -> Response:
+    """Store the raw delivery, answer 200 at once, and let the worker apply it."""
+    token = token or request.args.get("token") or ""
+    if not token or len(token) > _MAX_TOKEN:
+        abort(404, description="Unknown webhook URL.")
+    cfg = _lookup(token)
+    if cfg is None:
+        abort(404, description="Unknown webhook URL.")
+    mimetype = request.mimetype
+    if mimetype and mimetype != _FORM:
+        abort(415, description=f"Webhooks must be sent as {_FORM}.")
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        abort(415, description="Compressed webhook bodies are not accepted.")
+    body = _read_body(int(current_app.config["WEBHOOK_MAX_BODY"]))
+    try:
+        delivery = parse_delivery(body)
+    except MalformedBody as exc:
+        abort(400, description=f"Malformed webhook body: {exc}.")
+    _check_account(cfg, delivery.account_id, delivery.subdomain)
+    if not delivery.events and not delivery.unknown:
+        abort(400, description="The body names no events.")
+    new_id = inbox.store_delivery(cfg.owner_id, body, request.headers.get("X-Amocrm-Requestid"))
+    if new_id is not None:
+        enqueue.kick(cfg.owner_id)
+    return Response("OK", status=200, mimetype="text/plain")
+
+
+# -- the admin card ---------------------------------------------------------------------------------
+
+
+def _card(owner_id: int, can_write: bool, message: str | None = None) -> str:
+    from crm_app.services.webhooks.subscription import subscription_state
+
+    state = subscription_state(owner_id, reveal=can_write)
+    return render_template(
+        "crm/partials/_webhooks.html",
+        state=state,
+        counts=inbox.counts(owner_id),
+        recent=inbox.recent(owner_id, 5),
+        last_error=inbox.last_error(owner_id),
+        can_write=can_write,
+        owner_id=owner_id,
+        owner_param=request.args.get("owner_id") or None,
+        message=message,
+    )
+
+
+@bp.get("/admin/crm/ui/webhooks")
+@login_required
+def panel() -> Response:
+    actor = current_actor()
+    assert actor is not None
+    owner_id = resolve_owner_id(actor, request.args.get("owner_id"))
+    resp = current_app.make_response(_card(owner_id, actor.can_write))
+    resp.headers["Vary"] = "HX-Request"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.post("/admin/crm/ui/webhooks/subscribe")
+@login_required
+def subscribe_view() -> Any:
+    actor = current_actor()
+    assert actor is not None
+    owner_id = resolve_owner_id(actor, request.args.get("owner_id"))
+    require_write(actor)
+    from crm_app.services.webhooks.subscription import subscribe
+
+    result = subscribe(owner_id)
+    if result.get("subscribed"):
+        message = "subscribed"
+    elif result.get("manual"):
+        message = "manual"
+    else:
+        message = "error"
+    if not request.headers.get("HX-Request"):
+        # Without JavaScript the form posts here; go back to the page.
+        return redirect(url_for("pages.crm_page"), code=303)
+    resp = current_app.make_response(_card(owner_id, True, message))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
