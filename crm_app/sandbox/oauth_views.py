@@ -30,6 +30,7 @@ def _allowed_accounts(client_id: str) -> list[Account]:
 def consent() -> Response:
     sb = common.sandbox()
     client_id = request.args.get("client_id", "")
+    g.client_id = client_id or None
     integration = sb.tokens.integration(client_id)
     if integration is None:
         html = error_page("Интеграция не найдена. Проверьте параметр client_id.")

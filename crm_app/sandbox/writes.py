@@ -76,7 +76,8 @@ class Writer:
             for index, item in enumerate(items):
                 rid = request_id(item, index)
                 errs: fx.Errors = []
-                old = table.get(item.get("id")) if isinstance(item, dict) else None
+                ok_id = isinstance(item, dict) and fx.is_int(item.get("id"))
+                old = table.get(item["id"]) if ok_id else None
                 if not isinstance(item, dict):
                     fx.type_error(errs, "", "object")
                 elif not fx.is_int(item.get("id")):
@@ -215,9 +216,7 @@ class Writer:
         company = self._company_ref(item, errs)
         if company is not ...:
             record["company_id"] = company
-        record.setdefault("name", "")
-        if not record["name"] and old is None:
-            record["name"] = ""  # amoCRM shows "Сделка #id" in the UI but stores an empty name
+        record.setdefault("name", "")  # nothing is required on create (§4.4)
         return self._stamp(record, old, changes)
 
     def _lead_status(

@@ -12,6 +12,7 @@ from pathlib import Path
 import requests
 
 from crm_app.sandbox import SandboxServer
+from crm_app.sandbox.__main__ import build_parser, config_from_args
 from tests.sandbox.helpers import Api, Factory, api_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,23 +72,14 @@ def test_cli_serves_the_configured_account_and_integration() -> None:
 
 
 def test_cli_help_lists_the_switches() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "crm_app.sandbox", "--help"],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    out = build_parser().format_help()
     for flag in (
-        "--rate-limit",
-        "--refresh-grace",
-        "--no-api-filter",
-        "--429-body",
-        "--webhook-time-scale",
-    ):
+        "--rate-limit", "--refresh-grace", "--no-api-filter", "--429-body", "--webhook-time-scale",
+        "--client-id", "--redirect-uri", "--accounts", "--block-after",
+    ):  # fmt: skip
         assert flag in out
+    cfg = config_from_args(build_parser().parse_args(["--no-api-filter", "--rate-limit", "0"]))
+    assert (cfg.api_filter, cfg.rate_limit, cfg.contacts) == (False, 0, 50)
 
 
 def test_python_api(make_sandbox: Factory) -> None:
