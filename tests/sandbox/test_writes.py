@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import requests
+
 from crm_app.sandbox import SandboxServer
 from tests.sandbox.helpers import Api, Factory, api_for
 
@@ -358,3 +360,36 @@ def test_request_log_records_api_calls_not_admin_calls(api: Api, sandbox: Sandbo
     ]
     assert all({"method", "path", "status", "ts"} <= set(e) for e in log)
     assert log[1]["json"] == [{"name": "Лог"}] and log[0]["client_id"] == sandbox.config.client_id
+
+
+def test_deleted_leads_are_listed_with_only_deleted(api: Api, sandbox: SandboxServer) -> None:
+    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
+    gone = requests.delete(f"{sandbox.url}/_sandbox/leads/{lead_id}", timeout=5)
+    assert gone.status_code == 204
+    assert api.get(f"/api/v4/leads/{lead_id}").status_code == 204
+    trashed = api.get("/api/v4/leads?with=only_deleted").json()["_embedded"]["leads"]
+    assert [(lead["id"], lead["is_deleted"], lead["name"]) for lead in trashed] == [
+        (lead_id, True, None)
+    ]
+
+
+def test_injected_faults_fail_the_next_calls(api: Api, sandbox: SandboxServer) -> None:
+    fault = {"path": "/api/v4/contacts", "status": 500, "count": 2}
+    assert requests.post(f"{sandbox.url}/_sandbox/faults", json=fault, timeout=5).status_code == 201
+    first, second, third = (api.get("/api/v4/contacts").status_code for _ in range(3))
+    assert (first, second, third) == (500, 500, 200)
+    assert api.get("/api/v4/leads").status_code == 200
+
+
+def test_context_user_header_acts_as_another_user(api: Api, sandbox: SandboxServer) -> None:
+    manager = next(u for u in sandbox.account.users if not u.is_admin)
+    me = api.get("/api/v4/account", headers={"X-Context-User-ID": str(manager.id)}).json()
+    assert me["current_user_id"] == manager.id
+    created = api.post(
+        "/api/v4/tasks",
+        json=[{"text": "От менеджера", "complete_till": 1900000000}],
+        headers={"X-Context-User-ID": str(manager.id)},
+    ).json()["_embedded"]["tasks"][0]
+    task = api.get(f"/api/v4/tasks/{created['id']}").json()
+    assert task["responsible_user_id"] == task["created_by"] == manager.id
+    assert api.get("/api/v4/account", headers={"X-Context-User-ID": "1"}).status_code == 401
