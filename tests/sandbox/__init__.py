@@ -1,0 +1,1 @@
+"""Tests for the amoCRM sandbox, run over real HTTP."""
