@@ -30,6 +30,7 @@ from crm_app.amocrm.errors import (
     AmoCRMRateLimited,
     AmoCRMTokenExpired,
 )
+from crm_app.amocrm.fields import phone_search_query
 from crm_app.auth.access import (
     authenticate,
     current_actor,
@@ -365,7 +366,8 @@ def contacts(query: ListQuery) -> dict[str, Any]:
             Contact.email.ilike(pattern, escape="\\"),
             *_id_match(Contact, query.q),
         ]
-        digits = "".join(ch for ch in query.q if ch.isdigit())
+        # Phones are stored in E.164; the national number matches however it was typed.
+        digits = phone_search_query(query.q) or "".join(ch for ch in query.q if ch.isdigit())
         if len(digits) >= 5:
             conds.append(cast(Contact.phones, String).like(_like(digits), escape="\\"))
         stmt = stmt.where(or_(*conds))

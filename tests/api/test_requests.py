@@ -1,0 +1,185 @@
+"""Request hygiene: CSRF on session writes, body size/type/shape, query validation, no echo."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import World
+
+WRITES = (
+    ("PUT", "/admin/crm/config", {"sync_tasks": False}, 200),
+    ("POST", "/admin/crm/sync", {"entities": ["contacts"]}, 202),
+    ("POST", "/admin/crm/disconnect", {}, 200),
+)
+
+
+# -- CSRF: Bearer calls are exempt, session writes are not ----------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "body", "ok"), WRITES)
+def test_session_write_needs_the_csrf_header(
+    client, login, csrf_token, world: World, method: str, path: str, body: dict, ok: int
+) -> None:  # type: ignore[no-untyped-def]
+    from crm_app.extensions import db
+    from crm_app.models import SyncRun
+
+    login("acme_user")
+    runs_before = db.session.scalar(db.select(db.func.count()).select_from(SyncRun))
+    refused = client.open(path, method=method, json=body)
+    assert refused.status_code == 400, refused.data
+    assert refused.mimetype == "application/problem+json"
+    assert "CSRF" in refused.json["detail"]
+    assert db.session.scalar(db.select(db.func.count()).select_from(SyncRun)) == runs_before
+    forged = client.open(path, method=method, json=body, headers={"X-CSRFToken": "forged"})
+    assert forged.status_code == 400
+    allowed = client.open(path, method=method, json=body, headers={"X-CSRFToken": csrf_token()})
+    assert allowed.status_code == ok, allowed.data
+
+
+def test_session_reads_need_no_csrf_header(client, login, world: World) -> None:  # type: ignore[no-untyped-def]
+    login("acme_guest")
+    assert client.get("/admin/crm/contacts").status_code == 200
+    assert client.get("/admin/crm/config").status_code == 200
+
+
+def test_session_guest_write_is_forbidden_even_with_csrf(client, login, csrf_token, world) -> None:  # type: ignore[no-untyped-def]
+    login("acme_guest")
+    resp = client.post("/admin/crm/sync", json={}, headers={"X-CSRFToken": csrf_token()})
+    assert resp.status_code == 403 and resp.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "ok"), WRITES)
+def test_bearer_write_needs_no_csrf(client, world: World, method, path, body, ok) -> None:  # type: ignore[no-untyped-def]
+    resp = client.open(path, method=method, json=body, headers=world.header("user"))
+    assert resp.status_code == ok, resp.data
+
+
+def test_session_csrf_token_of_another_session_is_refused(app, client, login, world) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    other = app.test_client()
+    html = other.get("/login").get_data(as_text=True)
+    foreign = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert foreign
+    login("acme_user")
+    resp = client.post("/admin/crm/sync", json={}, headers={"X-CSRFToken": foreign[1]})
+    assert resp.status_code == 400
+
+
+# -- bodies ----------------------------------------------------------------------------------------
+
+
+def test_oversized_body_is_413(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    big = {"client_secret": "x" * (70 * 1024)}
+    resp = client.put("/admin/crm/config", json=big, headers=world.header("admin"))
+    assert resp.status_code == 413 and resp.mimetype == "application/problem+json"
+
+
+def test_body_limit_is_configurable(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+    app.config["API_MAX_BODY"] = 50
+    resp = client.put(
+        "/admin/crm/config",
+        json={"client_id": "a" * 60, "sync_tasks": True},
+        headers=world.header("admin"),
+    )
+    assert resp.status_code == 413
+
+
+def test_body_must_be_json(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    headers = world.header("admin")
+    form = client.put("/admin/crm/config", data={"sync_tasks": "false"}, headers=headers)
+    assert form.status_code == 415 and form.mimetype == "application/problem+json"
+    text = client.post("/admin/crm/sync", data="full", headers=headers, content_type="text/plain")
+    assert text.status_code == 415
+    broken = client.put(
+        "/admin/crm/config",
+        data='{"sync_tasks": ',
+        headers=headers,
+        content_type="application/json",
+    )
+    assert broken.status_code == 400 and broken.mimetype == "application/problem+json"
+    deep = client.put(
+        "/admin/crm/config", data="[" * 50_000, headers=headers, content_type="application/json"
+    )
+    assert deep.status_code == 400
+    for not_an_object in ("[]", "null", "0", '"x"', "[1, 2]"):
+        resp = client.put(
+            "/admin/crm/config",
+            data=not_an_object,
+            headers=headers,
+            content_type="application/json",
+        )
+        assert resp.status_code == 422, not_an_object
+
+
+def test_empty_body_is_fine_where_optional(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    headers = world.header("admin")
+    assert client.post("/admin/crm/sync", headers=headers).status_code == 202
+    assert client.post("/admin/crm/disconnect", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"sync_tasks": "yes"},
+        {"sync_tasks": 1},
+        {"lead_pipeline_id": "7"},
+        {"lead_pipeline_id": 0},
+        {"subdomain": "a b"},
+        {"subdomain": "www"},
+        {"domain": "evil.com"},
+        {"redirect_uri": "javascript:alert(1)"},
+        {"client_id": "../../etc"},
+    ],
+)
+def test_config_types_are_strict(client, world: World, body: dict) -> None:  # type: ignore[no-untyped-def]
+    resp = client.put("/admin/crm/config", json=body, headers=world.header("admin"))
+    assert resp.status_code == 422, body
+    assert resp.json["errors"] and all(e["in"] == "body" for e in resp.json["errors"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"entities": []}, {"entities": ["deals"]}, {"full": "true"}, {"entities": "contacts"}],
+)
+def test_sync_body_is_validated(client, world: World, body: dict) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post("/admin/crm/sync", json=body, headers=world.header("admin"))
+    assert resp.status_code == 422, body
+
+
+def test_rejected_secrets_are_not_echoed(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    body = {"client_secret": "TopSecretValue\x00", "long_lived_token": "eyJ.bad token"}
+    resp = client.put("/admin/crm/config", json=body, headers=world.header("admin"))
+    assert resp.status_code == 422
+    text = resp.get_data(as_text=True)
+    assert "TopSecretValue" not in text and "bad token" not in text
+
+
+# -- query strings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"limit": "0"},
+        {"limit": "251"},
+        {"limit": "ten"},
+        {"offset": "-1"},
+        {"offset": "99999999999999999999"},
+        {"q": "x" * 201},
+        {"q": "a\x00b"},
+        {"limit": ["1", "2"]},
+    ],
+)
+def test_list_query_is_validated(client, world: World, query: dict) -> None:  # type: ignore[no-untyped-def]
+    resp = client.get("/admin/crm/contacts", query_string=query, headers=world.header("user"))
+    assert resp.status_code == 422, query
+    assert resp.mimetype == "application/problem+json"
+    assert resp.json["errors"][0]["in"] == "query"
+
+
+def test_unknown_query_parameters_are_ignored(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    resp = client.get(
+        "/admin/crm/contacts", query_string={"lang": "en", "_": "1"}, headers=world.header("user")
+    )
+    assert resp.status_code == 200
