@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import wraps
 from typing import Any
 
 from flask import (
@@ -16,11 +17,11 @@ from flask import (
     request,
     url_for,
 )
-from flask_login import login_required
+from flask_login import current_user
 from sqlalchemy import select
 
 from crm_app.auth.access import current_actor, require_write, resolve_owner_id
-from crm_app.extensions import csrf, db
+from crm_app.extensions import csrf, db, login_manager
 from crm_app.models import AmoConfig, ConnectionStatus
 from crm_app.services.webhooks import enqueue, inbox
 from crm_app.services.webhooks.parse import MalformedBody, parse_delivery
@@ -121,8 +122,24 @@ def _card(owner_id: int, can_write: bool, message: str | None = None) -> str:
     )
 
 
+def _login_required(view: Any) -> Any:
+    """Flask-Login's gate, except that an HTMX slot gets 401 + HX-Redirect, not a login form."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_authenticated:
+            if request.headers.get("HX-Request"):
+                resp = current_app.make_response(("", 401))
+                resp.headers["HX-Redirect"] = url_for("auth.login", next="/admin/crm")
+                return resp
+            return login_manager.unauthorized()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 @bp.get("/admin/crm/ui/webhooks")
-@login_required
+@_login_required
 def panel() -> Response:
     actor = current_actor()
     assert actor is not None
@@ -134,7 +151,7 @@ def panel() -> Response:
 
 
 @bp.post("/admin/crm/ui/webhooks/subscribe")
-@login_required
+@_login_required
 def subscribe_view() -> Any:
     actor = current_actor()
     assert actor is not None

@@ -100,7 +100,9 @@ def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
     return make_sandbox()
 
 
-def connect_owner(app, server: SandboxServer, name: str = "acme") -> int:  # type: ignore[no-untyped-def]
+def connect_owner(
+    app, server: SandboxServer, name: str = "acme", user_id: int | None = None
+) -> int:  # type: ignore[no-untyped-def]
     """Owner + AmoConfig matching the sandbox + tokens from a real code exchange.
 
     Users are left to the tests that sign in (`make_user(..., owner=name)`): hashing a password
@@ -129,7 +131,9 @@ def connect_owner(app, server: SandboxServer, name: str = "acme") -> int:  # typ
     )
     db.session.commit()
     code = requests.post(
-        f"{server.url}/_sandbox/auth-code", json={"client_id": cfg.client_id}, timeout=5
+        f"{server.url}/_sandbox/auth-code",
+        json={"client_id": cfg.client_id, "user_id": user_id or acc.admin.id},
+        timeout=5,
     ).json()["code"]
     hosts = AmoHosts(acc.subdomain, cfg.base_domain, base_url=server.url)
     tokens = OAuthClient(hosts, cfg.client_id, cfg.client_secret, cfg.redirect_uri).exchange_code(
