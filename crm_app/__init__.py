@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from crm_app import crypto
-from crm_app.config import ROOT, load_config
-from crm_app.extensions import babel, csrf, db, htmx, limiter, login_manager, migrate
-
+# Imports live inside the functions so `python -m crm_app.sandbox` (which must import this
+# package first) does not pay for Flask extensions and SQLAlchemy models it never uses.
 logger = logging.getLogger(__name__)
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the app: config, extensions, blueprints, error handlers, CLI, Celery."""
+    from flask import Flask
+
+    from crm_app.config import ROOT, load_config
+
     cfg = load_config(overrides)
     app = Flask(
         __name__,
@@ -44,6 +47,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 def _init_secrets(app: Flask) -> None:
     """Use configured keys; the embedded default keeps generated ones under instance/."""
+    from crm_app import crypto
+
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app.instance_path, "secret.key")
     key = app.config["CRM_ENCRYPTION_KEY"] or crypto.dev_key(app.instance_path)
@@ -62,6 +67,9 @@ def _instance_secret(instance_path: str, name: str) -> str:
 
 
 def register_extensions(app: Flask) -> None:
+    from crm_app.config import ROOT
+    from crm_app.extensions import babel, csrf, db, htmx, limiter, login_manager, migrate
+
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     login_manager.init_app(app)
