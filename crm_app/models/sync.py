@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_app.extensions import db
@@ -25,17 +25,31 @@ class SyncRun(db.Model):
     """One requested sync; progress and per-entity checkpoints live here, not in Celery."""
 
     __tablename__ = "sync_runs"
+    __table_args__ = (
+        # One active run per owner, enforced by the database: concurrent start_sync() calls
+        # race on this index and the losers read the winner's run.
+        Index(
+            "uq_sync_runs_active_owner",
+            "owner_id",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
     entities: Mapped[list[str]] = mapped_column(JSONType, default=list)
     full: Mapped[bool] = mapped_column(default=False)
-    trigger: Mapped[str] = mapped_column(String(16), default="manual")  # manual|beat|cli|api
+    trigger: Mapped[str] = mapped_column(
+        String(16), default="manual"
+    )  # manual|beat|cli|api|reconcile
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
     current_entity: Mapped[str | None] = mapped_column(String(32))
     pages: Mapped[int] = mapped_column(default=0)
     records: Mapped[int] = mapped_column(default=0)
     requests: Mapped[int] = mapped_column(default=0)
+    rate_limited: Mapped[int] = mapped_column(default=0)  # HTTP 429 answers seen (retried)
     # {"contacts": {"page": 7, "done": false, "cursor_from": 1700000000, "max_updated_at": ...}}
     checkpoint: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -44,6 +58,10 @@ class SyncRun(db.Model):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Fencing token of the worker executing the run: every checkpoint write checks it, so a
+    # worker that was taken over (no heartbeat for SYNC_STALE_SECONDS) can no longer write.
+    lease: Mapped[str | None] = mapped_column(String(36))
+    worker: Mapped[str | None] = mapped_column(String(128))
 
 
 class SyncLog(db.Model):
@@ -74,3 +92,13 @@ class SyncCursor(db.Model):
     last_full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_reconcile_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class BeatClaim(db.Model):
+    """(task name, interval slot) claimed by the first beat-scheduled run; a second beat skips."""
+
+    __tablename__ = "sync_beat_claims"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 21:49:49.999784
+Create Date: 2026-11-26 21:54:43.570248
 
 """
 
@@ -26,6 +26,13 @@ def upgrade():
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
+    )
+    op.create_table(
+        "sync_beat_claims",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("slot", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", "slot"),
     )
     op.create_table(
         "amocrm_configs",
@@ -299,6 +306,7 @@ def upgrade():
         sa.Column("pages", sa.Integer(), nullable=False),
         sa.Column("records", sa.Integer(), nullable=False),
         sa.Column("requests", sa.Integer(), nullable=False),
+        sa.Column("rate_limited", sa.Integer(), nullable=False),
         sa.Column(
             "checkpoint", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
         ),
@@ -310,12 +318,21 @@ def upgrade():
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease", sa.String(length=36), nullable=True),
+        sa.Column("worker", sa.String(length=128), nullable=True),
         sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("sync_runs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_sync_runs_owner_id"), ["owner_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_sync_runs_status"), ["status"], unique=False)
+        batch_op.create_index(
+            "uq_sync_runs_active_owner",
+            ["owner_id"],
+            unique=True,
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+            sqlite_where=sa.text("status IN ('queued', 'running')"),
+        )
 
     op.create_table(
         "users",
@@ -497,6 +514,11 @@ def downgrade():
 
     op.drop_table("users")
     with op.batch_alter_table("sync_runs", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_sync_runs_active_owner",
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+            sqlite_where=sa.text("status IN ('queued', 'running')"),
+        )
         batch_op.drop_index(batch_op.f("ix_sync_runs_status"))
         batch_op.drop_index(batch_op.f("ix_sync_runs_owner_id"))
 
@@ -538,5 +560,6 @@ def downgrade():
         batch_op.drop_index(batch_op.f("ix_amocrm_configs_owner_id"))
 
     op.drop_table("amocrm_configs")
+    op.drop_table("sync_beat_claims")
     op.drop_table("owners")
     # ### end Alembic commands ###

@@ -1,0 +1,470 @@
+"""run_sync: execute one SyncRun, entity by entity, page by page, checkpointing every page."""
+
+from __future__ import annotations
+
+import logging
+import time
+from array import array
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import Connection, select
+
+from crm_app.amocrm.client import AmoCRMClient
+from crm_app.amocrm.errors import (
+    AmoCRMAPIError,
+    AmoCRMBlocked,
+    AmoCRMRateLimited,
+)
+from crm_app.models import RunStatus
+from crm_app.services.amo import NotConfigured, client_for_owner, record_api_failure
+from crm_app.services.sync.mappers import map_items
+from crm_app.services.sync.paging import PageStream, prefetch
+from crm_app.services.sync.reference import sync_reference_data
+from crm_app.services.sync.refetch import refetch_entities
+from crm_app.services.sync.runs import (
+    LeaseLost,
+    RunLease,
+    claim_run,
+    read_cursor,
+    run_connection,
+    save_cursor,
+    write_log,
+)
+from crm_app.services.sync.upsert import ENTITIES, entity_table, upsert_rows
+from crm_app.services.tokens import NotConnected
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class RequestCounter:
+    """Counts every HTTP answer the client receives (retries included) and the 429s among them."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rate_limited = 0
+
+    def __call__(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        self.requests += 1
+        if getattr(response, "status_code", None) == 429:
+            self.rate_limited += 1
+        return response
+
+    def attach(self, client: AmoCRMClient) -> None:
+        client.session.hooks.setdefault("response", []).append(self)
+
+
+def _epoch() -> float:
+    return time.time()
+
+
+class RunContext:
+    """Everything one executing run shares: connection, lease, client, counters, checkpoint."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        lease: RunLease,
+        row: dict[str, Any],
+        client: AmoCRMClient,
+        counter: RequestCounter,
+        progress: Progress | None,
+    ) -> None:
+        self.conn = conn
+        self.lease = lease
+        self.run_id: int = row["id"]
+        self.owner_id: int = row["owner_id"]
+        self.entities: list[str] = [e for e in row["entities"] or [] if e in ENTITIES]
+        self.full: bool = bool(row["full"])
+        self.trigger: str = row["trigger"]
+        self.checkpoint: dict[str, Any] = dict(row["checkpoint"] or {})
+        self.counts: dict[str, Any] = dict(row["counts"] or {})
+        self.client = client
+        self.counter = counter
+        self.progress = progress
+        self.started = row["started_at"] or datetime.now(UTC)
+        self.base_requests = int(row["requests"] or 0)
+        self.base_rate_limited = int(row["rate_limited"] or 0)
+        self.app = current_app._get_current_object()  # type: ignore[attr-defined]
+        self.overlap = int(current_app.config.get("SYNC_CURSOR_OVERLAP_SECONDS", 300))
+        self.region = str(current_app.config.get("SYNC_PHONE_REGION", "RU"))
+
+    # -- progress -------------------------------------------------------------------------
+
+    def totals(self) -> dict[str, Any]:
+        pages = sum(int(v.get("pages", 0)) for k, v in self.checkpoint.items() if k in ENTITIES)
+        records = sum(int(v.get("records", 0)) for k, v in self.checkpoint.items() if k in ENTITIES)
+        return {
+            "pages": pages,
+            "records": records,
+            "requests": self.base_requests + self.counter.requests,
+            "rate_limited": self.base_rate_limited + self.counter.rate_limited,
+        }
+
+    def save(self, entity: str | None) -> None:
+        """Write checkpoint and progress in the current transaction (lease-checked)."""
+        self.lease.write(
+            checkpoint=self.checkpoint,
+            counts=self.counts,
+            current_entity=entity,
+            **self.totals(),
+        )
+
+    def notify(self, entity: str | None) -> None:
+        if self.progress is not None:
+            elapsed = max(time.monotonic() - self._t0, 1e-6)
+            totals = self.totals()
+            self.progress(
+                {
+                    "run_id": self.run_id,
+                    "entity": entity,
+                    "rate": totals["records"] / elapsed,
+                    **totals,
+                }
+            )
+
+    _t0 = time.monotonic()
+
+
+# -- one entity pass ------------------------------------------------------------------------
+
+
+def _new_state(ctx: RunContext, entity: str) -> dict[str, Any]:
+    with ctx.conn.begin():
+        cursor = read_cursor(ctx.conn, ctx.owner_id, entity)
+    if ctx.trigger == "reconcile":
+        mode = "reconcile"
+    elif ctx.full or cursor is None:
+        mode = "full"
+    else:
+        mode = "incremental"
+    return {
+        "mode": mode,
+        "page": 1,
+        "done": False,
+        "cursor_from": cursor if mode == "incremental" else None,
+        "previous_cursor": cursor,
+        "max_updated_at": None,
+        "started": _epoch(),
+        "records": 0,
+        "pages": 0,
+        "older": 0,
+        "deleted": 0,
+        "filter_ignored": False,
+        "order_ignored": False,
+    }
+
+
+def _next_cursor(state: dict[str, Any], overlap: int) -> int | None:
+    """The next incremental starting point.
+
+    Not simply the newest ``updated_at`` seen: a record edited while we paged may sit on a page
+    already read, with a stamp below the newest one we saw later. Anything edited after the
+    pass began has a stamp at or after its start, so the cursor never passes the start (less
+    a margin for clock skew). ``from`` is inclusive: re-reading a record is harmless.
+    """
+    seen = state.get("max_updated_at")
+    previous = state.get("previous_cursor")
+    if seen is None:
+        return previous
+    candidate = min(int(seen), int(state["started"]) - overlap)
+    return max(candidate, previous) if previous is not None else candidate
+
+
+def _sync_entity(ctx: RunContext, entity: str) -> None:
+    state = ctx.checkpoint.get(entity)
+    if not isinstance(state, dict) or state.get("done"):
+        if isinstance(state, dict) and state.get("done"):
+            return
+        state = _new_state(ctx, entity)
+    elif state.get("mode") == "reconcile" and state.get("page", 1) > 1:
+        # The id set seen so far lived in the dead worker's memory: start the scan again.
+        state.update(page=1, records=0, pages=0, started=_epoch())
+    ctx.checkpoint[entity] = state
+    with ctx.conn.begin():
+        ctx.save(entity)
+    logger.info(
+        "sync run %s owner %s: %s %s from page %s",
+        ctx.run_id,
+        ctx.owner_id,
+        entity,
+        state["mode"],
+        state["page"],
+    )
+    started = time.monotonic()
+    table = entity_table(entity)
+    seen_ids = array("q") if state["mode"] == "reconcile" else None
+    stream = PageStream(
+        ctx.client,
+        entity,
+        int(state["page"]),
+        "incremental" if state["mode"] == "incremental" else "full",
+        state.get("cursor_from"),
+        max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)),
+    )
+    for result in prefetch(ctx.app, lambda: iter(stream)):
+        now = datetime.now(UTC)
+        items = result.items
+        with ctx.conn.begin():
+            if seen_ids is not None:
+                seen_ids.extend(int(i["id"]) for i in items if isinstance(i.get("id"), int))
+                items = _changed_only(ctx.conn, table, ctx.owner_id, items)
+            rows = map_items(entity, ctx.owner_id, items, now, ctx.region)
+            stamps = [r["updated_at"] for r in rows if r["updated_at"] is not None]
+            upsert_rows(ctx.conn, table, rows)
+            state["page"] = result.page.page + 1
+            state["pages"] += 1
+            state["records"] += len(rows) if seen_ids is None else len(result.items)
+            state["older"] += result.older
+            if stamps:
+                top = max(stamps)
+                if state["max_updated_at"] is None or top > state["max_updated_at"]:
+                    state["max_updated_at"] = top
+            if stream.check is not None:
+                state["filter_ignored"] = not stream.check.filter_ok
+                state["order_ignored"] = not stream.check.order_ok
+            ctx.save(entity)
+        ctx.notify(entity)
+    if stream.check is not None and not stream.check.filter_ok and not stream.check.order_ok:
+        logger.warning(
+            "owner %s: amoCRM ignored filter[updated_at] and order[updated_at] for %s; "
+            "scanned every page instead",
+            ctx.owner_id,
+            entity,
+        )
+    if state["mode"] == "full":
+        state["deleted"] += _sweep_unseen(ctx, entity, state)
+    elif seen_ids is not None:
+        state["deleted"] += _sweep_missing(ctx, entity, seen_ids)
+    duration = time.monotonic() - started
+    state["done"] = True
+    state["duration"] = round(state.get("duration", 0.0) + duration, 3)
+    ctx.counts[entity] = {
+        k: state[k] for k in ("mode", "records", "pages", "deleted", "older", "filter_ignored")
+    }
+    with ctx.conn.begin():
+        save_cursor(
+            ctx.conn,
+            ctx.owner_id,
+            entity,
+            cursor=_next_cursor(state, ctx.overlap),
+            full=state["mode"] in ("full", "reconcile"),
+            reconcile=state["mode"] == "reconcile",
+        )
+        write_log(
+            ctx.conn,
+            ctx.owner_id,
+            f"sync_{entity}",
+            "success",
+            {
+                "run_id": ctx.run_id,
+                "mode": state["mode"],
+                "records": state["records"],
+                "pages": state["pages"],
+                "deleted": state["deleted"],
+                "duration_s": state["duration"],
+                "filter_ignored": state["filter_ignored"],
+                "trigger": ctx.trigger,
+            },
+            ctx.run_id,
+        )
+        ctx.save(entity)
+    ctx.notify(entity)
+
+
+def _changed_only(
+    conn: Connection, table: Any, owner_id: int, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Reconcile writes only what the mirror lacks or holds in an older version."""
+    ids = [i["id"] for i in items if isinstance(i.get("id"), int)]
+    if not ids:
+        return []
+    known = dict(
+        conn.execute(
+            select(table.c.id, table.c.updated_at).where(
+                table.c.owner_id == owner_id, table.c.id.in_(ids)
+            )
+        ).all()
+    )
+    return [
+        i for i in items if i.get("id") not in known or known[i.get("id")] != i.get("updated_at")
+    ]
+
+
+def _confirm_and_delete(ctx: RunContext, entity: str, candidates: list[int]) -> int:
+    """Re-read candidate ids (batches of 250, 204 confirms a single id) and drop the gone ones."""
+    deleted = 0
+    for start in range(0, len(candidates), 250):
+        batch = candidates[start : start + 250]
+        with ctx.conn.begin():
+            _up, gone = refetch_entities(
+                ctx.owner_id, entity, batch, client=ctx.client, conn=ctx.conn
+            )
+            deleted += gone
+            ctx.save(entity)
+    if candidates:
+        logger.info(
+            "owner %s: %d %s missing from the listing, %d confirmed deleted",
+            ctx.owner_id,
+            len(candidates),
+            entity,
+            deleted,
+        )
+    return deleted
+
+
+def _sweep_unseen(ctx: RunContext, entity: str, state: dict[str, Any]) -> int:
+    """After a full pass: rows the pass did not touch are candidates for deletion."""
+    table = entity_table(entity)
+    since = datetime.fromtimestamp(float(state["started"]), UTC)
+    candidates = list(
+        ctx.conn.execute(
+            select(table.c.id)
+            .where(table.c.owner_id == ctx.owner_id, table.c.synced_at < since)
+            .order_by(table.c.id)
+        ).scalars()
+    )
+    ctx.conn.rollback()
+    return _confirm_and_delete(ctx, entity, candidates)
+
+
+def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
+    """After a reconcile scan: mirror ids amoCRM did not list (sorted merge, 8 bytes an id)."""
+    table = entity_table(entity)
+    ordered = sorted(seen)
+    candidates: list[int] = []
+    index = 0
+    result = ctx.conn.execution_options(yield_per=5000).execute(
+        select(table.c.id).where(table.c.owner_id == ctx.owner_id).order_by(table.c.id)
+    )
+    for (local_id,) in result:
+        while index < len(ordered) and ordered[index] < local_id:
+            index += 1
+        if index >= len(ordered) or ordered[index] != local_id:
+            candidates.append(local_id)
+    result.close()
+    ctx.conn.rollback()
+    return _confirm_and_delete(ctx, entity, candidates)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def _fail_entities(ctx: RunContext, error: str) -> None:
+    for entity in ctx.entities:
+        state = ctx.checkpoint.get(entity)
+        if isinstance(state, dict) and state.get("done"):
+            continue
+        details = {"run_id": ctx.run_id, "error": error[:500], "trigger": ctx.trigger}
+        if isinstance(state, dict):
+            details.update(
+                mode=state.get("mode"), records=state.get("records"), pages=state.get("pages")
+            )
+        else:
+            details["skipped"] = True
+        write_log(ctx.conn, ctx.owner_id, f"sync_{entity}", "error", details, ctx.run_id)
+
+
+def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
+    """Execute a queued run (or take over a stale one); returns quietly if it is not ours.
+
+    Failures end the run with status ``error`` and a sync-log entry per entity; an amoCRM 403
+    block also turns the owner's badge red. The checkpoint stays, so the next run resumes.
+    """
+    with run_connection() as conn:
+        claimed = claim_run(conn, run_id)
+        if claimed is None:
+            logger.info("sync run %s is not claimable (finished or held elsewhere)", run_id)
+            return
+        lease, row = claimed
+        owner_id = row["owner_id"]
+        counter = RequestCounter()
+        try:
+            client = client_for_owner(owner_id)
+        except (NotConfigured, NotConnected) as exc:
+            lease.finish(RunStatus.ERROR, f"amoCRM не подключён: {exc}")
+            with conn.begin():
+                for entity in row["entities"] or []:
+                    write_log(
+                        conn,
+                        owner_id,
+                        f"sync_{entity}",
+                        "error",
+                        {"run_id": run_id, "error": "not connected"},
+                        run_id,
+                    )
+            return
+        counter.attach(client)
+        ctx = RunContext(conn, lease, row, client, counter, progress)
+        ctx._t0 = time.monotonic()
+        try:
+            _execute(ctx)
+        except LeaseLost:
+            logger.warning("sync run %s: lease lost, another worker continues it", run_id)
+            return
+        except AmoCRMAPIError as exc:
+            _fail(ctx, exc, str(exc))
+        except Exception as exc:
+            logger.exception("sync run %s failed", run_id)
+            _fail(ctx, exc, f"{type(exc).__name__}: {str(exc)[:300]}")
+        finally:
+            client.close()
+
+
+def _execute(ctx: RunContext) -> None:
+    reference = ctx.checkpoint.get("_reference")
+    if not (isinstance(reference, dict) and reference.get("done")):
+        summary = sync_reference_data(ctx.owner_id, client=ctx.client, conn=ctx.conn)
+        ctx.checkpoint["_reference"] = {"done": True, **summary}
+        with ctx.conn.begin():
+            ctx.save(None)
+    for entity in ctx.entities:
+        _sync_entity(ctx, entity)
+    totals = ctx.totals()
+    ctx.lease.finish(
+        RunStatus.SUCCESS,
+        None,
+        checkpoint=ctx.checkpoint,
+        counts=ctx.counts,
+        **totals,
+    )
+    logger.info(
+        "sync run %s owner %s done: %s records, %s pages, %s requests, %s rate-limited",
+        ctx.run_id,
+        ctx.owner_id,
+        totals["records"],
+        totals["pages"],
+        totals["requests"],
+        totals["rate_limited"],
+    )
+
+
+def _fail(ctx: RunContext, exc: Exception, message: str) -> None:
+    if ctx.conn.in_transaction():
+        ctx.conn.rollback()
+    if isinstance(exc, AmoCRMBlocked):
+        message = "amoCRM заблокировал доступ по API (403): синхронизация остановлена"
+    elif isinstance(exc, AmoCRMRateLimited):
+        message = "amoCRM ограничил частоту запросов (429): продолжим со следующего запуска"
+    logger.warning("sync run %s owner %s failed: %s", ctx.run_id, ctx.owner_id, message)
+    if isinstance(exc, AmoCRMAPIError):
+        try:
+            record_api_failure(ctx.owner_id, exc)
+        except Exception:
+            logger.exception("could not record the amoCRM failure on the badge")
+    try:
+        with ctx.conn.begin():
+            _fail_entities(ctx, message)
+        ctx.lease.finish(
+            RunStatus.ERROR,
+            message[:1000],
+            checkpoint=ctx.checkpoint,
+            counts=ctx.counts,
+            **ctx.totals(),
+        )
+    except LeaseLost:
+        logger.warning("sync run %s: lease lost while recording the failure", ctx.run_id)

@@ -1,0 +1,223 @@
+"""Page streams for one entity: full (by id), incremental (by updated_at, verified), prefetched."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask
+
+from crm_app.amocrm.client import AmoCRMClient, Page
+from crm_app.amocrm.errors import AmoCRMRateLimited
+from crm_app.services.sync.mappers import as_int
+
+logger = logging.getLogger(__name__)
+
+PAGE_LIMIT = 250
+# Documented order fields (api-facts §3): tasks have no order[updated_at], see docs/sync.md.
+ORDER_FIELDS = {
+    "contacts": ("updated_at", "id"),
+    "leads": ("created_at", "updated_at", "id"),
+    "tasks": ("created_at", "complete_till", "id"),
+}
+
+
+def fetch_with_backoff(
+    fetch: Callable[[], Page],
+    *,
+    retries: int = 3,
+    max_wait: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Page:
+    """Call ``fetch``; after a 429 the client gave up on, wait (with jitter) and try again.
+
+    The client already retries short 429s. It gives up at once when amoCRM asks for a long
+    pause (Kommo documents ``retry_after: 300``); a sync can afford to wait a bounded while
+    rather than fail the run, but never hammers: each retry waits longer than the last.
+    """
+    attempt = 0
+    while True:
+        try:
+            return fetch()
+        except AmoCRMRateLimited as exc:
+            attempt += 1
+            if attempt > retries:
+                raise
+            base = min(float(exc.retry_after or 2.0 * attempt), max_wait)
+            delay = min(base * attempt, max_wait) * random.uniform(1.0, 1.25)
+            logger.warning(
+                "amoCRM rate limit (429): waiting %.1f s before retry %d", delay, attempt
+            )
+            sleep(delay)
+
+
+def fetch_page(
+    client: AmoCRMClient,
+    entity: str,
+    page: int,
+    *,
+    filter_: dict[str, Any] | None = None,
+    order: dict[str, str] | None = None,
+) -> Page:
+    """One page of contacts, leads (``with=contacts``) or tasks."""
+    if entity == "contacts":
+        return client.get_contacts(limit=PAGE_LIMIT, page=page, filter_=filter_, order=order)
+    if entity == "leads":
+        return client.get_leads(
+            limit=PAGE_LIMIT, page=page, filter_=filter_, order=order, with_="contacts"
+        )
+    if entity == "tasks":
+        return client.get_tasks(limit=PAGE_LIMIT, page=page, filter_=filter_, order=order)
+    raise ValueError(f"unknown entity {entity!r}")
+
+
+@dataclass
+class IncrementalCheck:
+    """Client-side verification of an incremental listing (amoCRM may ignore the filter).
+
+    ``filter_ok`` stays True while every item is at or after the cursor; ``order_ok`` while
+    ``updated_at`` never increases from one item to the next. Once an older item shows up and
+    the order holds, everything after it is older too, so paging stops. If neither holds the
+    account answered an unfiltered, unsorted listing and only a scan of every page is safe.
+    """
+
+    cursor_from: int
+    filter_ok: bool = True
+    order_ok: bool = True
+    last: int | None = None
+    older_seen: int = 0
+
+    def keep(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record what this page shows; return its items that changed since the cursor."""
+        kept = []
+        for item in items:
+            updated = as_int(item.get("updated_at"))
+            if updated is None:
+                kept.append(item)  # cannot tell: refreshing it is harmless
+                continue
+            if self.last is not None and updated > self.last:
+                self.order_ok = False
+            self.last = updated
+            if updated < self.cursor_from:
+                self.filter_ok = False
+                self.older_seen += 1
+            else:
+                kept.append(item)
+        return kept
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the remaining pages can only hold records older than the cursor."""
+        return not self.filter_ok and self.order_ok
+
+
+@dataclass
+class PageResult:
+    """A fetched page plus what the consumer should store from it."""
+
+    page: Page
+    items: list[dict[str, Any]]
+    last: bool
+    older: int = 0
+
+
+@dataclass
+class PageStream:
+    """Iterates the pages of one entity pass, deciding in the fetching thread when to stop."""
+
+    client: AmoCRMClient
+    entity: str
+    start_page: int
+    mode: str  # full | incremental | reconcile
+    cursor_from: int | None = None
+    max_wait: float = 60.0
+    check: IncrementalCheck | None = field(default=None, init=False)
+
+    def params(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        if self.mode == "incremental":
+            # filter[updated_at][from] is documented for all three; order[updated_at] is not
+            # documented for tasks. We send it anyway and never rely on it: IncrementalCheck
+            # verifies both on every page.
+            return {"updated_at": {"from": self.cursor_from}}, {"updated_at": "desc"}
+        # id order: new records land on the last pages, so page N stays page N on resume.
+        return None, {"id": "asc"}
+
+    def __iter__(self) -> Iterator[PageResult]:
+        filter_, order = self.params()
+        if self.mode == "incremental":
+            self.check = IncrementalCheck(int(self.cursor_from or 0))
+        number = max(1, self.start_page)
+        while True:
+            page = fetch_with_backoff(
+                lambda n=number: fetch_page(
+                    self.client, self.entity, n, filter_=filter_, order=order
+                ),
+                max_wait=self.max_wait,
+            )
+            items = page.items
+            older = 0
+            last = not page.has_next or not items
+            if self.check is not None:
+                before = self.check.older_seen
+                items = self.check.keep(items)
+                older = self.check.older_seen - before
+                if self.check.exhausted:
+                    last = True
+            yield PageResult(page, items, last, older)
+            if last:
+                return
+            number = max(number, page.page) + 1
+
+
+_DONE = object()
+
+
+def prefetch(app: Flask, source: Callable[[], Iterator[Any]], depth: int = 2) -> Iterator[Any]:
+    """Run ``source`` in a thread, ``depth`` items ahead, so fetching overlaps storing.
+
+    Memory stays flat: at most ``depth`` + 1 pages exist at once. An exception in the thread is
+    re-raised here; leaving the loop early stops the thread after its current request.
+    """
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def worker() -> None:
+        with app.app_context():
+            try:
+                for item in source():
+                    while not stop.is_set():
+                        try:
+                            buffer.put(item, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                buffer.put(_DONE)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                buffer.put(exc)
+
+    thread = threading.Thread(target=worker, name="sync-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        # Unblock a producer waiting on a full buffer, then let it finish its request.
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                buffer.get(timeout=0.1)
+        thread.join()
