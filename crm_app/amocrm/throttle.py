@@ -26,6 +26,10 @@ DEFAULT_MARGIN = 0.97
 # A stored next-free slot further ahead than this is treated as corrupt (for instance written
 # before a clock jump) and reset, rather than blocking callers for a long time.
 _MAX_AHEAD_SECONDS = 120.0
+# A sleeper that wakes this much later than its slot (a busy CPU, a GC pause) pushes the next
+# slot back by as much; otherwise the following request would leave less than one interval
+# after it, and eight requests could fit into one second.
+_LATE_WAKE = 0.002
 
 
 def pace_interval(rate: float, margin: float = DEFAULT_MARGIN) -> float:
@@ -74,8 +78,13 @@ class LocalThrottle:
             now = self._clock()
             slot = max(now, self._next.get(key, now))
             self._next[key] = slot + self.interval
-        if slot > now:
-            self._sleep(slot - now)
+        if slot <= now:
+            return
+        self._sleep(slot - now)
+        woke = self._clock()
+        if woke - slot > _LATE_WAKE:
+            with self._lock:
+                self._next[key] = max(self._next[key], woke + self.interval)
 
 
 def _key_filename(key: str) -> str:
@@ -113,6 +122,16 @@ class FileThrottle:
 
     def acquire(self, key: str) -> None:
         """Take the next slot of ``key`` under a file lock, then sleep until it."""
+        now, slot = self._update(key, lambda stored, now: max(now, stored))
+        if slot <= now:
+            return
+        started = time.monotonic()
+        self._sleep(slot - now)
+        if time.monotonic() - started - (slot - now) > _LATE_WAKE:
+            self._update(key, lambda stored, now: max(stored - self.interval, now))
+
+    def _update(self, key: str, pick: Callable[[float, float], float]) -> tuple[float, float]:
+        """Under the file lock: slot = pick(stored, now); store slot + interval."""
         fd = os.open(self.path_for(key), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -120,14 +139,13 @@ class FileThrottle:
                 # time.time() rather than monotonic: it means the same in every process and
                 # survives a reboot; _MAX_AHEAD_SECONDS guards against clock jumps.
                 now = time.time()
-                slot = max(now, self._read(fd, now))
+                slot = pick(self._read(fd, now), now)
                 os.pwrite(fd, f"{slot + self.interval:.6f}".ljust(24).encode("ascii"), 0)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-        if slot > now:
-            self._sleep(slot - now)
+        return now, slot
 
     @staticmethod
     def _read(fd: int, now: float) -> float:
@@ -159,6 +177,18 @@ redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', ttl_ms)
 return tat - now
 """
 
+# After a late wake-up: the next slot is at least one interval after now.
+_LATE_LUA = """
+local interval = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local nxt = tonumber(t[1]) * 1000000 + tonumber(t[2]) + interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if nxt > tat then
+  redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor(interval / 1000) + 1000)
+end
+return 0
+"""
+
 
 class RedisThrottle:
     """Even pacing shared by every process on every machine through one Redis key per account.
@@ -182,6 +212,7 @@ class RedisThrottle:
         self._sleep = sleep
         self._redis = redis_client
         self._script = redis_client.register_script(_GCRA_LUA)
+        self._late_script = redis_client.register_script(_LATE_LUA)
 
     def acquire(self, key: str) -> None:
         """Reserve the next slot atomically in Redis, then sleep until it."""
@@ -199,5 +230,13 @@ class RedisThrottle:
             raise AmoCRMUnavailable(
                 "the shared amoCRM rate limiter (Redis) is unavailable"
             ) from exc
-        if wait_us > 0:
-            self._sleep(wait_us / 1_000_000)
+        if wait_us <= 0:
+            return
+        started = time.monotonic()
+        self._sleep(wait_us / 1_000_000)
+        if time.monotonic() - started - wait_us / 1_000_000 > _LATE_WAKE:
+            try:
+                self._late_script(keys=[self.KEY_PREFIX + key], args=[self._interval_us])
+            except redis.RedisError:
+                # The slot is ours already; only the extra safety is lost.
+                logger.warning("could not push back the amoCRM rate slot in Redis")

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,24 @@ def test_local_throttle_with_fake_clock() -> None:
     assert slept == pytest.approx([interval, 2 * interval])
 
 
+def test_local_throttle_late_wake_pushes_the_next_slot() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def oversleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds + 0.05  # woke 50 ms late
+
+    throttle = LocalThrottle(7.0, clock=lambda: now[0], sleep=oversleep)
+    interval = pace_interval(7.0)
+    throttle.acquire("a")  # at once
+    throttle.acquire("a")  # sleeps one interval, wakes late
+    woke = now[0]
+    throttle.acquire("a")  # must leave a full interval after the late wake-up
+    assert now[0] - woke >= interval
+    assert slept == pytest.approx([interval, interval])
+
+
 def test_null_throttle_never_waits() -> None:
     start = time.monotonic()
     for _ in range(1000):
@@ -153,6 +172,31 @@ def test_threads_share_the_budget(
     assert len(stamps) == 16
     assert max_in_window(stamps) <= 7
     assert max(stamps) - min(stamps) >= 15 / RATE * 0.99
+
+
+@pytest.mark.parametrize("kind", ["local", "file", "redis"])
+def test_late_wake_ups_do_not_squeeze_the_next_request(
+    kind: str, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """A sleeper that wakes late (busy CPU) must not let the next request follow too closely."""
+    calls = [0]
+
+    def jittery_sleep(seconds: float) -> None:
+        calls[0] += 1
+        time.sleep(seconds + (0.06 if calls[0] % 2 else 0.0))
+
+    if kind == "local":
+        throttle: Throttle = LocalThrottle(RATE, sleep=jittery_sleep)
+    elif kind == "file":
+        throttle = FileThrottle(tmp_path, RATE, sleep=jittery_sleep)
+    else:
+        throttle = RedisThrottle(redis_client, RATE, sleep=jittery_sleep)
+    stamps = timed_acquires(throttle, unique_key(), 9)
+    gaps = [b - a for a, b in pairwise(stamps)]
+    # Without the push-back the gap after a late wake-up would be ~60 ms short; a few ms of
+    # bookkeeping (the Redis round trip on a busy machine) are tolerated.
+    assert min(gaps) >= pace_interval(RATE) - 0.010
+    assert max_in_window(stamps) <= 7
 
 
 def test_keys_are_independent(tmp_path: Path) -> None:
