@@ -21,7 +21,13 @@ def process(target: int | list[int]) -> dict[str, Any]:
     for owner_id in owners:
         # Cleared before reading: a kick arriving from now on must queue a fresh task.
         enqueue.clear_flag(owner_id)
-        result = process_owner(owner_id)
+        try:
+            result = process_owner(owner_id)
+        except Exception as exc:
+            # Redis (locks, throttle) gone mid-pass, say: the rows stay pending for the drain.
+            logger.warning("webhook pass for owner %s failed: %s", owner_id, type(exc).__name__)
+            results[str(owner_id)] = {"error": type(exc).__name__}
+            continue
         results[str(owner_id)] = result
         if result.get("retry_in"):
             enqueue.kick_now(owner_id, countdown=float(result["retry_in"]))

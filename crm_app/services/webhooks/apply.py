@@ -63,6 +63,7 @@ class Plan:
     statuses: dict[int, str] = field(default_factory=dict)
     summaries: dict[int, dict[str, int]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
+    fresh: dict[int, int] = field(default_factory=dict)  # new changes per delivery
 
 
 def _mirrored_entities(cfg: AmoConfig | None) -> set[str]:
@@ -158,6 +159,7 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
             plan.changes += 1
             _add(plan, event)
         plan.summaries[row.id] = dict(summary)
+        plan.fresh[row.id] = fresh
         if fresh:
             plan.statuses[row.id] = InboxStatus.PROCESSED
         elif duplicate:
@@ -234,12 +236,18 @@ def _insert_keys(owner_id: int, keys: list[tuple[str, str, int, str, int]]) -> N
         db.session.execute(stmt, rows[start : start + 1000])
 
 
-def _finish(owner_id: int, rows: list[WebhookDelivery], plan: Plan) -> None:
+def _finish(owner_id: int, rows: list[WebhookDelivery], plan: Plan) -> int:
+    """Record keys and statuses; returns the changes this pass really applied.
+
+    Only rows still pending are moved on, so even two passes racing over the same rows (a lock
+    lost with a restarted Redis) count each change once.
+    """
     now = datetime.now(UTC)
     _insert_keys(owner_id, plan.new_keys)
+    applied = 0
     for row in rows:
         status = plan.statuses.get(row.id, InboxStatus.IGNORED)
-        db.session.execute(
+        result = db.session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == row.id, WebhookDelivery.status == InboxStatus.PENDING)
             .values(
@@ -250,7 +258,11 @@ def _finish(owner_id: int, rows: list[WebhookDelivery], plan: Plan) -> None:
                 summary=plan.summaries.get(row.id),
                 error=plan.errors.get(row.id),
             )
+            .execution_options(synchronize_session=False)
         )
+        if result.rowcount:
+            applied += plan.fresh.get(row.id, 0)
+    return applied
 
 
 def _fail(rows: list[WebhookDelivery], message: str, delay: float | None) -> None:
@@ -337,10 +349,10 @@ def process_batch(owner_id: int, rows: list[WebhookDelivery]) -> dict[str, Any]:
         write_log(owner_id, "error", {"deliveries": len(rows), "error": message})
         db.session.commit()
         raise RetryLater(message, _backoff((rows[0].attempts or 0) + 1)) from exc
-    _finish(owner_id, rows, plan)
+    applied_changes = _finish(owner_id, rows, plan)
     details = {
         "deliveries": len(rows),
-        "changes": plan.changes,
+        "changes": applied_changes,
         "duplicates": plan.duplicates,
         "ignored": plan.ignored,
         "events": dict(plan.events),
