@@ -56,6 +56,10 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TOKEN_KEEPALIVE_DAYS": _int("TOKEN_KEEPALIVE_DAYS", 30),
         "SYNC_INTERVAL_SECONDS": _int("SYNC_INTERVAL_SECONDS", 300),
         "RECONCILE_INTERVAL_SECONDS": _int("RECONCILE_INTERVAL_SECONDS", 6 * 3600),
+        # Sync engine (docs/sync.md): takeover of silent runs, cursor overlap, 429 waits.
+        "SYNC_STALE_SECONDS": _int("SYNC_STALE_SECONDS", 600),
+        "SYNC_CURSOR_OVERLAP_SECONDS": _int("SYNC_CURSOR_OVERLAP_SECONDS", 300),
+        "SYNC_RATE_LIMIT_MAX_WAIT": _float("SYNC_RATE_LIMIT_MAX_WAIT", 60.0),
         "JWT_TTL_SECONDS": _int("JWT_TTL_SECONDS", 900),
         "JWT_ISSUER": os.environ.get("JWT_ISSUER", "crm-app"),
         "JWT_AUDIENCE": os.environ.get("JWT_AUDIENCE", "crm-app-api"),

@@ -36,7 +36,9 @@ def _api_requests(server, path: str) -> list[dict]:  # type: ignore[no-untyped-d
 
 def assert_mirror_equals_sandbox(server, owner_id: int) -> None:  # type: ignore[no-untyped-def]
     contacts = {c["id"]: c for c in sandbox_items(server, "contacts")}
-    rows = {r.id: r for r in db.session.scalars(select(Contact).where(Contact.owner_id == owner_id))}
+    rows = {
+        r.id: r for r in db.session.scalars(select(Contact).where(Contact.owner_id == owner_id))
+    }
     assert set(rows) == set(contacts)
     for cid, item in contacts.items():
         row = rows[cid]
@@ -77,7 +79,9 @@ def assert_mirror_equals_sandbox(server, owner_id: int) -> None:  # type: ignore
         embedded = item["_embedded"]["contacts"]
         assert row.contact_ids == [c["id"] for c in embedded]
         mains = [c["id"] for c in embedded if c["is_main"]]
-        assert row.main_contact_id == (mains[0] if mains else (embedded[0]["id"] if embedded else None))
+        assert row.main_contact_id == (
+            mains[0] if mains else (embedded[0]["id"] if embedded else None)
+        )
     tasks = {t["id"]: t for t in sandbox_items(server, "tasks")}
     task_rows = {r.id: r for r in db.session.scalars(select(Task).where(Task.owner_id == owner_id))}
     assert set(task_rows) == set(tasks)
@@ -213,7 +217,9 @@ def test_incremental_without_filter_addon_stops_on_older_records(app, make_sandb
 
 def test_sync_log_and_badge_on_403_block(app, sandbox, connected):
     owner_id = connected(sandbox)
-    resp = requests.post(f"{sandbox.url}/_sandbox/faults", json={"status": 403, "count": 100}, timeout=5)
+    resp = requests.post(
+        f"{sandbox.url}/_sandbox/faults", json={"status": 403, "count": 100}, timeout=5
+    )
     if resp.status_code >= 400:
         # Fall back to blocking the account the way amoCRM does: through the limiter.
         sandbox.sandbox.limiter.blocked[sandbox.account.id] = float("inf")
