@@ -1,5 +1,266 @@
-"""Blueprint placeholder: filled in by the feature that owns it."""
+"""Inbound leads: the widget/bot API, the Telegram webhook and the admin card (API keys, requests)."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    make_response,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import current_user, login_required
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from crm_app.auth.access import require_write, resolve_owner_id
+from crm_app.extensions import csrf, db, htmx, limiter
+from crm_app.models import ApiKey, InboundRequest, InboundStatus, User
+from crm_app.services import inbound as svc
+from crm_app.services.inbound import telegram
+from crm_app.services.inbound.processor import retry_request
+from crm_app.web.errors import problem
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("inbound", __name__)
+
+RECENT_LIMIT = 20
+_IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
+
+
+# -- the widget/bot API ----------------------------------------------------------------------------
+
+
+def _unauthorized(detail: str) -> Response:
+    resp = problem(401, "Unauthorized", detail)
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="inbound"'
+    return resp
+
+
+def _api_key() -> ApiKey:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        abort(_unauthorized("Send the API key as 'Authorization: Bearer <key>'."))
+    key = svc.authenticate_api_key(value.strip())
+    if key is None:
+        abort(_unauthorized("Unknown or revoked API key."))
+    return key
+
+
+def _limit_key() -> str:
+    # Per key when one is sent (a busy widget backend shares one IP with others), else per IP.
+    header = request.headers.get("Authorization", "")
+    if header:
+        import hashlib
+
+        return "inbound:" + hashlib.sha256(header.encode("utf-8")).hexdigest()[:24]
+    return "inbound-ip:" + (request.remote_addr or "?")
+
+
+def _rate_limit() -> str:
+    return str(current_app.config.get("INBOUND_RATE_LIMIT") or "600 per minute")
+
+
+def _request_json(req: InboundRequest) -> dict[str, Any]:
+    return {
+        "id": req.public_id,
+        "status": req.status,
+        "channel": req.channel,
+        "contact_id": req.contact_id,
+        "lead_id": req.lead_id,
+        "outcome": req.outcome,
+        "error": req.error,
+        "attempts": req.attempts,
+        "created_at": req.created_at.isoformat() if req.created_at else None,
+        "processed_at": req.processed_at.isoformat() if req.processed_at else None,
+    }
+
+
+@bp.post("/api/crm/inbound")
+@csrf.exempt
+@limiter.limit(_rate_limit, key_func=_limit_key)
+def submit_inbound() -> Response:
+    """First contact (or a later message) from the widget backend or the bot → 202."""
+    key = _api_key()
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return problem(400, "Bad Request", "The body must be a JSON object.")
+    idem = request.headers.get("Idempotency-Key")
+    if idem is not None and not _IDEMPOTENCY_RE.match(idem):
+        return problem(400, "Bad Request", "Idempotency-Key: 1-128 printable ASCII characters.")
+    try:
+        payload = svc.parse_payload(data)
+    except ValidationError as exc:
+        return problem(
+            400,
+            "Bad Request",
+            "The request body has invalid fields.",
+            errors=svc.field_errors(exc),
+        )
+    req = svc.submit(key.owner_id, payload, idempotency_key=idem, api_key_id=key.id)
+    resp = jsonify({"id": req.public_id, "status": req.status})
+    resp.status_code = 202
+    resp.headers["Location"] = url_for("inbound.inbound_status", public_id=req.public_id)
+    return resp
+
+
+@bp.get("/api/crm/inbound/<public_id>")
+@csrf.exempt
+@limiter.limit(_rate_limit, key_func=_limit_key)
+def inbound_status(public_id: str) -> Response:
+    """Status of one request of the key's owner; anyone else's id is simply not found."""
+    key = _api_key()
+    try:
+        uuid.UUID(public_id)
+    except ValueError:
+        abort(404, description="No such inbound request.")
+    req = db.session.scalar(
+        select(InboundRequest).where(
+            InboundRequest.public_id == public_id, InboundRequest.owner_id == key.owner_id
+        )
+    )
+    if req is None:
+        abort(404, description="No such inbound request.")
+    return jsonify(_request_json(req))
+
+
+# -- Telegram --------------------------------------------------------------------------------------
+
+
+@bp.post("/webhooks/telegram/<secret>")
+@csrf.exempt
+def telegram_webhook(secret: str) -> Response:
+    """A Bot API Update: a private message becomes an inbound request; the rest is ignored."""
+    cfg = telegram.config_for_path(secret)
+    if cfg is None:
+        abort(404, description="Not found.")
+    if not telegram.header_ok(cfg, request.headers.get(telegram.HEADER)):
+        abort(401, description="Missing or wrong X-Telegram-Bot-Api-Secret-Token.")
+    limit = int(current_app.config.get("WEBHOOK_MAX_BODY") or 256 * 1024)
+    if (request.content_length or 0) > limit:
+        abort(413, description="Update too large.")
+    update = request.get_json(silent=True)
+    if not isinstance(update, dict):
+        abort(400, description="The body must be a Bot API Update (JSON object).")
+    req = telegram.handle_update(cfg, update)
+    if req is None:
+        logger.debug("telegram update ignored for owner %s", cfg.owner_id)
+    return jsonify({"ok": True})
+
+
+# -- the admin card ----------------------------------------------------------------------------------
+
+
+def _owner_id(write: bool = False) -> int:
+    actor: User = current_user._get_current_object()
+    owner_id = resolve_owner_id(actor, request.values.get("owner_id"))
+    if write:
+        require_write(actor)
+    return owner_id
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+
+
+def _card(owner_id: int, *, new_key: str | None = None, error: str | None = None) -> Response:
+    from crm_app.services.amo import get_config
+
+    actor: User = current_user._get_current_object()
+    cfg = get_config(owner_id)
+    requests = list(
+        db.session.scalars(
+            select(InboundRequest)
+            .where(InboundRequest.owner_id == owner_id)
+            .order_by(InboundRequest.id.desc())
+            .limit(RECENT_LIMIT)
+        )
+    )
+    counts = dict(
+        db.session.execute(
+            select(InboundRequest.status, func.count())
+            .where(InboundRequest.owner_id == owner_id)
+            .group_by(InboundRequest.status)
+        ).all()
+    )
+    foreign = owner_id != actor.owner_id
+    html = render_template(
+        "crm/partials/_inbound.html",
+        owner_id=owner_id,
+        owner_query={"owner_id": owner_id} if foreign else {},
+        foreign=foreign,
+        can_write=actor.can_write,
+        keys=svc.list_api_keys(owner_id),
+        requests=requests,
+        counts={s: counts.get(s, 0) for s in ("queued", "created", "failed")},
+        auto_create=bool(cfg and cfg.auto_create_lead),
+        telegram_url=telegram.masked_webhook_url(cfg),
+        telegram_set=bool(cfg and cfg.telegram_secret),
+        api_url=url_for("inbound.submit_inbound", _external=False),
+        new_key=new_key,
+        error=error,
+        when=_when,
+        statuses=InboundStatus,
+    )
+    if htmx:
+        resp = make_response(html)
+    else:
+        # Without JavaScript the card is shown on a page of its own.
+        resp = make_response(render_template("crm/partials/_inbound_page.html", card=html))
+    resp.headers["Vary"] = "HX-Request"
+    # The fresh key is in this response only: keep it out of every cache.
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/admin/crm/ui/inbound")
+@login_required
+def inbound_card() -> Response:
+    return _card(_owner_id())
+
+
+@bp.post("/admin/crm/ui/inbound/keys")
+@login_required
+def create_key() -> Response:
+    owner_id = _owner_id(write=True)
+    name = (request.form.get("name") or "").strip()
+    try:
+        plain, _row = svc.create_api_key(owner_id, name)
+    except ValueError as exc:
+        return _card(owner_id, error=str(exc))
+    return _card(owner_id, new_key=plain)
+
+
+@bp.post("/admin/crm/ui/inbound/keys/<int:key_id>/revoke")
+@login_required
+def revoke_key(key_id: int) -> Response:
+    owner_id = _owner_id(write=True)
+    if svc.revoke_api_key(owner_id, key_id) is None:
+        abort(404, description="No such key.")
+    return _card(owner_id)
+
+
+@bp.post("/admin/crm/ui/inbound/requests/<public_id>/retry")
+@login_required
+def retry(public_id: str) -> Response:
+    owner_id = _owner_id(write=True)
+    req = db.session.scalar(
+        select(InboundRequest).where(
+            InboundRequest.public_id == public_id, InboundRequest.owner_id == owner_id
+        )
+    )
+    if req is None:
+        abort(404, description="No such inbound request.")
+    retry_request(req)
+    return _card(owner_id)
