@@ -479,7 +479,7 @@ def start_sync(query: OwnerQuery, json: SyncRequest) -> tuple[dict[str, Any], in
     return _run_out(run), 202, {"Location": location}
 
 
-@bp.get("/admin/crm/sync/runs/<int:run_id>")
+@bp.get("/admin/crm/sync/runs/<int(min=1, max=2147483647):run_id>")
 @operation(SyncRunOut, tags=("sync",))
 def sync_run(run_id: int, query: OwnerQuery) -> dict[str, Any]:
     """Progress of one sync run (poll it after POST /admin/crm/sync)."""

@@ -54,7 +54,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/admin/crm/tasks"): Case(owned_by=_names("tasks", "text")),
     ("GET", "/admin/crm/pipelines"): Case(owned_by=_names("pipelines")),
     ("POST", "/admin/crm/sync"): Case(write=True, body={"entities": ["contacts"]}, ok=202),
-    ("GET", "/admin/crm/sync/runs/<int:run_id>"): Case(
+    ("GET", "/admin/crm/sync/runs/<int(min=1, max=2147483647):run_id>"): Case(
         path=lambda w, own: f"/admin/crm/sync/runs/{w.own_run_id if own else w.other_run_id}"
     ),
     ("GET", "/admin/crm/sync/log"): Case(
