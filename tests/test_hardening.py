@@ -116,9 +116,8 @@ def _assert_secure_html(path: str, response: Any) -> None:
     assert "frame-ancestors 'none'" in csp, where
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, where
     assert headers.get("X-Content-Type-Options") == "nosniff", where
-    assert headers.get("Referrer-Policy") in {"same-origin", "strict-origin-when-cross-origin"}, (
-        where
-    )
+    # A page may tighten it (the OAuth callback sends no-referrer), never loosen it.
+    assert headers.get("Referrer-Policy") in {"same-origin", "no-referrer"}, where
     assert headers.get("X-Frame-Options") == "DENY", where
     body = response.get_data(as_text=True)
     # The CSP would silently break these in a browser; fail here instead.
@@ -625,19 +624,19 @@ def test_gunicorn_access_log_is_masked(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
-                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(log_path.read_text(errors="replace")) from None
                 time.sleep(0.2)
         requests.get(
             f"http://127.0.0.1:{port}/webhooks/amocrm/gu-path-tok?token=gu-query-tok&code=gu-code",
             headers={"Authorization": "Bearer gu-bearer"},
-            timeout=5,
+            timeout=30,
         )
         deadline = time.monotonic() + 10
         while "/webhooks/amocrm/***" not in log_path.read_text(errors="replace"):
