@@ -39,8 +39,18 @@ def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
     return make_sandbox(contacts=60, leads=40, tasks=30)
 
 
-def connect_owner(app, make_user, server: SandboxServer, name: str, account: Any = None) -> int:  # type: ignore[no-untyped-def]
-    """Create an admin user + owner, its AmoConfig, and tokens from a real code exchange."""
+def connect_owner(  # type: ignore[no-untyped-def]
+    app,
+    make_user,
+    server: SandboxServer,
+    name: str,
+    account: Any = None,
+    user_id: int | None = None,
+) -> int:
+    """Create an admin user + owner, its AmoConfig, and tokens from a real code exchange.
+
+    ``user_id`` picks the amoCRM user who grants access (default: the account's admin).
+    """
     from crm_app.amocrm.hosts import AmoHosts
     from crm_app.amocrm.oauth import OAuthClient
     from crm_app.services.tokens import save_tokens
@@ -65,7 +75,8 @@ def connect_owner(app, make_user, server: SandboxServer, name: str, account: Any
     db.session.commit()
     code = requests.post(
         f"{server.url}/_sandbox/auth-code",
-        json={"client_id": cfg.client_id, "account": acc.subdomain},
+        json={"client_id": cfg.client_id, "account": acc.subdomain}
+        | ({"user_id": user_id} if user_id is not None else {}),
         timeout=5,
     ).json()["code"]
     hosts = AmoHosts(acc.subdomain, cfg.base_domain, base_url=server.url)
@@ -80,8 +91,10 @@ def connect_owner(app, make_user, server: SandboxServer, name: str, account: Any
 def connected(app, make_user):  # type: ignore[no-untyped-def]
     """connected(server, name="acme", account=None) → owner id connected to that account."""
 
-    def _connect(server: SandboxServer, name: str = "acme", account: Any = None) -> int:
-        return connect_owner(app, make_user, server, name, account)
+    def _connect(
+        server: SandboxServer, name: str = "acme", account: Any = None, user_id: int | None = None
+    ) -> int:
+        return connect_owner(app, make_user, server, name, account, user_id)
 
     return _connect
 

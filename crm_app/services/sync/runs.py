@@ -71,8 +71,11 @@ def normalize_entities(entities: Sequence[str] | None, owner_id: int) -> list[st
 
 
 def active_run(owner_id: int) -> SyncRun | None:
+    """The owner's queued or running run, read fresh (workers change it behind our session)."""
     return db.session.scalar(
-        select(SyncRun).where(SyncRun.owner_id == owner_id, SyncRun.status.in_(RunStatus.ACTIVE))
+        select(SyncRun)
+        .where(SyncRun.owner_id == owner_id, SyncRun.status.in_(RunStatus.ACTIVE))
+        .execution_options(populate_existing=True)
     )
 
 

@@ -100,13 +100,23 @@ def _generic_upsert(
 
 
 @lru_cache(maxsize=64)
-def _pg_sql(table: Table, columns: tuple[str, ...], keys: tuple[str, ...], newer_only: bool) -> Any:
+def _pg_sql(
+    table: Table,
+    columns: tuple[str, ...],
+    keys: tuple[str, ...],
+    newer_only: bool,
+    insert_only: tuple[str, ...] = (),
+) -> Any:
     dialect = postgresql.dialect()
     quote = dialect.identifier_preparer.quote
     name = quote(table.name)
     cols = ", ".join(quote(c) for c in columns)
     defs = ", ".join(f"{quote(c)} {table.c[c].type.compile(dialect=dialect)}" for c in columns)
-    updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in keys)
+    updates = ", ".join(
+        f"{quote(c)} = EXCLUDED.{quote(c)}"
+        for c in columns
+        if c not in keys and c not in insert_only
+    )
     sql = (
         f"INSERT INTO {name} ({cols}) "
         f"SELECT {cols} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({defs}) "
@@ -129,6 +139,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in the mirror")
 
 
+def _column_defaults(table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
+    """Python-side defaults of the columns a row leaves out (raw SQL does not apply them)."""
+    out: dict[str, Any] = {}
+    for column in table.columns:
+        default = column.default
+        if column.name in columns or default is None or column.primary_key:
+            continue
+        if getattr(default, "is_scalar", False):
+            out[column.name] = default.arg  # type: ignore[attr-defined]
+        elif getattr(default, "is_callable", False):
+            out[column.name] = default.arg(None)  # type: ignore[attr-defined]
+    return out
+
+
 def _pg_upsert(
     conn: Connection,
     table: Table,
@@ -138,9 +162,18 @@ def _pg_upsert(
     newer_only: bool,
 ) -> None:
     """The whole page as one JSON document expanded by jsonb_to_recordset: one statement, one
-    parameter. Serialising once in C beats adapting thousands of parameters one by one."""
+    parameter. Serialising once in C beats adapting thousands of parameters one by one.
+
+    Columns the rows leave out get their model default on insert and keep their stored value
+    on update (a lead read without ``with=contacts`` keeps its contact links).
+    """
+    defaults = _column_defaults(table, columns)
+    if defaults:
+        rows = [{**defaults, **row} for row in rows]
+    insert_columns = columns + tuple(defaults)
     payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-    conn.execute(_pg_sql(table, columns, keys, newer_only), {"rows": payload})
+    sql = _pg_sql(table, insert_columns, keys, newer_only, tuple(defaults))
+    conn.execute(sql, {"rows": payload})
 
 
 def delete_rows(conn: Connection, table: Table, owner_id: int, ids: Iterable[int]) -> int:
