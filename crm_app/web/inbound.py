@@ -6,6 +6,7 @@ import logging
 import re
 import uuid
 from datetime import datetime
+from functools import wraps
 from typing import Any
 
 from flask import (
@@ -19,7 +20,8 @@ from flask import (
     request,
     url_for,
 )
-from flask_login import current_user, login_required
+from flask_login import current_user
+from flask_login import login_required as flask_login_required
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
@@ -160,6 +162,20 @@ def telegram_webhook(secret: str) -> Response:
 
 
 # -- the admin card ----------------------------------------------------------------------------------
+
+
+def login_required(view: Any) -> Any:
+    """Flask-Login's gate; an HTMX request gets 401 + HX-Redirect instead of a swapped form."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_authenticated and htmx:
+            resp = make_response("", 401)
+            resp.headers["HX-Redirect"] = url_for("auth.login")
+            return resp
+        return flask_login_required(view)(*args, **kwargs)
+
+    return wrapper
 
 
 def _owner_id(write: bool = False) -> int:

@@ -62,7 +62,9 @@ def test_card_lists_keys_and_requests_and_creates_a_key_once(client, login, csrf
 
 
 def test_card_needs_login_and_guests_only_read(client, login, csrf_token, make_user):  # type: ignore[no-untyped-def]
-    assert client.get("/admin/crm/ui/inbound", headers=HX).status_code in (302, 401)
+    anonymous = client.get("/admin/crm/ui/inbound", headers=HX)
+    assert anonymous.status_code == 401 and anonymous.headers["HX-Redirect"].startswith("/login")
+    assert client.get("/admin/crm/ui/inbound").status_code == 302
     make_user("viewer", role="guest", owner="shop")
     login("viewer")
     view = client.get("/admin/crm/ui/inbound", headers=HX)

@@ -210,7 +210,7 @@ def test_requeue_stale_picks_lost_and_due_requests(app, owner):  # type: ignore[
     waiting = submit(owner, {"channel": "widget", "external_id": "s3"}, enqueue_now=False)
     fresh = submit(owner, {"channel": "widget", "external_id": "s4"}, enqueue_now=False)
     now = datetime.now(UTC)
-    old.created_at = now - timedelta(minutes=5)
+    old.created_at, old.next_attempt_at = now - timedelta(minutes=10), None
     due.next_attempt_at = now - timedelta(seconds=1)
     waiting.next_attempt_at = now + timedelta(minutes=5)
     db.session.commit()

@@ -8,7 +8,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -22,6 +22,8 @@ from crm_app.services.inbound.schema import InboundPayload, parse_payload
 logger = logging.getLogger(__name__)
 
 PROCESS_TASK = "inbound.process"
+# A queued request nobody touched for this long is enqueued again by inbound.retry_stale.
+STALE_AFTER_SECONDS = 300
 _REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud over the phone
 
 
@@ -124,7 +126,8 @@ def submit(
         idempotency_key=key,
         fingerprint=fingerprint(stored, fingerprint_extra),
         status=InboundStatus.QUEUED,
-        next_attempt_at=None,
+        # The beat leaves it to the task just sent; only if that is lost does it step in.
+        next_attempt_at=datetime.now(UTC) + timedelta(seconds=STALE_AFTER_SECONDS),
     )
     db.session.add(req)
     try:

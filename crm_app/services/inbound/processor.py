@@ -67,7 +67,7 @@ from crm_app.models import (
 )
 from crm_app.models.inbound import InboundOutcome
 from crm_app.services.inbound.fields import forget_field_map, get_field_map
-from crm_app.services.inbound.intake import enqueue, get_or_create_person
+from crm_app.services.inbound.intake import STALE_AFTER_SECONDS, enqueue, get_or_create_person
 from crm_app.services.locks import LockTimeout, named_lock
 
 logger = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ def process(request_id: int) -> Result:
             if req is None or req.status != InboundStatus.QUEUED:
                 return Result(req.status if req else "missing")
             req.attempts = (req.attempts or 0) + 1
+            # While this attempt runs, the beat must not hand the request to another worker.
+            req.next_attempt_at = _now() + timedelta(seconds=ttl + 60)
             db.session.commit()
             return _run(req)
     except LockTimeout:
@@ -866,7 +868,7 @@ def _retry_later(req: InboundRequest, exc: _Retry) -> Result:
 def requeue_stale(limit: int = 500, send: Callable[[int], bool] = enqueue) -> int:
     """Enqueue ``queued`` requests whose worker run was lost or whose retries ran out."""
     now = _now()
-    fresh = now - timedelta(seconds=60)
+    fresh = now - timedelta(seconds=STALE_AFTER_SECONDS)
     rows = list(
         db.session.scalars(
             select(InboundRequest)
