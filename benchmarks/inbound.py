@@ -1,0 +1,307 @@
+"""Inbound benchmark: amoCRM requests per new and per known person; 50 identical requests at once.
+
+Runs on this machine: PostgreSQL database ``crm_bench_inbound_<pid>`` (created and dropped),
+Redis db 14 (only a private queue and our own keys), an in-process amoCRM sandbox seeded with a
+realistic account, the app in-process (requests go through ``POST /api/crm/inbound`` with an API
+key) and a real Celery worker. The owner's mirror is filled by a real full sync first, as in
+production; the one-time custom-field lookup is reported on its own row. Requests are counted in
+the sandbox's request log. Sandbox and client run at 25 rps here: the figures are request counts,
+not rates, and 7 rps would only make the run slower.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from benchmarks.__main__ import Row
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+PG_ADMIN = os.environ.get(
+    "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+AREA = "inbound"
+RATE = 25
+REPEAT_SHARE = 0.3
+CONCURRENT_COPIES = 50
+
+
+@contextmanager
+def _database() -> Iterator[str]:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(PG_ADMIN)
+    name = f"crm_bench_inbound_{os.getpid()}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def _settings(db_url: str, instance: str, queue: str, sandbox_url: str) -> dict[str, str]:
+    from cryptography.fernet import Fernet
+
+    return {
+        "DATABASE_URL": db_url,
+        "REDIS_URL": REDIS,
+        "CRM_INSTANCE_PATH": instance,
+        "SECRET_KEY": "bench-secret-" + "x" * 40,
+        "CRM_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "CELERY_QUEUE": queue,
+        "AMOCRM_BASE_URL": sandbox_url,
+        "AMOCRM_RATE_LIMIT": str(RATE),
+        "PYTHONPATH": str(ROOT),
+        "LOG_LEVEL": "warning",
+    }
+
+
+@contextmanager
+def _worker(env: dict[str, str], queue: str, logdir: str, concurrency: int) -> Iterator[None]:
+    log = Path(logdir) / "worker.log"
+    proc = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queue,
+         "-n", f"bench-inbound-{os.getpid()}@%h", "--concurrency", str(concurrency), "-l", "INFO",
+         "--without-gossip", "--without-mingle", "--logfile", str(log)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in (log.read_text(errors="replace") if log.exists() else ""):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("celery worker did not start; see " + str(log))
+            time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _connect(app: Any, server: Any) -> tuple[int, str]:
+    """An owner connected to the sandbox by a real code exchange; returns (owner id, API key)."""
+    from crm_app.amocrm.hosts import AmoHosts
+    from crm_app.amocrm.oauth import OAuthClient
+    from crm_app.commands.users import create_user
+    from crm_app.extensions import db
+    from crm_app.models import AmoConfig, ConnectionStatus
+    from crm_app.services.inbound import create_api_key
+    from crm_app.services.tokens import save_tokens
+
+    user = create_user("bench-admin", "bench-password", "admin", "bench")
+    acc = server.account
+    sb = server.config
+    pipeline = acc.main_pipeline
+    db.session.add(
+        AmoConfig(
+            owner_id=user.owner_id,
+            subdomain=acc.subdomain,
+            domain=sb.base_domain,
+            client_id=sb.client_id,
+            client_secret=sb.client_secret,
+            redirect_uri=sb.redirect_uri,
+            status=ConnectionStatus.CONNECTED,
+            account_id=acc.id,
+            auto_create_lead=True,
+            lead_pipeline_id=pipeline.id,
+            lead_status_id=pipeline.first_status().id,
+        )
+    )
+    db.session.commit()
+    hosts = AmoHosts(acc.subdomain, sb.base_domain, base_url=server.url)
+    oauth = OAuthClient(hosts, sb.client_id, sb.client_secret, sb.redirect_uri)
+    save_tokens(user.owner_id, oauth.exchange_code(server.auth_code()))
+    plain, _row = create_api_key(user.owner_id, "bench")
+    return user.owner_id, plain
+
+
+def _sync_mirror(owner_id: int) -> None:
+    from crm_app.services.sync.engine import run_sync
+    from crm_app.services.sync.runs import start_sync
+
+    run = start_sync(owner_id, entities=["contacts", "leads"], full=True, enqueue=False)
+    run_sync(run.id)
+
+
+def _post_all(app: Any, key: str, bodies: list[dict[str, Any]]) -> list[str]:
+    def one(body: dict[str, Any]) -> str:
+        with app.test_client() as client:
+            resp = client.post(
+                "/api/crm/inbound", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            if resp.status_code != 202:
+                raise RuntimeError(
+                    f"inbound answered {resp.status_code}: {resp.get_data()[:200]!r}"
+                )
+            return str(resp.json["id"])
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(one, bodies))
+
+
+def _wait(ids: list[str], timeout: float) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from crm_app.extensions import db
+    from crm_app.models import InboundRequest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        db.session.rollback()
+        counts = dict(
+            db.session.execute(
+                select(InboundRequest.status, func.count())
+                .where(InboundRequest.public_id.in_(ids))
+                .group_by(InboundRequest.status)
+            ).all()
+        )
+        if not counts.get("queued") and sum(counts.values()) == len(ids):
+            return counts
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"inbound requests still queued after {timeout:.0f} s: {counts}")
+        time.sleep(0.5)
+
+
+def _api_count(server: Any, since: int) -> int:
+    return len(server.requests_log(kind="api", since=since))
+
+
+def _mark(server: Any) -> int:
+    entries = server.requests_log()
+    return int(entries[-1]["seq"]) if entries else 0
+
+
+def _person(i: int) -> dict[str, Any]:
+    # Half Telegram, half widget; phones and e-mails far from the seeded data's ranges.
+    if i % 2:
+        return {"channel": "telegram", "external_id": str(8_800_000_000 + i),
+                "name": f"Клиент {i}", "username": f"client_{i}", "message": f"Здравствуйте #{i}"}  # fmt: skip
+    return {"channel": "widget", "external_id": f"visitor-{i}", "name": f"Посетитель {i}",
+            "phone": f"+7999{i:07d}", "email": f"visitor{i}@bench.example.org",
+            "message": f"Заявка с сайта #{i}", "utm": {"utm_source": "bench", "utm_campaign": "q"},
+            "page_url": "https://shop.example.ru/form"}  # fmt: skip
+
+
+def run(quick: bool) -> list[Row]:
+    from crm_app import create_app
+    from crm_app.extensions import db
+    from crm_app.sandbox.server import SandboxServer
+    from crm_app.services.amo import client_for_owner
+    from crm_app.services.inbound.fields import get_field_map
+
+    total = 200 if quick else 1000
+    repeats = int(total * REPEAT_SHARE)
+    fresh = total - repeats
+    seeded = (300, 200) if quick else (2000, 1000)
+    queue = f"crm-bench-inbound-{os.getpid()}"
+    rows: list[Row] = []
+    server = SandboxServer(
+        port=0, contacts=seeded[0], leads=seeded[1], tasks=0, rate_limit=RATE, quiet=True
+    ).start()
+    try:
+        with _database() as db_url, tempfile.TemporaryDirectory() as instance:
+            settings = _settings(db_url, instance, queue, server.url)
+            app = create_app(
+                {
+                    "SQLALCHEMY_DATABASE_URI": db_url,
+                    "REDIS_URL": REDIS,
+                    "RATELIMIT_STORAGE_URI": "memory://",
+                    "INSTANCE_PATH": instance,
+                    "SECRET_KEY": settings["SECRET_KEY"],
+                    "CRM_ENCRYPTION_KEY": settings["CRM_ENCRYPTION_KEY"],
+                    "CELERY_QUEUE": queue,
+                    "AMOCRM_BASE_URL": server.url,
+                    "AMOCRM_RATE_LIMIT": float(RATE),
+                    "INBOUND_RATE_LIMIT": "100000 per minute",
+                }
+            )
+            with app.app_context():
+                db.create_all()
+                owner_id, key = _connect(app, server)
+                _sync_mirror(owner_id)
+                mark = _mark(server)
+                get_field_map(owner_id, lambda: client_for_owner(owner_id))
+                lookup = _api_count(server, mark)
+                env = dict(os.environ) | settings
+                with _worker(env, queue, instance, concurrency=4):
+                    rows.extend(_measure(app, server, key, fresh, repeats))
+                db.session.remove()
+                db.engine.dispose()
+            rows.append(
+                Row(
+                    AREA,
+                    "one-time custom-field lookup (per owner, cached 6 h)",
+                    f"{lookup} requests",
+                    "≤ 2",
+                    lookup <= 2,
+                )
+            )
+    finally:
+        server.stop()
+    return rows
+
+
+def _measure(app: Any, server: Any, key: str, fresh: int, repeats: int) -> list[Row]:
+    acc = server.account
+    rng = random.Random(20240601)
+    people = [_person(i) for i in range(1, fresh + 1)]
+
+    mark = _mark(server)
+    started = time.monotonic()
+    counts_new = _wait(_post_all(app, key, people), timeout=fresh * 2 + 60)
+    new_calls = _api_count(server, mark)
+    elapsed_new = time.monotonic() - started
+
+    again = [dict(rng.choice(people), message=f"Ещё вопрос {n}") for n in range(repeats)]
+    mark = _mark(server)
+    counts_rep = _wait(_post_all(app, key, again), timeout=repeats * 2 + 60)
+    known_calls = _api_count(server, mark)
+
+    with acc.lock:
+        contacts_before, leads_before = (
+            len(acc.tables["contacts"].records),
+            len(acc.tables["leads"].records),
+        )
+    copy = {"channel": "widget", "external_id": "one-visitor", "name": "Одна заявка",
+            "email": "same@bench.example.org", "message": "Перезвоните"}  # fmt: skip
+    counts_copies = _wait(_post_all(app, key, [copy] * CONCURRENT_COPIES), timeout=120)
+    with acc.lock:
+        new_contacts = len(acc.tables["contacts"].records) - contacts_before
+        new_leads = len(acc.tables["leads"].records) - leads_before
+
+    per_new = new_calls / fresh
+    per_known = known_calls / repeats if repeats else 0.0
+    failed = counts_new.get("failed", 0) + counts_rep.get("failed", 0)
+    return [
+        Row(AREA, f"amoCRM requests per new person ({fresh} people)", f"{per_new:.2f}",
+            "≤ 2", per_new <= 2 and not counts_new.get("failed")),
+        Row(AREA, f"amoCRM requests per known person ({repeats} repeats)", f"{per_known:.2f}",
+            "≤ 1", per_known <= 1 and not counts_rep.get("failed")),
+        Row(AREA, f"{CONCURRENT_COPIES} identical requests at once → contacts / deals",
+            f"{new_contacts} / {new_leads}", "1 / 1",
+            new_contacts == 1 and new_leads == 1 and counts_copies.get("created") == CONCURRENT_COPIES),
+        Row(AREA, "inbound requests failed", str(failed), "0", failed == 0),
+        Row(AREA, f"new people processed per second (API at {RATE} rps)",
+            f"{fresh / elapsed_new:.1f}", "info", True),
+    ]  # fmt: skip
