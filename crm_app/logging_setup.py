@@ -220,6 +220,22 @@ def init_logging(app: Flask) -> None:
     _hook_celery(formatter)
 
 
+class CeleryTaskFilter(logging.Filter):
+    """Adds task_name / task_id to records logged inside a Celery task.
+
+    Our formatters replace Celery's TaskFormatter, which is where those used to come from.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery import current_task
+
+        task = current_task._get_current_object() if current_task else None
+        if task is not None and getattr(task, "request", None) is not None:
+            record.task_name = getattr(task, "name", None) or "-"
+            record.task_id = getattr(task.request, "id", None) or "-"
+        return True
+
+
 def _hook_celery(formatter: logging.Formatter) -> None:
     """Celery replaces the root handlers when a worker starts; mask its handlers as well."""
     from celery import signals
@@ -228,6 +244,8 @@ def _hook_celery(formatter: logging.Formatter) -> None:
         for target in (logger, logging.getLogger()):
             for handler in target.handlers if target is not None else ():
                 harden_handler(handler, formatter)
+                if not any(isinstance(f, CeleryTaskFilter) for f in handler.filters):
+                    handler.addFilter(CeleryTaskFilter())
 
     signals.after_setup_logger.connect(_after_setup, weak=False, dispatch_uid="crm-mask-root")
     signals.after_setup_task_logger.connect(_after_setup, weak=False, dispatch_uid="crm-mask-task")

@@ -595,6 +595,40 @@ def test_celery_logging_handlers_get_the_mask(make_app: MakeApp) -> None:
         celery_logger.removeHandler(handler)
 
 
+def test_lines_logged_inside_a_task_name_the_task() -> None:
+    from celery import Celery
+
+    from crm_app.logging_setup import CeleryTaskFilter, KeyValueFormatter, SecretMaskFilter
+
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler = _Collect()
+    for log_filter in (CeleryTaskFilter(), SecretMaskFilter()):
+        handler.addFilter(log_filter)
+    handler.setFormatter(KeyValueFormatter())
+    task_logger = logging.getLogger("crm_app.tests.task")
+    task_logger.addHandler(handler)
+    celery = Celery("hardening-test", set_as_current=False)
+    celery.conf.task_always_eager = True
+
+    @celery.task(name="hardening.probe")
+    def probe() -> None:
+        task_logger.warning("refreshing with refresh_token=in-task-secret")
+
+    try:
+        probe.apply()
+        task_logger.warning("outside any task")
+    finally:
+        task_logger.removeHandler(handler)
+    assert "task_name=hardening.probe" in records[0] and "task_id=" in records[0]
+    assert "in-task-secret" not in records[0]
+    assert "task_name" not in records[1]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
