@@ -187,7 +187,7 @@ def _owner_id(write: bool = False) -> int:
 
 
 def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
 
 
 def _card(owner_id: int, *, new_key: str | None = None, error: str | None = None) -> Response:

@@ -206,7 +206,10 @@ def handle_update(cfg: AmoConfig, update: dict[str, Any]) -> InboundRequest | No
     if payload is None:
         return None
     update_id = update.get("update_id")
-    key = f"tg:{update_id}" if isinstance(update_id, int) else None
+    # update_id counts per bot; the webhook secret changes with every set-webhook, so a new
+    # bot (whose ids start over) never collides with the old one's.
+    bot = (cfg.telegram_secret_hash or "")[:8]
+    key = f"tg:{bot}:{update_id}" if isinstance(update_id, int) else None
     # The message id keeps two equal texts apart; a redelivered update has the same one.
     return submit(
         cfg.owner_id,
