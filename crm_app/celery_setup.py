@@ -21,8 +21,8 @@ def broker_settings(app: Flask) -> dict[str, object]:
             "broker_transport_options": {"visibility_timeout": 4 * 3600},
         }
     base = Path(app.instance_path) / "celery"
-    queue, processed = base / "queue", base / "processed"
-    for folder in (queue, processed):
+    queue, processed, control = base / "queue", base / "processed", base / "control"
+    for folder in (queue, processed, control):
         folder.mkdir(parents=True, exist_ok=True)
     return {
         "broker_url": "filesystem://",
@@ -30,6 +30,8 @@ def broker_settings(app: Flask) -> dict[str, object]:
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
             "data_folder_processed": str(processed),
+            # Broadcast/pidbox files; kombu's default is ./control in the working directory.
+            "control_folder": str(control),
         },
     }
 
@@ -57,6 +59,8 @@ def celery_init_app(app: Flask) -> Celery:
     from workers.schedule import beat_schedule
 
     celery_app.conf.beat_schedule = beat_schedule(app)
+    # Beat's state file belongs in instance/, not in whatever directory the process started in.
+    celery_app.conf.beat_schedule_filename = str(Path(app.instance_path) / "celerybeat-schedule")
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
