@@ -56,6 +56,9 @@ from crm_app.services import tokens as token_store
 logger = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/admin/crm/callback"
+# A state issued to a Bearer (JSON API) caller has no browser session: its nonce is
+# "{user_id}:api" and the callback accepts it from a browser signed in as that same user.
+API_NONCE_SUFFIX = "api"
 STATE_TTL = timedelta(minutes=10)
 # The consent page's "Неразобранное" stage (type 1) cannot receive leads created through the API.
 UNSORTED_STATUS_TYPE = 1
@@ -409,12 +412,23 @@ def build_auth_url(
         raise ConnectError(_t("Неизвестный режим авторизации"), status=400) from exc
 
 
-def _claim_state(state: str, session_nonce: str) -> OAuthState:
+def api_nonce(user_id: int) -> str:
+    """The nonce a state gets when a Bearer API caller asks for the consent URL."""
+    return f"{user_id}:{API_NONCE_SUFFIX}"
+
+
+def _claim_state(state: str, session_nonce: str, user_id: int | None) -> OAuthState:
     """Find, check and spend the state; every failure is a CallbackError before any request."""
     row = db.session.scalar(select(OAuthState).where(OAuthState.state_hash == _hash_state(state)))
     if row is None:
         raise CallbackError(_t("Неизвестный параметр state: начните подключение заново"))
-    if not session_nonce or not hmac.compare_digest(row.session_nonce, session_nonce):
+    same_session = bool(session_nonce) and hmac.compare_digest(row.session_nonce, session_nonce)
+    same_api_user = (
+        user_id is not None
+        and row.user_id == user_id
+        and hmac.compare_digest(row.session_nonce, api_nonce(user_id))
+    )
+    if not (same_session or same_api_user):
         raise CallbackError(_t("Параметр state выдан другой сессии: начните подключение заново"))
     if row.used_at is not None:
         raise CallbackError(_t("Этот ответ amoCRM уже был использован: начните подключение заново"))
@@ -438,12 +452,18 @@ def _arg(args: Mapping[str, Any], name: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def handle_callback(args: Mapping[str, Any], session_nonce: str) -> AmoConfig:
-    """Check the redirect from amoCRM (state, referer, account) and exchange its code."""
+def handle_callback(
+    args: Mapping[str, Any], session_nonce: str, user_id: int | None = None
+) -> AmoConfig:
+    """Check the redirect from amoCRM (state, referer, account) and exchange its code.
+
+    ``session_nonce`` is the browser session's nonce; ``user_id`` (the signed-in user) lets a
+    state issued through the JSON API (:func:`api_nonce`) complete in that user's browser.
+    """
     state = _arg(args, "state")
     if not state:
         raise CallbackError(_t("В ответе amoCRM нет параметра state"))
-    row = _claim_state(state, session_nonce)
+    row = _claim_state(state, session_nonce, user_id)
     owner_id = row.owner_id
     cfg = get_or_create_config(owner_id)
     error = _arg(args, "error")

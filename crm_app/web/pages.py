@@ -572,7 +572,9 @@ def oauth_callback():  # type: ignore[no-untyped-def]
     """amoCRM's redirect: state and referer are checked before any request leaves."""
     nonce = session.get(NONCE_KEY)
     try:
-        connection.handle_callback(request.args, nonce if isinstance(nonce, str) else "")
+        connection.handle_callback(
+            request.args, nonce if isinstance(nonce, str) else "", user_id=current_user.id
+        )
     except ConnectError as exc:
         db.session.rollback()
         logger.info("OAuth callback refused (%s): %s", exc.status, exc.message)
