@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 # Postgres refuses NUL in text and control characters have no business in a search box or a
 # setting; the pattern is in the OpenAPI document too, so clients learn it before they fail.
@@ -15,11 +15,26 @@ INT32_MAX = 2**31 - 1
 AmoId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
+def utf8_text(value: object) -> object:
+    """JSON may carry lone surrogates (`"\\ud800"`); they cannot be stored or hashed as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
 class Strict(BaseModel):
     """JSON bodies: unknown fields are rejected (a typo or a privileged field is an error), and
     types are strict, so `"true"` is no boolean and `"5"` no id."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _utf8(cls, value: object) -> object:
+        return utf8_text(value)
 
 
 class FieldError(BaseModel):

@@ -132,6 +132,8 @@ def openapi_document() -> dict[str, Any]:
                 # Error bodies are problem documents, and their media type says so.
                 if code.isdigit() and int(code) >= 400 and "application/json" in content:
                     content["application/problem+json"] = content.pop("application/json")
+            for param in op.get("parameters", []):
+                param["schema"] = _not_null(param.get("schema") or {})
             body = op.get("requestBody")
             if body is not None and op.get("operationId") in OPTIONAL_BODY:
                 body["required"] = False
@@ -145,6 +147,20 @@ def openapi_document() -> dict[str, Any]:
         {"name": "browser", "description": "Routes for the browser, listed for completeness."},
     ]
     return doc
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent or a value: `X | None` in the model is just `X` on the wire."""
+    options = schema.get("anyOf")
+    if not isinstance(options, list) or {"type": "null"} not in options:
+        return schema
+    rest = [o for o in options if o != {"type": "null"}]
+    merged = {k: v for k, v in schema.items() if k != "anyOf"}
+    if merged.get("default", ...) is None:
+        del merged["default"]
+    if len(rest) == 1:
+        return {**rest[0], **merged}
+    return {**merged, "anyOf": rest}
 
 
 def schema_type(schema: dict[str, Any]) -> str:

@@ -19,14 +19,19 @@ from crm_app.auth.passwords import verify_password
 from crm_app.auth.tokens import issue_token
 from crm_app.extensions import csrf, db, limiter
 from crm_app.models import User
+from crm_app.schemas import spec
+from crm_app.schemas.auth import TokenRequest, token_responses
 
 bp = Blueprint("auth", __name__)
 
 
 def _username_key() -> str:
     data = request.get_json(silent=True) if request.is_json else request.form
-    name = (data or {}).get("username", "") if isinstance(data, dict) or data else ""
-    return f"login-user:{str(name).strip().lower()[:80]}"
+    # Any JSON value can arrive (a number, a list): only an object has a username.
+    name = data.get("username", "") if isinstance(data, dict) else ""
+    key = str(name).strip().lower()[:80]
+    # A lone surrogate from JSON cannot be encoded for the limiter's storage; "?" stands in.
+    return "login-user:" + key.encode("utf-8", "replace").decode("utf-8")
 
 
 def _login_limit() -> str:
@@ -72,7 +77,15 @@ def logout():  # type: ignore[no-untyped-def]
 @csrf.exempt
 @limiter.limit(_login_limit, deduct_when=_failed)
 @limiter.limit(_login_limit, key_func=_username_key, deduct_when=_failed)
+@spec.validate(
+    json=TokenRequest,
+    resp=token_responses(),
+    tags=("auth",),
+    security=[],
+    operation_id="issue_token",
+)
 def token():  # type: ignore[no-untyped-def]
+    """Exchange a username and password for a short-lived JWT (send it as `Bearer`)."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         abort(400, description='Send JSON {"username": ..., "password": ...}.')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ def init_errorhandlers(app: Flask) -> None:
             if key.lower() != "content-type":
                 resp.headers[key] = value
         return resp
+
+    @app.errorhandler(RecursionError)
+    def handle_recursion(exc: RecursionError) -> Response | tuple[str, int]:
+        # json.loads gives up on a deeply nested body with RecursionError, not ValueError, so
+        # every view that reads JSON would answer 500 to it; that is bad input, not our bug.
+        if request.is_json:
+            logger.warning("JSON body nested too deeply on %s %s", request.method, request.path)
+            return handle_http(BadRequest("The JSON body is nested too deeply."))
+        return handle_unexpected(exc)
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Response | tuple[str, int]:

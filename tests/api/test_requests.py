@@ -187,3 +187,30 @@ def test_unknown_query_parameters_are_ignored(client, world: World) -> None:  # 
         "/admin/crm/contacts", query_string={"lang": "en", "_": "1"}, headers=world.header("user")
     )
     assert resp.status_code == 200
+
+
+def test_token_endpoint_rejects_odd_bodies_without_500(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    """Found by the property run: a bare number, NUL and lone surrogates used to give 500."""
+    bodies = [
+        "6.9588381597846815e+19",
+        "[1]",
+        '{"username": "\\ud9e4x", "password": "pw"}',
+        '{"username": "a\\u0000b", "password": "pw"}',
+        '{"username": "acme_user", "password": "\\ud800"}',
+        "[" * 50_000,
+    ]
+    for body in bodies:
+        resp = client.post("/auth/token", data=body, content_type="application/json")
+        assert resp.status_code in (400, 422), (body[:40], resp.status_code)
+        assert resp.mimetype == "application/problem+json"
+
+
+def test_lone_surrogates_in_api_bodies_are_422(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    body = '{"redirect_uri": "https://x.example/\\ud800"}'
+    resp = client.put(
+        "/admin/crm/config",
+        data=body,
+        content_type="application/json",
+        headers=world.header("admin"),
+    )
+    assert resp.status_code == 422

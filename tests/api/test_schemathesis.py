@@ -56,7 +56,7 @@ def _operations() -> list[tuple[str, str]]:
     from tests.api.test_rbac_matrix import CASES
 
     ops = [(m, re.sub(r"<(?:[^:>]+:)?(\w+)>", r"{\1}", rule)) for m, rule in CASES]
-    return sorted(ops)
+    return sorted([*ops, ("POST", "/auth/token")])
 
 
 @pytest.fixture
