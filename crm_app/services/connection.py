@@ -65,6 +65,11 @@ UNSORTED_STATUS_TYPE = 1
 _MAX_TOKEN_LENGTH = 8192
 
 
+def _n(message: str) -> str:
+    """Mark a message for extraction (pybabel -k _n) where it is translated later by _t."""
+    return message
+
+
 def _t(message: str, **params: Any) -> str:
     """Translate for the page inside a request; workers and the CLI keep the Russian original."""
     if has_request_context():
@@ -160,7 +165,7 @@ class ConfigInput(BaseModel):
             return validate_subdomain(value)
         except AmoCRMConfigError as exc:
             raise ValueError(
-                "поддомен: латинские буквы, цифры и дефис, например mycompany"
+                _n("поддомен: латинские буквы, цифры и дефис, например mycompany")
             ) from exc
 
     @field_validator("domain", mode="before")
@@ -169,14 +174,14 @@ class ConfigInput(BaseModel):
         if value in (None, ""):
             return "amocrm.ru"
         if not isinstance(value, str) or value.strip().lower() not in ALLOWED_DOMAINS:
-            raise ValueError("домен: amocrm.ru, amocrm.com или kommo.com")
+            raise ValueError(_n("домен: amocrm.ru, amocrm.com или kommo.com"))
         return value.strip().lower()
 
     @field_validator("client_id")
     @classmethod
     def _client_id(cls, value: str) -> str:
         if value and (not value.isascii() or not value.isprintable() or " " in value):
-            raise ValueError("Client ID: без пробелов, только латиница, цифры и знаки")
+            raise ValueError(_n("Client ID: без пробелов, только латиница, цифры и знаки"))
         return value
 
     @field_validator("client_secret", mode="before")
@@ -184,7 +189,7 @@ class ConfigInput(BaseModel):
     def _secret(cls, value: Any) -> Any:
         value = _blank_to_none(value)
         if isinstance(value, str) and (not value.isascii() or not value.isprintable()):
-            raise ValueError("Client Secret содержит недопустимые символы")
+            raise ValueError(_n("Client Secret содержит недопустимые символы"))
         return value
 
     @field_validator("redirect_uri")
@@ -194,9 +199,9 @@ class ConfigInput(BaseModel):
             return value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
-            raise ValueError("Redirect URI должен быть адресом http(s)://…")
+            raise ValueError(_n("Redirect URI должен быть адресом http(s)://…"))
         if parts.username or parts.password:
-            raise ValueError("Redirect URI не может содержать логин и пароль")
+            raise ValueError(_n("Redirect URI не может содержать логин и пароль"))
         return value
 
     @field_validator(
@@ -208,15 +213,15 @@ class ConfigInput(BaseModel):
 
 
 _FIELD_MESSAGES = {
-    "missing": "Обязательное поле",
-    "string_too_short": "Обязательное поле",
-    "string_too_long": "Слишком длинное значение",
-    "int_parsing": "Нужно целое число",
-    "int_type": "Нужно целое число",
-    "greater_than": "Нужно положительное число",
-    "bool_parsing": "Нужно да или нет",
-    "bool_type": "Нужно да или нет",
-    "string_type": "Нужна строка",
+    "missing": _n("Обязательное поле"),
+    "string_too_short": _n("Обязательное поле"),
+    "string_too_long": _n("Слишком длинное значение"),
+    "int_parsing": _n("Нужно целое число"),
+    "int_type": _n("Нужно целое число"),
+    "greater_than": _n("Нужно положительное число"),
+    "bool_parsing": _n("Нужно да или нет"),
+    "bool_type": _n("Нужно да или нет"),
+    "string_type": _n("Нужна строка"),
 }
 
 
@@ -325,7 +330,7 @@ def update_config(owner_id: int, data: ConfigInput) -> AmoConfig:
         token_store.delete_tokens(owner_id)
         cfg.status = ConnectionStatus.DISCONNECTED
         cfg.connected_at = None
-        cfg.last_error = "Аккаунт или интеграция изменены: подключите amoCRM заново"
+        cfg.last_error = _n("Аккаунт или интеграция изменены: подключите amoCRM заново")
         cfg.last_error_at = datetime.now(UTC)
         logger.info("owner %s switched amoCRM account/integration; old tokens dropped", owner_id)
     db.session.commit()
@@ -780,7 +785,7 @@ def handle_disconnect_hook(args: Mapping[str, Any]) -> bool:
         token_store.delete_tokens(cfg.owner_id)
         cfg.status = ConnectionStatus.DISCONNECTED
         cfg.connected_at = None
-        cfg.last_error = "Интеграция отключена в amoCRM"
+        cfg.last_error = _n("Интеграция отключена в amoCRM")
         cfg.last_error_at = datetime.now(UTC)
         db.session.add(
             SyncLog(

@@ -36,7 +36,7 @@ from crm_app.extensions import csrf, db, htmx, login_manager
 from crm_app.logging_setup import mask_secrets
 from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog, User
 from crm_app.services import connection, stats
-from crm_app.services.connection import ConfigInvalid, ConnectError
+from crm_app.services.connection import ConfigInvalid, ConnectError, _n
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,15 @@ SLOTS = (
     ("inbound-panel", "/admin/crm/ui/inbound"),
 )
 OPERATION_LABELS = {
-    "sync_contacts": "Синхронизация контактов",
-    "sync_leads": "Синхронизация сделок",
-    "sync_tasks": "Синхронизация задач",
-    "sync_reference": "Справочники",
-    "create_lead": "Создание сделки",
-    "webhook": "Вебхук",
-    "connect": "Подключение",
-    "disconnect": "Отключение",
-    "disconnect_hook": "Отключено в amoCRM",
+    "sync_contacts": _n("Синхронизация контактов"),
+    "sync_leads": _n("Синхронизация сделок"),
+    "sync_tasks": _n("Синхронизация задач"),
+    "sync_reference": _n("Справочники"),
+    "create_lead": _n("Создание сделки"),
+    "webhook": _n("Вебхук"),
+    "connect": _n("Подключение"),
+    "disconnect": _n("Отключение"),
+    "disconnect_hook": _n("Отключено в amoCRM"),
 }
 
 
