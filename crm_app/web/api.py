@@ -85,8 +85,6 @@ csrf.exempt(bp)
 F = TypeVar("F", bound=Callable[..., Any])
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_MAX_BODY = 64 * 1024
-# Marks an OAuth state issued to a Bearer client (no browser session to bind it to).
-API_NONCE_SUFFIX = "api"
 
 # Error statuses an operation can answer, listed in the document: every operation can meet a
 # bad owner_id (400), no credentials (401), another owner (404) and a schema error (422).
@@ -284,12 +282,12 @@ def put_config(query: OwnerQuery, json: ConfigUpdate) -> dict[str, Any]:
 def _oauth_nonce(actor: User) -> str:
     """What the OAuth state is bound to.
 
-    A browser session gets the same per-session nonce the CRM page uses, so the callback in
-    that browser accepts the state. A Bearer client has no session: its state is bound to the
-    user alone (see docs/api.md for how the callback must treat such states).
+    A browser session gets the per-session nonce the CRM page uses, so the callback in that
+    browser accepts the state. A Bearer client has no session: its state is bound to the user
+    (`connection.api_nonce`), and the callback accepts it from a browser signed in as that user.
     """
     if via_bearer():
-        return f"{actor.id}:{API_NONCE_SUFFIX}"
+        return connection.api_nonce(actor.id)
     from crm_app.web.pages import NONCE_KEY
 
     prefix = f"{actor.id}:"

@@ -84,3 +84,56 @@ def test_guest_cannot_connect(client, world: World, sandbox) -> None:  # type: i
     body = {"authorization_code": sandbox.auth_code()}
     resp = client.put("/admin/crm/config", json=body, headers=world.header("guest"))
     assert resp.status_code == 403
+
+
+def _state(url: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(url).query)["state"][0]
+
+
+def _callback(client, sandbox, state: str):  # type: ignore[no-untyped-def]
+    referer = f"{sandbox.config.subdomain}.amocrm.ru"
+    query = {"code": sandbox.auth_code(), "state": state, "referer": referer}
+    return client.get("/admin/crm/callback", query_string=query)
+
+
+def test_bearer_issued_state_completes_in_the_same_users_browser(
+    client, login, world, sandbox
+) -> None:  # type: ignore[no-untyped-def]
+    headers = world.header("user")
+    assert (
+        client.put("/admin/crm/config", json=_settings(sandbox), headers=headers).status_code == 200
+    )
+    url = client.get("/admin/crm/auth-url", headers=headers).json["url"]
+    login("acme_user")
+    resp = _callback(client, sandbox, _state(url))
+    assert resp.status_code in (302, 303), resp.get_data(as_text=True)[:300]
+    assert client.get("/admin/crm/status", headers=headers).json["status"] == "connected"
+
+
+def test_bearer_issued_state_is_refused_in_another_users_browser(
+    client, login, world, sandbox
+) -> None:  # type: ignore[no-untyped-def]
+    """OAuth CSRF: a URL minted by one user cannot connect an account in another's browser."""
+    headers = world.header("user")
+    client.put("/admin/crm/config", json=_settings(sandbox), headers=headers)
+    url = client.get("/admin/crm/auth-url", headers=headers).json["url"]
+    login("acme_admin")
+    resp = _callback(client, sandbox, _state(url))
+    assert resp.status_code == 400
+    assert client.get("/admin/crm/status", headers=headers).json["status"] == "disconnected"
+
+
+def test_session_issued_state_completes_in_that_session(
+    client, login, csrf_token, world, sandbox
+) -> None:  # type: ignore[no-untyped-def]
+    login("acme_user")
+    token = {"X-CSRFToken": csrf_token()}
+    assert (
+        client.put("/admin/crm/config", json=_settings(sandbox), headers=token).status_code == 200
+    )
+    url = client.get("/admin/crm/auth-url").json["url"]
+    resp = _callback(client, sandbox, _state(url))
+    assert resp.status_code in (302, 303), resp.get_data(as_text=True)[:300]
+    assert client.get("/admin/crm/status").json["status"] == "connected"
