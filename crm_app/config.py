@@ -80,6 +80,10 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # Celery: Redis when configured, otherwise kombu's filesystem transport (no server needed).
         "CELERY_EAGER": _bool("CELERY_EAGER", False),
         "CELERY_QUEUE": os.environ.get("CELERY_QUEUE", "crm"),
+        # Read by logging_setup / security too (they honour overrides); listed here for one view.
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", 0),
         "TESTING": False,
     }
     if overrides:
