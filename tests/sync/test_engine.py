@@ -232,3 +232,60 @@ def test_sync_log_and_badge_on_403_block(app, sandbox, connected):
         select(SyncLog).where(SyncLog.owner_id == owner_id, SyncLog.status == "error")
     ).all()
     assert {e.operation for e in errors} == {"sync_contacts", "sync_leads", "sync_tasks"}
+
+
+def test_reconcile_finds_deletions_without_rewriting_unchanged_rows(app, make_sandbox, connected):
+    server = make_sandbox(contacts=600, leads=50, tasks=30)
+    owner_id = connected(server)
+    assert _run(owner_id, full=True).status == "success"
+    ids = sorted(server.account.tables["contacts"].records)
+    gone = [ids[5], ids[400]]
+    for cid in gone:  # deleted in amoCRM while no webhook told us
+        assert (
+            requests.delete(f"{server.url}/_sandbox/contacts/{cid}", timeout=5).status_code == 204
+        )
+    synced = {
+        r.id: r.synced_at
+        for r in db.session.scalars(select(Contact).where(Contact.owner_id == owner_id))
+    }
+    server.clear_requests()
+    run = start_sync(owner_id, trigger="reconcile", enqueue=False)
+    assert run.full is True
+    run_sync(run.id)
+    db.session.expire_all()
+    run = db.session.get(SyncRun, run.id)
+    assert run.status == "success", run.error
+    assert run.counts["contacts"]["mode"] == "reconcile"
+    assert run.counts["contacts"]["deleted"] == 2
+    assert mirror_count(owner_id, "contacts") == 598
+    assert_mirror_equals_sandbox(server, owner_id)
+    # Unchanged rows were compared, not rewritten.
+    after = {
+        r.id: r.synced_at
+        for r in db.session.scalars(select(Contact).where(Contact.owner_id == owner_id))
+    }
+    assert all(after[i] == synced[i] for i in after)
+    # The deletions were confirmed one by one (204), after one filtered re-read.
+    singles = [
+        e for e in server.requests_log(kind="api") if e["path"].startswith("/api/v4/contacts/")
+    ]
+    assert sorted(e["status"] for e in singles) == [204, 204]
+    cursor = db.session.get(SyncCursor, (owner_id, "contacts"))
+    assert cursor.last_reconcile_at is not None
+
+
+def test_beat_schedules_each_connected_owner_once_per_slot(app, sandbox, connected, monkeypatch):
+    from workers.sync import schedule_incremental, schedule_reconcile
+
+    sent: list[int] = []
+    monkeypatch.setattr("crm_app.services.sync.runs._enqueue", lambda run: sent.append(run.id))
+    owner_id = connected(sandbox, "acme")
+    other = connected(sandbox, "idle")
+    cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == other))
+    cfg.sync_contacts = cfg.sync_leads = cfg.sync_tasks = False
+    db.session.commit()
+    first = schedule_incremental.run()
+    assert len(first) == 1 and sent == first
+    assert db.session.get(SyncRun, first[0]).owner_id == owner_id
+    assert schedule_incremental.run() == []  # a second beat in the same slot does nothing
+    assert schedule_reconcile.run() == first  # the owner's run is still active: no second one

@@ -21,7 +21,7 @@ from crm_app.amocrm.errors import (
 from crm_app.models import RunStatus
 from crm_app.services.amo import NotConfigured, client_for_owner, record_api_failure
 from crm_app.services.sync.mappers import map_items
-from crm_app.services.sync.paging import PageStream, prefetch
+from crm_app.services.sync.paging import PageStream, make_patient, prefetch
 from crm_app.services.sync.reference import sync_reference_data
 from crm_app.services.sync.refetch import refetch_entities
 from crm_app.services.sync.runs import (
@@ -204,7 +204,6 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
         int(state["page"]),
         "incremental" if state["mode"] == "incremental" else "full",
         state.get("cursor_from"),
-        max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)),
     )
     for result in prefetch(ctx.app, lambda: iter(stream)):
         now = datetime.now(UTC)
@@ -338,8 +337,12 @@ def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
     ordered = sorted(seen)
     candidates: list[int] = []
     index = 0
-    result = ctx.conn.execution_options(yield_per=5000).execute(
-        select(table.c.id).where(table.c.owner_id == ctx.owner_id).order_by(table.c.id)
+    # A server-side cursor for this one statement (Connection.execution_options would stick).
+    result = ctx.conn.execute(
+        select(table.c.id)
+        .where(table.c.owner_id == ctx.owner_id)
+        .order_by(table.c.id)
+        .execution_options(yield_per=5000)
     )
     for (local_id,) in result:
         while index < len(ordered) and ordered[index] < local_id:
@@ -399,6 +402,7 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
                     )
             return
         counter.attach(client)
+        make_patient(client, max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)))
         ctx = RunContext(conn, lease, row, client, counter, progress)
         ctx._t0 = time.monotonic()
         try:

@@ -58,6 +58,21 @@ def fetch_with_backoff(
             sleep(delay)
 
 
+def make_patient(client: AmoCRMClient, *, retries: int = 3, max_wait: float = 60.0) -> None:
+    """Give every request of ``client`` the bounded 429 backoff of ``fetch_with_backoff``.
+
+    A sync only reads, and amoCRM rejects a 429 before doing anything, so resending is safe.
+    """
+    original = client.request
+
+    def request(method: str, path: str, **kwargs: Any) -> Any:
+        return fetch_with_backoff(
+            lambda: original(method, path, **kwargs), retries=retries, max_wait=max_wait
+        )
+
+    client.request = request  # type: ignore[method-assign]
+
+
 def fetch_page(
     client: AmoCRMClient,
     entity: str,
@@ -137,7 +152,6 @@ class PageStream:
     start_page: int
     mode: str  # full | incremental | reconcile
     cursor_from: int | None = None
-    max_wait: float = 60.0
     check: IncrementalCheck | None = field(default=None, init=False)
 
     def params(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
@@ -155,12 +169,7 @@ class PageStream:
             self.check = IncrementalCheck(int(self.cursor_from or 0))
         number = max(1, self.start_page)
         while True:
-            page = fetch_with_backoff(
-                lambda n=number: fetch_page(
-                    self.client, self.entity, n, filter_=filter_, order=order
-                ),
-                max_wait=self.max_wait,
-            )
+            page = fetch_page(self.client, self.entity, number, filter_=filter_, order=order)
             items = page.items
             older = 0
             last = not page.has_next or not items

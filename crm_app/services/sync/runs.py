@@ -22,7 +22,8 @@ from crm_app.services.sync.upsert import ENTITIES
 
 logger = logging.getLogger(__name__)
 
-TRIGGERS = ("manual", "beat", "cli", "api", "reconcile")
+# Who asked: shown in the log. "reconcile" also changes what the run does (see engine).
+TRIGGERS = ("manual", "beat", "cli", "api", "connect", "webhook", "reconcile")
 runs_table = SyncRun.__table__
 
 
