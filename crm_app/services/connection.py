@@ -682,8 +682,7 @@ def after_connect(owner_id: int) -> dict[str, Any]:
     for module, name, kwargs in steps:
         func = _optional(module, name)
         if func is None:
-            if name == "sync_reference_data":
-                _store_pipelines(owner_id, client)
+            logger.info("owner %s: %s.%s is not available; skipped", owner_id, module, name)
             continue
         try:
             func(owner_id, **kwargs)
@@ -691,43 +690,6 @@ def after_connect(owner_id: int) -> dict[str, Any]:
             db.session.rollback()
             logger.warning("owner %s: %s.%s after connect failed: %s", owner_id, module, name, exc)
     return account_info(owner_id)
-
-
-def _store_pipelines(owner_id: int, client: Any) -> None:
-    """Minimal pipelines/statuses mirror for the settings dropdowns until the sync area exists."""
-    try:
-        pipelines = client.get_pipelines()
-    except AmoCRMAPIError as exc:
-        logger.info("owner %s: pipelines not loaded: %s", owner_id, exc.message)
-        return
-    for item in pipelines:
-        if not isinstance(item.get("id"), int):
-            continue
-        db.session.merge(
-            Pipeline(
-                owner_id=owner_id,
-                id=item["id"],
-                name=str(item.get("name") or item["id"])[:255],
-                sort=int(item.get("sort") or 0),
-                is_main=bool(item.get("is_main")),
-                is_archive=bool(item.get("is_archive")),
-            )
-        )
-        for status in (item.get("_embedded") or {}).get("statuses") or []:
-            if not isinstance(status.get("id"), int):
-                continue
-            db.session.merge(
-                PipelineStatus(
-                    owner_id=owner_id,
-                    pipeline_id=item["id"],
-                    id=status["id"],
-                    name=str(status.get("name") or status["id"])[:255],
-                    sort=int(status.get("sort") or 0),
-                    color=(str(status["color"])[:16] if status.get("color") else None),
-                    type=int(status.get("type") or 0),
-                )
-            )
-    db.session.commit()
 
 
 # -- disconnecting ------------------------------------------------------------------------------
