@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from functools import wraps
@@ -19,6 +20,7 @@ from flask import (
     request,
     session,
 )
+from markupsafe import Markup, escape
 from spectree import Response as Responses
 from sqlalchemy import Select, String, cast, func, or_, select
 from werkzeug.http import HTTP_STATUS_CODES
@@ -327,7 +329,7 @@ def disconnect(query: OwnerQuery, json: EmptyBody) -> dict[str, Any]:
 
 
 @bp.get("/admin/crm/account")
-@operation(AccountOut, tags=("connection",), amo=True)
+@operation(AccountOut, tags=("connection",))
 def account(query: OwnerQuery) -> dict[str, Any]:
     """The connected amoCRM account and the user who granted access."""
     return dict(connection.account_info(g.owner_id))
@@ -541,5 +543,21 @@ def api_docs() -> str:
             operations.append({"path": path, "method": method.upper(), **op})
     schemas = doc.get("components", {}).get("schemas", {})
     return render_template(
-        "api/docs.html", doc=doc, operations=operations, schemas=schemas, schema_type=schema_type
+        "api/docs.html",
+        doc=doc,
+        operations=operations,
+        schemas=schemas,
+        schema_type=schema_type,
+        md=_inline_markdown,
     )
+
+
+_CODE_RE = re.compile(r"`([^`]+)`")
+_BOLD_RE = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def _inline_markdown(text: str | None) -> Markup:
+    """`code` and **bold** of the docstrings, after escaping everything else."""
+    html = str(escape(text or ""))
+    html = _CODE_RE.sub(r"<code>\1</code>", html)
+    return Markup(_BOLD_RE.sub(r"<strong>\1</strong>", html))
