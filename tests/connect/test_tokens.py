@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import requests
 
 from crm_app.extensions import db
@@ -20,14 +21,21 @@ from tests.connect.conftest import HX, token_requests
 WORKER = Path(__file__).with_name("race_worker.py")
 
 
+@pytest.mark.parametrize("stored_expiry", ["still valid", "also expired"])
 def test_twenty_requests_in_two_processes_refresh_once(
-    app, owner, connected, sandbox, tmp_path
+    app, owner, connected, sandbox, tmp_path, stored_expiry
 ) -> None:  # type: ignore[no-untyped-def]
     owner_id = owner.owner_id
     connected(owner_id)
-    before = load_tokens(owner_id)
-    # Every access token dies now; our stored expiry still looks fine, so each call meets a 401.
+    # Every access token dies now. With our stored expiry still in the future each call meets
+    # a 401 and refreshes after it; with it past, each caller refreshes before sending.
     assert requests.post(f"{sandbox.url}/_sandbox/tokens/expire", timeout=5).status_code == 200
+    if stored_expiry == "also expired":
+        db.session.query(AmoToken).filter_by(owner_id=owner_id).update(
+            {AmoToken.expires_at: datetime.now(UTC) - timedelta(seconds=1)}
+        )
+        db.session.commit()
+    before = load_tokens(owner_id)
     sandbox.clear_requests()
 
     go = tmp_path / "go"
