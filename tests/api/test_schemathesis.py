@@ -90,23 +90,22 @@ CHECKS = [
 ]
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 @pytest.mark.parametrize("operation", _operations(), ids=lambda o: f"{o[0]} {o[1]}")
-def test_operation_conforms_to_the_document(api_schema, operation, mode) -> None:  # type: ignore[no-untyped-def]
+def test_operation_conforms_to_the_document(api_schema, operation) -> None:  # type: ignore[no-untyped-def]
     method, path = operation
     op = api_schema[path][method]
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        # The pytest plugin of schemathesis 4.32 does not run under pytest 9, so the property
+        # test is spelled out with Hypothesis: generate cases, call, check every answer.
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
+        @given(case=op.as_strategy(generation_mode=mode))
+        def run(case) -> None:  # type: ignore[no-untyped-def]
+            case.call_and_validate(checks=CHECKS)
 
-    # The pytest plugin of schemathesis 4.32 does not run under pytest 9, so the property test
-    # is spelled out with Hypothesis: generate cases for the operation, call, check each answer.
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        phases=[Phase.explicit, Phase.generate],
-    )
-    @given(case=op.as_strategy(generation_mode=mode))
-    def run(case) -> None:  # type: ignore[no-untyped-def]
-        case.call_and_validate(checks=CHECKS)
-
-    run()
+        run()
