@@ -46,7 +46,9 @@ def drain_inbox() -> dict[str, Any]:
     queued = [owner_id for owner_id in owners if enqueue.kick_now(owner_id)]
     pruned = inbox.prune()
     if owners or pruned:
-        logger.info("webhook drain: %d owners queued, %d old deliveries pruned", len(queued), pruned)
+        logger.info(
+            "webhook drain: %d owners queued, %d old deliveries pruned", len(queued), pruned
+        )
     return {"owners": queued, "pruned": pruned}
 
 

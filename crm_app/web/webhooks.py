@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from functools import wraps
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import (
     Blueprint,
@@ -18,13 +19,12 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
-from sqlalchemy import select
 
 from crm_app.auth.access import current_actor, require_write, resolve_owner_id
-from crm_app.extensions import csrf, db, login_manager
-from crm_app.models import AmoConfig, ConnectionStatus
-from crm_app.services.webhooks import enqueue, inbox
-from crm_app.services.webhooks.parse import MalformedBody, parse_delivery
+from crm_app.extensions import csrf, login_manager
+from crm_app.models import ConnectionStatus
+from crm_app.services.webhooks import enqueue, fastpath, inbox
+from crm_app.services.webhooks.parse import MalformedBody, inspect_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +34,45 @@ _FORM = "application/x-www-form-urlencoded"
 _MAX_TOKEN = 128
 
 
-def _lookup(token: str) -> Any:
+class _TokenCache:
+    """token hash → (owner_id, account_id, subdomain, status) for a few seconds.
+
+    The endpoint is benchmarked and amoCRM may send bursts; this spares a database round trip
+    per delivery. Only hits are cached (an unknown token always asks the database), entries
+    live WEBHOOK_TOKEN_CACHE_SECONDS (a rotated token or a disconnect is seen that much later),
+    and the size is bounded.
+    """
+
+    def __init__(self, ttl: float, size: int = 1024) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.items: dict[str, tuple[float, fastpath.TokenOwner]] = {}
+
+    def get(self, digest: str) -> fastpath.TokenOwner | None:
+        hit = self.items.get(digest)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, digest: str, row: fastpath.TokenOwner) -> None:
+        if len(self.items) >= self.size:
+            self.items.clear()  # rare: more live owners than slots; start over
+        self.items[digest] = (time.monotonic() + self.ttl, row)
+
+
+def _lookup(token: str) -> fastpath.TokenOwner | None:
     digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
-    return db.session.execute(
-        select(
-            AmoConfig.owner_id, AmoConfig.account_id, AmoConfig.subdomain, AmoConfig.status
-        ).where(AmoConfig.webhook_token_hash == digest)
-    ).first()
+    ttl = float(current_app.config.get("WEBHOOK_TOKEN_CACHE_SECONDS", 5))
+    cache: _TokenCache | None = current_app.extensions.get("crm_webhook_tokens")
+    if cache is None or cache.ttl != ttl:
+        cache = current_app.extensions["crm_webhook_tokens"] = _TokenCache(ttl)
+    row = cache.get(digest) if ttl > 0 else None
+    if row is not None:
+        return row
+    found = fastpath.lookup_token(digest)
+    if found is not None and ttl > 0:
+        cache.put(digest, found)
+    return found
 
 
 def _read_body(limit: int) -> bytes:
@@ -52,6 +84,12 @@ def _read_body(limit: int) -> bytes:
     if len(body) > limit:
         abort(413, description=f"Webhook body larger than {limit} bytes.")
     return body
+
+
+def _storage_down() -> NoReturn:
+    # Not stored means not acknowledged: amoCRM retries a 5xx (5 min, 15 min, ...).
+    logger.exception("webhook delivery could not be stored")
+    abort(503, description="The delivery could not be stored; send it again later.")
 
 
 def _check_account(cfg: Any, account_id: str | None, subdomain: str | None) -> None:
@@ -80,7 +118,10 @@ def receive(token: str | None = None) -> Response:
     token = token or request.args.get("token") or ""
     if not token or len(token) > _MAX_TOKEN:
         abort(404, description="Unknown webhook URL.")
-    cfg = _lookup(token)
+    try:
+        cfg = _lookup(token)
+    except Exception:
+        _storage_down()
     if cfg is None:
         abort(404, description="Unknown webhook URL.")
     mimetype = request.mimetype
@@ -90,13 +131,16 @@ def receive(token: str | None = None) -> Response:
         abort(415, description="Compressed webhook bodies are not accepted.")
     body = _read_body(int(current_app.config["WEBHOOK_MAX_BODY"]))
     try:
-        delivery = parse_delivery(body)
+        envelope = inspect_envelope(body)
     except MalformedBody as exc:
         abort(400, description=f"Malformed webhook body: {exc}.")
-    _check_account(cfg, delivery.account_id, delivery.subdomain)
-    if not delivery.events and not delivery.unknown:
+    _check_account(cfg, envelope.account_id, envelope.subdomain)
+    if not envelope.has_payload:
         abort(400, description="The body names no events.")
-    new_id = inbox.store_delivery(cfg.owner_id, body, request.headers.get("X-Amocrm-Requestid"))
+    try:
+        new_id = inbox.store_delivery(cfg.owner_id, body, request.headers.get("X-Amocrm-Requestid"))
+    except Exception:
+        _storage_down()
     if new_id is not None:
         enqueue.kick(cfg.owner_id)
     return Response("OK", status=200, mimetype="text/plain")

@@ -315,3 +315,60 @@ def test_php_key_forms() -> None:
 def test_malformed_bodies_raise(body: bytes) -> None:
     with pytest.raises(MalformedBody):
         parse_delivery(body)
+
+
+def _outcome(body: bytes) -> tuple:
+    """decode_form's verdict on a body, in the shape inspect_envelope reports."""
+    try:
+        delivery = parse_delivery(body)
+    except MalformedBody:
+        return ("malformed",)
+    payload = bool(delivery.events or delivery.unknown)
+    return (delivery.account_id, delivery.subdomain, payload)
+
+
+def _fast(body: bytes) -> tuple:
+    from crm_app.services.webhooks.parse import inspect_envelope
+
+    try:
+        env = inspect_envelope(body)
+    except MalformedBody:
+        return ("malformed",)
+    return (env.account_id, env.subdomain, env.has_payload)
+
+
+def test_fast_envelope_check_agrees_with_the_full_parser() -> None:
+    import random
+
+    rng = random.Random(11)
+    corpus = [p.read_bytes() for p in SAMPLES.glob("webhook_*.urlencoded.txt")]
+    corpus += [
+        b"account%5bid%5d=5&leads%5Badd%5D%5B0%5D%5Bid%5D=1",
+        b"account[id]=5&account[subdomain]=%D0%B4%D0%B5%D0%BC%D0%BE",
+        b"account+x=1",
+        b"account=1",
+        b"accounts%5Bid%5D=1",
+        b"a=%zz&account%5Bid%5D=%2B7",
+        b"a=1&&b=2",
+        b"a=1&",
+    ]
+    alphabet = [
+        b"%5B",
+        b"%5D",
+        b"[",
+        b"]",
+        b"=",
+        b"&",
+        b"+",
+        b"%D0",
+        b"%9F",
+        b"%FF",
+        b"account",
+        b"id",
+        b"x",
+        b"0",
+    ]
+    for _ in range(3000):
+        corpus.append(b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))))
+    for body in corpus:
+        assert _fast(body) == _outcome(body), body

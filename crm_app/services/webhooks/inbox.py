@@ -22,38 +22,41 @@ def body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _insert_ignoring_duplicates(values: dict[str, Any]) -> Any:
-    dialect = db.engine.dialect.name
+def insert_statement(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id, built once per dialect."""
+    cached = _STATEMENTS.get(dialect)
+    if cached is not None:
+        return cached
+    table = WebhookDelivery.__table__
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return (
-            pg_insert(WebhookDelivery)
-            .values(**values)
-            .on_conflict_do_nothing(constraint="uq_webhook_inbox_owner_hash")
-        )
-    if dialect == "sqlite":
+        stmt = pg_insert(table).on_conflict_do_nothing(constraint="uq_webhook_inbox_owner_hash")
+    elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(WebhookDelivery).values(**values).on_conflict_do_nothing()
-    return insert(WebhookDelivery).values(**values)
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    else:  # pragma: no cover - PostgreSQL and SQLite are the supported databases
+        stmt = insert(table)
+    stmt = stmt.returning(table.c.id)
+    _STATEMENTS[dialect] = stmt
+    return stmt
+
+
+_STATEMENTS: dict[str, Any] = {}
 
 
 def store_delivery(owner_id: int, body: bytes, request_id: str | None = None) -> int | None:
-    """Store one delivery and commit; the new row id, or None for a redelivery of stored bytes."""
-    values = {
-        "owner_id": owner_id,
-        "body": body,
-        "body_hash": body_hash(body),
-        "request_id": (request_id or None) and request_id[:64],
-        "status": InboxStatus.PENDING,
-        "attempts": 0,
-        "received_at": datetime.now(UTC),
-    }
-    stmt = _insert_ignoring_duplicates(values).returning(WebhookDelivery.id)
-    new_id = db.session.execute(stmt).scalar()
-    db.session.commit()
-    return new_id
+    """Store one delivery durably; the new row id, or None for a redelivery of stored bytes.
+
+    The row is committed when this returns (its own autocommit INSERT, one round trip),
+    whatever the caller's session is doing.
+    """
+    from crm_app.services.webhooks.fastpath import insert_delivery
+
+    return insert_delivery(
+        owner_id, body, body_hash(body), (request_id or None) and request_id[:64]
+    )
 
 
 def owners_with_pending(now: datetime | None = None) -> list[int]:
