@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from sqlalchemy import select
 
 from crm_app.models import InboxStatus, WebhookDelivery, WebhookEventKey
 from tests.webhooks.conftest import (
@@ -247,3 +248,83 @@ def test_acknowledgement_does_not_wait_for_processing(owner: Owner) -> None:
     [row] = inbox_rows(owner.id)
     assert row.status == InboxStatus.PENDING
     assert owner.server.requests_log(path_prefix="/api/v4/leads") == []
+
+
+# -- storage and broker trouble -------------------------------------------------------------------
+
+
+def test_broker_down_still_stores_and_answers(base_config, tmp_path, _schema) -> None:  # type: ignore[no-untyped-def]
+    from crm_app import create_app
+    from crm_app.extensions import db
+    from crm_app.models import AmoConfig, Owner
+    from crm_app.services.webhooks import enqueue, ensure_webhook_token
+    from tests.conftest import _truncate_all
+    from tests.webhooks.conftest import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app({**base_config, "REDIS_URL": dead, "RATELIMIT_STORAGE_URI": "memory://"})
+    with app.app_context():
+        _truncate_all()
+        owner = Owner(name="nobroker")
+        db.session.add(owner)
+        db.session.flush()
+        db.session.add(
+            AmoConfig(owner_id=owner.id, subdomain="demo", account_id=5, status="connected")
+        )
+        db.session.commit()
+        token = ensure_webhook_token(owner.id)
+        assert enqueue.kick_now(owner.id) is False  # fails quietly, never raises
+        resp = app.test_client().post(
+            f"/webhooks/amocrm/{token}",
+            data=form({"account": {"id": "5"}, "leads": {"add": [{"id": "1"}]}}),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert resp.status_code == 200
+        assert [r.status for r in inbox_rows(owner.id)] == [InboxStatus.PENDING]
+        kicker = app.extensions["crm_webhook_kicker"]
+        from tests.webhooks.conftest import wait_until
+
+        assert wait_until(lambda: owner.id in kicker.retry, timeout=10)
+        _truncate_all()
+        db.session.remove()
+
+
+def test_embedded_sqlite_default_stores_deliveries(base_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from crm_app import create_app
+    from crm_app.extensions import db
+    from crm_app.models import AmoConfig, Owner
+    from crm_app.services.webhooks import ensure_webhook_token
+
+    app = create_app(
+        {
+            **base_config,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'embedded.sqlite3'}",
+            "REDIS_URL": "",
+            "RATELIMIT_STORAGE_URI": "memory://",
+            "INSTANCE_PATH": str(tmp_path),
+            "CELERY_EAGER": False,
+        }
+    )
+    with app.app_context():
+        db.create_all()
+        owner = Owner(name="embedded")
+        db.session.add(owner)
+        db.session.flush()
+        db.session.add(
+            AmoConfig(owner_id=owner.id, subdomain="demo", account_id=5, status="connected")
+        )
+        db.session.commit()
+        token = ensure_webhook_token(owner.id)
+        client = app.test_client()
+        body = form({"account": {"id": "5", "subdomain": "demo"}, "leads": {"add": [{"id": "1"}]}})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        for _ in range(2):
+            assert (
+                client.post(f"/webhooks/amocrm/{token}", data=body, headers=headers).status_code
+                == 200
+            )
+        assert client.post("/webhooks/amocrm/nope", data=body, headers=headers).status_code == 404
+        rows = db.session.scalars(select(WebhookDelivery)).all()
+        assert len(rows) == 1 and bytes(rows[0].body) == body
+        db.session.remove()
+        db.engine.dispose()
