@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 from pydantic import ValidationError
 from spectree import SecurityScheme, SpecTree
 from spectree.models import InType, SecureType, SecuritySchemeData
-from werkzeug.exceptions import UnprocessableEntity
+from werkzeug.exceptions import InternalServerError, UnprocessableEntity
 
 from crm_app.schemas.common import Problem
+
+logger = logging.getLogger(__name__)
 
 API_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
 # operationIds whose JSON body may be left out entirely (POST /sync, POST /disconnect).
@@ -57,6 +60,15 @@ def _before(req: Any, resp: Any, err: Exception | None, instance: Any, adapter: 
         raise RequestValidationProblem(field_errors(err, where))
 
 
+def _after(req: Any, resp: Any, err: Exception | None, instance: Any, adapter: Any) -> None:
+    # A response that breaks its own schema is our bug: log it, answer a bare 500 problem
+    # (SpecTree would send pydantic's error list, which quotes the response's values).
+    if err is not None:
+        problems = field_errors(err, "response") if isinstance(err, ValidationError) else err
+        logger.error("response of %s %s breaks its schema: %s", req.method, req.path, problems)
+        raise InternalServerError("Internal error; it has been logged.")
+
+
 spec = SpecTree(
     "flask",
     mode="strict",
@@ -68,6 +80,7 @@ spec = SpecTree(
     # No Swagger/Redoc pages: they load scripts from a CDN, which our CSP forbids.
     page_templates={},
     before=_before,
+    after=_after,
     validation_error_status=422,
     validation_error_model=Problem,
     naming_strategy=lambda model: model.__name__,

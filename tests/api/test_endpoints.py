@@ -228,3 +228,12 @@ def test_errors_are_problem_documents(client, world: World) -> None:  # type: ig
     wrong = client.delete("/admin/crm/config", headers=headers)
     assert wrong.status_code == 405 and wrong.mimetype == "application/problem+json"
     assert "PUT" in wrong.headers["Allow"]
+
+
+def test_a_response_that_breaks_its_schema_is_a_bare_500(client, world: World, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import crm_app.web.api as api
+
+    monkeypatch.setattr(api, "get_stats", lambda owner_id: {"contacts_count": "secret-ish"})
+    resp = client.get("/admin/crm/stats", headers=world.header("user"))
+    assert resp.status_code == 500 and resp.mimetype == "application/problem+json"
+    assert "secret-ish" not in resp.get_data(as_text=True)
