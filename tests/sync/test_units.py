@@ -294,3 +294,46 @@ def test_refetch_updates_existing_and_deletes_confirmed_gone(
     # With the add-on one filtered read plus one GET proving the deletion; without it the
     # filter is ignored and each id is read on its own.
     assert len(singles) == (1 if api_filter else 5)
+
+
+class _SlowContacts:
+    """A listing of `n` contacts answering after `delay` seconds, recording what was asked."""
+
+    def __init__(self, n: int, delay: float) -> None:
+        import threading
+
+        self.n, self.delay = n, delay
+        self.calls: list[int] = []
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    def get_contacts(self, limit, page, filter_=None, order=None):  # type: ignore[no-untyped-def]
+        import time
+
+        with self.lock:
+            self.calls.append(page)
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(self.delay)
+        with self.lock:
+            self.active -= 1
+        start = (page - 1) * limit
+        items = [{"id": i + 1} for i in range(start, min(self.n, start + limit))]
+        return Page(items, "next" if start + limit < self.n else None, page)
+
+
+def test_parallel_pages_keep_order_and_waste_little(app):
+    from crm_app.services.sync.paging import parallel_pages
+
+    client = _SlowContacts(250 * 6 + 10, delay=0.05)  # 7 pages
+    got = [r.page.page for r in parallel_pages(app, client, "contacts", 1, 3, None, lambda: 3)]  # type: ignore[arg-type]
+    assert got == [1, 2, 3, 4, 5, 6, 7]
+    assert client.peak == 3  # requests really overlapped
+    assert len(client.calls) <= 7 + 2  # at most concurrency - 1 past the end
+    # Fast answers (one in flight is enough) or a known size: nothing past the end.
+    fast = _SlowContacts(250 * 6 + 10, delay=0.0)
+    list(parallel_pages(app, fast, "contacts", 1, 3, None, lambda: 1))  # type: ignore[arg-type]
+    assert fast.calls == [1, 2, 3, 4, 5, 6, 7]
+    known = _SlowContacts(250 * 6 + 10, delay=0.02)
+    list(parallel_pages(app, known, "contacts", 3, 3, 7, lambda: 3))  # type: ignore[arg-type]
+    assert sorted(known.calls) == [3, 4, 5, 6, 7]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from array import array
 from collections.abc import Callable
@@ -10,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import (
@@ -21,7 +23,13 @@ from crm_app.amocrm.errors import (
 from crm_app.models import RunStatus
 from crm_app.services.amo import NotConfigured, client_for_owner, record_api_failure
 from crm_app.services.sync.mappers import map_items
-from crm_app.services.sync.paging import PageStream, make_patient, prefetch
+from crm_app.services.sync.paging import (
+    PAGE_LIMIT,
+    PageStream,
+    make_patient,
+    parallel_pages,
+    prefetch,
+)
 from crm_app.services.sync.reference import sync_reference_data
 from crm_app.services.sync.refetch import refetch_entities
 from crm_app.services.sync.runs import (
@@ -47,12 +55,22 @@ class RequestCounter:
     def __init__(self) -> None:
         self.requests = 0
         self.rate_limited = 0
+        self.latency = 0.0  # moving average of seconds from sending to the answer
+        self._lock = threading.Lock()  # several fetch threads answer at once
 
     def __call__(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        self.requests += 1
-        if getattr(response, "status_code", None) == 429:
-            self.rate_limited += 1
+        elapsed = getattr(response, "elapsed", None)
+        seconds = elapsed.total_seconds() if elapsed is not None else 0.0
+        with self._lock:
+            self.requests += 1
+            if getattr(response, "status_code", None) == 429:
+                self.rate_limited += 1
+            self.latency = seconds if self.requests == 1 else 0.8 * self.latency + 0.2 * seconds
         return response
+
+    def in_flight_for(self, rate: float) -> int:
+        """Requests in flight needed to use ``rate`` per second (Little's law, 25 % spare)."""
+        return max(1, math.ceil(self.latency * rate * 1.25))
 
     def attach(self, client: AmoCRMClient) -> None:
         client.session.hooks.setdefault("response", []).append(self)
@@ -92,6 +110,7 @@ class RunContext:
         self.app = current_app._get_current_object()  # type: ignore[attr-defined]
         self.overlap = int(current_app.config.get("SYNC_CURSOR_OVERLAP_SECONDS", 300))
         self.region = str(current_app.config.get("SYNC_PHONE_REGION", "RU"))
+        self.rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
 
     # -- progress -------------------------------------------------------------------------
 
@@ -205,7 +224,21 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
         "incremental" if state["mode"] == "incremental" else "full",
         state.get("cursor_from"),
     )
-    for result in prefetch(ctx.app, lambda: iter(stream)):
+    concurrency = int(current_app.config.get("SYNC_FETCH_CONCURRENCY", 3))
+    if state["mode"] != "incremental" and concurrency > 1:
+        pages = parallel_pages(
+            ctx.app,
+            ctx.client,
+            entity,
+            int(state["page"]),
+            concurrency,
+            _expected_pages(ctx, table),
+            lambda: ctx.counter.in_flight_for(ctx.rate),
+        )
+    else:
+        # Incremental paging decides page by page whether to go on: one request at a time.
+        pages = prefetch(ctx.app, lambda: iter(stream))
+    for result in pages:
         now = datetime.now(UTC)
         items = result.items
         with ctx.conn.begin():
@@ -273,6 +306,15 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
         )
         ctx.save(entity)
     ctx.notify(entity)
+
+
+def _expected_pages(ctx: RunContext, table: Any) -> int | None:
+    """How many pages the listing should have, judging by the mirror (None when it is empty)."""
+    with ctx.conn.begin():
+        rows = ctx.conn.execute(
+            select(func.count()).select_from(table).where(table.c.owner_id == ctx.owner_id)
+        ).scalar()
+    return math.ceil(rows / PAGE_LIMIT) if rows else None
 
 
 def _changed_only(
