@@ -40,9 +40,22 @@ _NOT_RAW = frozenset({"_links", "custom_fields_values"})
 
 
 def _raw(item: Mapping[str, Any]) -> dict[str, Any]:
-    # _links only repeat the account origin, and custom_fields_values has its own column:
-    # storing it twice doubled the bytes written per contact. Everything else is kept.
-    return {k: v for k, v in item.items() if k not in _NOT_RAW}
+    # _links (here and on embedded references) only repeat the account origin and the id, and
+    # custom_fields_values has its own column: storing them doubled the bytes written per
+    # contact. Everything else is kept.
+    raw = {k: v for k, v in item.items() if k not in _NOT_RAW}
+    embedded = raw.get("_embedded")
+    if isinstance(embedded, Mapping):
+        raw["_embedded"] = {
+            key: [
+                {k: v for k, v in ref.items() if k != "_links"} if isinstance(ref, Mapping) else ref
+                for ref in refs
+            ]
+            if isinstance(refs, list)
+            else refs
+            for key, refs in embedded.items()
+        }
+    return raw
 
 
 def _embedded(item: Mapping[str, Any]) -> Mapping[str, Any]:
