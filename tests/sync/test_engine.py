@@ -291,3 +291,31 @@ def test_beat_schedules_each_connected_owner_once_per_slot(app, sandbox, connect
     assert db.session.get(SyncRun, first[0]).owner_id == owner_id
     assert schedule_incremental.run() == []  # a second beat in the same slot does nothing
     assert schedule_reconcile.run() == first  # the owner's run is still active: no second one
+
+
+def test_a_failed_run_hands_its_checkpoint_to_the_next(app, make_sandbox, connected):
+    server = make_sandbox(contacts=1500, leads=20, tasks=20)
+    owner_id = connected(server)
+    account = server.account
+
+    def block_after_two_pages(state: dict) -> None:
+        if state["entity"] == "contacts" and state["pages"] >= 2:
+            server.sandbox.limiter.blocked[account.id] = float("inf")  # amoCRM's 403 block
+
+    first = start_sync(owner_id, full=True, enqueue=False)
+    run_sync(first.id, progress=block_after_two_pages)
+    db.session.expire_all()
+    failed = db.session.get(SyncRun, first.id)
+    assert failed.status == "error" and "403" in failed.error
+    stopped_at = failed.checkpoint["contacts"]["page"]
+    assert stopped_at >= 3
+    server.unblock()
+    server.clear_requests()
+    again = _run(owner_id, full=True)
+    assert again.status == "success", again.error
+    pages = [
+        int(e["path"].split("page=")[1].split("&")[0])
+        for e in _api_requests(server, "/api/v4/contacts?")
+    ]
+    assert min(pages) == stopped_at  # went on where the failed run stopped
+    assert mirror_count(owner_id, "contacts") == 1500
