@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from crm_app.extensions import db
 from crm_app.models import InboundRequest
 from crm_app.services.inbound import create_api_key, revoke_api_key
 from tests.inbound.conftest import post_inbound
+
+
+@pytest.fixture
+def owner(make_user) -> int:  # type: ignore[no-untyped-def]
+    """Storing requests needs no amoCRM: an owner without a sandbox keeps these tests quick."""
+    return make_user("acme-admin", role="admin", owner="acme").owner_id
+
 
 BODY = {"channel": "widget", "external_id": "v-1", "name": "Тест", "message": "Привет"}
 

@@ -41,13 +41,20 @@ def _update(
     return {"update_id": update_id, "message": message}
 
 
-@pytest.fixture
-def tg(owner) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """The owner's webhook secret set as `telegram set-webhook` would; path and header."""
-    cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner))
+def secrets_for(owner_id: int) -> dict[str, str]:
+    """Set the owner's webhook secret as `telegram set-webhook` would; returns path and header."""
+    from crm_app.services.connection import get_or_create_config
+
+    cfg = get_or_create_config(owner_id)
     telegram.store_secret(cfg, "test-secret-value-0123456789abcdef")
     secret = cfg.telegram_secret
     return {"path": telegram.path_token(secret), "header": telegram.header_token(secret)}
+
+
+@pytest.fixture
+def tg(make_user) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """An owner without amoCRM (storing needs none) and its webhook secrets."""
+    return secrets_for(make_user("bot-owner", role="admin", owner="bot-owner").owner_id)
 
 
 def _post(client, tg, update, header: str | None = "ok"):  # type: ignore[no-untyped-def]
@@ -100,7 +107,8 @@ def test_redelivered_update_is_stored_once(client, tg):  # type: ignore[no-untyp
     assert _requests()[-1].payload["message"] == "[photo]"
 
 
-def test_first_message_makes_contact_and_deal_then_notes(client, sandbox, owner, tg, worker):  # type: ignore[no-untyped-def]
+def test_first_message_makes_contact_and_deal_then_notes(client, sandbox, owner, worker):  # type: ignore[no-untyped-def]
+    tg = secrets_for(owner)
     warm_fields(owner)
     mark_synced(owner)
     worker()
@@ -160,7 +168,8 @@ def bot_api(app) -> Iterator[FakeBotApi]:  # type: ignore[no-untyped-def]
 BOT_TOKEN = "123456789:AAH-fake_bot_token_for_tests_0123456789"
 
 
-def test_set_webhook_command(runner, client, owner, bot_api):  # type: ignore[no-untyped-def]
+def test_set_webhook_command(runner, client, make_user, bot_api):  # type: ignore[no-untyped-def]
+    make_user("acme-admin", role="admin", owner="acme")  # no AmoConfig yet: the command makes it
     dry = runner.invoke(
         args=["telegram", "set-webhook", "--owner", "acme", "--bot-token", BOT_TOKEN, "--dry-run"]
     )
