@@ -120,6 +120,27 @@ def _schema(base_config: dict[str, object]) -> None:
         db.engine.dispose()
 
 
+def _isolated_client_class():  # type: ignore[no-untyped-def]
+    from flask.testing import FlaskClient
+
+    class _Isolated(FlaskClient):
+        """Each request in a fresh app context, as in production.
+
+        The `app` fixture keeps one app context open for the whole test and Flask reuses it for
+        every request, so without this `g` (Flask-Login's cached user, Flask-WTF's CSRF token)
+        would carry over from one request, or one client, to the next.
+        """
+
+        def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            with self.application.app_context():
+                return super().open(*args, **kwargs)
+
+    return _Isolated
+
+
+IsolatedClient = _isolated_client_class()
+
+
 def _truncate_all() -> None:
     from crm_app.extensions import db
 
@@ -137,6 +158,7 @@ def app(base_config: dict[str, object], _schema: None):  # type: ignore[no-untyp
     from crm_app.extensions import db
 
     application = create_app(dict(base_config))
+    application.test_client_class = IsolatedClient
     with application.app_context():
         _truncate_all()
         redis.Redis.from_url(str(base_config["REDIS_URL"])).flushdb()

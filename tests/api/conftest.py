@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
 
 ROLES = ("admin", "user", "guest")
 PASSWORD = "password123"
@@ -125,24 +124,6 @@ def add_run(owner_id: int, status: str = "success") -> int:
     db.session.add(run)
     db.session.commit()
     return run.id
-
-
-class IsolatedClient(FlaskClient):
-    """Each request in a fresh app context, as in production.
-
-    The shared `app` fixture keeps one app context open for the whole test, so without this
-    `g` (Flask-Login's cached user among it) would carry over from one request to the next.
-    """
-
-    def open(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        with self.application.app_context():
-            return super().open(*args, **kwargs)
-
-
-@pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
-    app.test_client_class = IsolatedClient
-    return app.test_client()
 
 
 @functools.cache
