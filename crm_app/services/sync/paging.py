@@ -218,22 +218,31 @@ def parallel_pages(
     pending: dict[int, Future[Page]] = {}
     submit_next = expect = max(1, start_page)
     confirmed = 0  # pages seen that announced another one
+
+    def fill() -> None:
+        nonlocal submit_next
+        limit = max(1, min(concurrency, confirmed + 1, wanted() if wanted else concurrency))
+        while len(pending) < limit:
+            beyond = expected_pages is not None and submit_next > expected_pages
+            if beyond and pending:
+                break
+            pending[submit_next] = pool.submit(fetch, submit_next)
+            submit_next += 1
+
     try:
+        fill()
         while True:
-            limit = max(1, min(concurrency, confirmed + 1, wanted() if wanted else concurrency))
-            while len(pending) < limit:
-                beyond = expected_pages is not None and submit_next > expected_pages
-                if beyond and pending:
-                    break
-                pending[submit_next] = pool.submit(fetch, submit_next)
-                submit_next += 1
             page = pending.pop(expect).result()
             last = not page.has_next or not page.items
+            if not last:
+                # Ask for the next page(s) before handing this one over: fetching overlaps
+                # storing even with a single request in flight.
+                confirmed += 1
+                expect += 1
+                fill()
             yield PageResult(page, page.items, last)
             if last:
                 return
-            confirmed += 1
-            expect += 1
     finally:
         for future in pending.values():
             future.cancel()
