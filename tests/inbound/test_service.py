@@ -231,3 +231,28 @@ def test_idempotency_key_returns_the_first_request(app, owner):  # type: ignore[
     )
     assert a.id == b.id
     assert db.session.scalar(select(InboundRequest.id).where(InboundRequest.id != a.id)) is None
+
+
+def test_responsible_user_pipeline_and_utm_fields_reach_amocrm(sandbox, owner):  # type: ignore[no-untyped-def]
+    from crm_app.services.amo import get_config
+
+    acc = sandbox.account
+    manager = acc.users[1].id
+    second = acc.pipelines[1]
+    cfg = get_config(owner)
+    cfg.lead_responsible_user_id = manager
+    cfg.lead_pipeline_id, cfg.lead_status_id = second.id, second.statuses[2].id
+    db.session.commit()
+    mark_synced(owner)
+    req = _run(owner, {"channel": "widget", "external_id": "r-1", "name": "Ира",
+                       "utm": {"utm_source": "yandex"}, "message": "Хочу счёт"})  # fmt: skip
+    assert req.status == "created", req.error
+    lead = records(sandbox, "leads")[req.lead_id]
+    contact = records(sandbox, "contacts")[req.contact_id]
+    assert lead["responsible_user_id"] == contact["responsible_user_id"] == manager
+    assert (lead["pipeline_id"], lead["status_id"]) == (second.id, second.statuses[2].id)
+    utm = acc.field_by_code("leads", "UTM_SOURCE")
+    assert (utm.id, (("yandex", None),)) in tuple(lead["cf"] or ())
+    source = next(f for f in acc.fields["leads"] if f.name == "Источник")
+    assert any(fid == source.id for fid, _values in lead["cf"])
+    assert lead["name"].startswith("Сайт: Ира [IN")
