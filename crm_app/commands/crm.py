@@ -51,15 +51,22 @@ class _ProgressLine:
 
 
 def _follow(run_id: int, progress: _ProgressLine) -> None:
-    """Show the progress of a run another worker executes, until it ends."""
+    """Show the progress of a run another worker executes, until it ends (or take it over
+    here if that worker goes silent)."""
     from crm_app.extensions import db
     from crm_app.models import RunStatus, SyncRun
+    from crm_app.services.sync import run_sync
+    from crm_app.services.sync.runs import is_stale
 
     started = time.monotonic()
     while True:
         run = db.session.get(SyncRun, run_id, populate_existing=True)
         if run is None or run.status not in RunStatus.ACTIVE:
             return
+        if is_stale(run):
+            db.session.rollback()
+            run_sync(run_id, progress=progress)
+            continue
         elapsed = max(time.monotonic() - started, 1e-6)
         progress(
             {

@@ -111,6 +111,7 @@ class RunContext:
         self.overlap = int(current_app.config.get("SYNC_CURSOR_OVERLAP_SECONDS", 300))
         self.region = str(current_app.config.get("SYNC_PHONE_REGION", "RU"))
         self.rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
+        self._t0 = time.monotonic()
 
     # -- progress -------------------------------------------------------------------------
 
@@ -145,8 +146,6 @@ class RunContext:
                     **totals,
                 }
             )
-
-    _t0 = time.monotonic()
 
 
 # -- one entity pass ------------------------------------------------------------------------
@@ -446,7 +445,6 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
         counter.attach(client)
         make_patient(client, max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)))
         ctx = RunContext(conn, lease, row, client, counter, progress)
-        ctx._t0 = time.monotonic()
         try:
             _execute(ctx)
         except LeaseLost:
