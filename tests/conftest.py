@@ -18,7 +18,29 @@ PG_BASE = os.environ.get(
 REDIS_BASE = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Parallel test sessions (developers, CI) each get their own database and Redis db number.
 SESSION_TAG = f"{os.getpid()}"
-REDIS_DB = 1 + os.getpid() % 15
+REDIS_DB = 0  # claimed in pytest_sessionstart
+
+
+def _claim_redis_db() -> int:
+    """Claim a Redis db number (1-15) no other live test session holds (claims live in db 0)."""
+    import redis
+
+    base = REDIS_BASE.rsplit("/", 1)[0] if REDIS_BASE.count("/") >= 3 else REDIS_BASE
+    client = redis.Redis.from_url(f"{base}/0", socket_timeout=3)
+    for n in [*range(1 + os.getpid() % 15, 16), *range(1, 16)]:
+        if client.set(f"crm-test:redis-db-claim:{n}", SESSION_TAG, nx=True, ex=4 * 3600):
+            return n
+    raise RuntimeError("every Redis db 1-15 is claimed by another test session")
+
+
+def _release_redis_db() -> None:
+    import redis
+
+    base = REDIS_BASE.rsplit("/", 1)[0] if REDIS_BASE.count("/") >= 3 else REDIS_BASE
+    client = redis.Redis.from_url(f"{base}/0", socket_timeout=3)
+    key = f"crm-test:redis-db-claim:{REDIS_DB}"
+    if client.get(key) == SESSION_TAG.encode():
+        client.delete(key)
 
 
 def _pg_admin_url() -> sa.URL:
@@ -48,14 +70,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
     import redis
 
+    global REDIS_DB
     try:
-        redis.Redis.from_url(_redis_url(), socket_timeout=3).ping()
+        redis.Redis.from_url(REDIS_BASE, socket_timeout=3).ping()
+        REDIS_DB = _claim_redis_db()
     except Exception as exc:
         pytest.exit(
             f"Redis is unreachable at {REDIS_BASE} ({type(exc).__name__}). "
             "Start it or set REDIS_URL.",
             returncode=3,
         )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import contextlib
+
+    if REDIS_DB:
+        with contextlib.suppress(Exception):
+            _release_redis_db()
 
 
 @pytest.fixture(scope="session")
