@@ -34,6 +34,7 @@ from crm_app.amocrm.errors import (
 )
 from crm_app.amocrm.hosts import (
     ALLOWED_DOMAINS,
+    AUTHORIZE_MODES,
     AmoHosts,
     is_amocrm_referer,
     split_referer,
@@ -387,6 +388,8 @@ def build_auth_url(
     """The amoCRM consent URL with a fresh single-use ``state`` bound to this session and owner."""
     if not session_nonce:
         raise ConnectError(_t("Сессия не установлена"), status=400)
+    if mode not in AUTHORIZE_MODES:
+        raise ConnectError(_t("Неизвестный режим авторизации"), status=400)
     cfg = get_or_create_config(owner_id)
     _require_integration(cfg, need_subdomain=False)
     now = datetime.now(UTC)
@@ -411,10 +414,7 @@ def build_auth_url(
     # The consent page lives on www.{domain}; the subdomain may still be unknown (the callback's
     # referer tells us), so any valid placeholder serves for building the URL.
     hosts = AmoHosts(cfg.subdomain or "account", cfg.domain or "amocrm.ru", base_url=_base_url())
-    try:
-        return hosts.authorize_url(cfg.client_id, state, mode)
-    except AmoCRMConfigError as exc:
-        raise ConnectError(_t("Неизвестный режим авторизации"), status=400) from exc
+    return hosts.authorize_url(cfg.client_id, state, mode)
 
 
 def api_nonce(user_id: int) -> str:
