@@ -60,6 +60,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "SYNC_STALE_SECONDS": _int("SYNC_STALE_SECONDS", 600),
         "SYNC_CURSOR_OVERLAP_SECONDS": _int("SYNC_CURSOR_OVERLAP_SECONDS", 300),
         "SYNC_RATE_LIMIT_MAX_WAIT": _float("SYNC_RATE_LIMIT_MAX_WAIT", 60.0),
+        "SYNC_FETCH_CONCURRENCY": _int("SYNC_FETCH_CONCURRENCY", 3),
+        "SYNC_RESUME_WINDOW_SECONDS": _int("SYNC_RESUME_WINDOW_SECONDS", 86400),
         "JWT_TTL_SECONDS": _int("JWT_TTL_SECONDS", 900),
         "JWT_ISSUER": os.environ.get("JWT_ISSUER", "crm-app"),
         "JWT_AUDIENCE": os.environ.get("JWT_AUDIENCE", "crm-app-api"),
