@@ -85,8 +85,10 @@ def register_extensions(app: Flask) -> None:
 
 
 def _select_locale() -> str:
-    from flask import request, session
+    from flask import has_request_context, request, session
 
+    if not has_request_context():  # Celery tasks and CLI commands render in the default language
+        return "ru"
     lang = request.args.get("lang") or session.get("lang")
     if lang in ("ru", "en"):
         session["lang"] = lang

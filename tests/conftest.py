@@ -199,6 +199,19 @@ def app(base_config: dict[str, object], _schema: None):  # type: ignore[no-untyp
         db.engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """argon2id at production cost takes ~0.5 s a hash; tests that are not about hashing create
+    and sign in many users, so they use the same algorithm at its lowest cost."""
+    from argon2 import PasswordHasher
+
+    from crm_app.auth import passwords
+
+    monkeypatch.setattr(
+        passwords, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
+
+
 @pytest.fixture
 def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()

@@ -13,39 +13,6 @@ from crm_app.sandbox import SandboxServer
 CALLBACK = "/admin/crm/callback"
 
 
-@pytest.fixture(autouse=True)
-def _cheap_password_hashing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """argon2id at production cost takes ~0.5 s per hash; these tests create and sign in many
-    users and are not about hashing, so they use the same algorithm at its lowest cost."""
-    from argon2 import PasswordHasher
-
-    from crm_app.auth import passwords
-
-    monkeypatch.setattr(
-        passwords, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    )
-
-
-@pytest.fixture(autouse=True)
-def _request_isolation(app) -> None:  # type: ignore[no-untyped-def]
-    """Give every test-client request a fresh `g`, as production does.
-
-    The shared `app` fixture keeps one app context pushed for the whole test, and Flask reuses
-    it for every request, so `g` (Flask-WTF's cached CSRF token, Flask-Login's user) would leak
-    from one request, or one client, into the next.
-    """
-    from flask import g
-    from flask.testing import FlaskClient
-
-    class IsolatedClient(FlaskClient):
-        def open(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
-            for key in list(g):
-                g.pop(key, None)
-            return super().open(*args, **kwargs)
-
-    app.test_client_class = IsolatedClient
-
-
 @pytest.fixture
 def sandbox(app) -> Iterator[SandboxServer]:  # type: ignore[no-untyped-def]
     """A sandbox amoCRM on a free port; the app sends every amoCRM request there.
