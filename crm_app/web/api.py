@@ -509,12 +509,33 @@ def sync_log(query: SyncLogQuery) -> dict[str, Any]:
             "timestamp": r.timestamp,
             "operation": r.operation,
             "status": r.status,
-            "details": r.details,
+            "details": _masked_details(r.details),
             "run_id": r.run_id,
         }
         for r in rows
     ]
     return {"items": items, "total": int(total), "limit": query.limit, "offset": query.offset}
+
+
+_SECRET_SUFFIXES = ("token", "secret", "password", "authorization", "authorization_code")
+
+
+def _secret_key(key: object) -> bool:
+    k = str(key).lower()
+    return k == "code" or k.endswith(_SECRET_SUFFIXES)
+
+
+def _masked_details(value: Any) -> Any:
+    """Log details as stored, with anything secret-shaped masked in case a writer put one there."""
+    from crm_app.logging_setup import mask_secrets
+
+    if isinstance(value, dict):
+        return {k: "***" if _secret_key(k) else _masked_details(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked_details(v) for v in value]
+    if isinstance(value, str):
+        return mask_secrets(value)
+    return value
 
 
 @bp.get("/admin/crm/stats")

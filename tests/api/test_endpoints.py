@@ -237,3 +237,30 @@ def test_a_response_that_breaks_its_schema_is_a_bare_500(client, world: World, m
     resp = client.get("/admin/crm/stats", headers=world.header("user"))
     assert resp.status_code == 500 and resp.mimetype == "application/problem+json"
     assert "secret-ish" not in resp.get_data(as_text=True)
+
+
+def test_sync_log_masks_secret_shaped_details(app, client, make_user, auth_header):
+    """A secret that some writer put into log details never comes back through the API."""
+    from crm_app.extensions import db
+    from crm_app.models import SyncLog
+
+    user = make_user("logreader", role="user", owner="masked")
+    jwt_like = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    db.session.add(
+        SyncLog(
+            owner_id=user.owner_id,
+            operation="sync_contacts",
+            status="error",
+            details={
+                "refresh_token": "rt-canary-123456",
+                "error": f"Bearer {jwt_like}",
+                "status_code": 401,
+            },
+        )
+    )
+    db.session.commit()
+    body = client.get("/admin/crm/sync/log", headers=auth_header("logreader")).get_data(
+        as_text=True
+    )
+    assert "rt-canary-123456" not in body and jwt_like not in body
+    assert '"status_code":401' in body.replace(" ", "")
