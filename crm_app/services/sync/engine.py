@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import threading
 import time
 from array import array
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,6 +154,51 @@ class RunContext:
 # -- one entity pass ------------------------------------------------------------------------
 
 
+class PageWriter:
+    """Writes pages (rows + checkpoint, one transaction each) in a thread of its own.
+
+    While PostgreSQL works on page N (the GIL is free meanwhile), the run's thread maps page
+    N+1. At most one write is in flight and they happen in page order, so the checkpoint still
+    only moves forward and always describes committed rows. A failed write (LeaseLost, a
+    database error) is raised in the run's thread at the next ``submit`` or ``wait``.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-write")
+        self.pending: Future[None] | None = None
+
+    def submit(self, table: Any, rows: list[dict[str, Any]], entity: str) -> None:
+        self.wait()
+        ctx = self.ctx
+        # A snapshot: the run's thread keeps changing the live checkpoint.
+        checkpoint = copy.deepcopy(ctx.checkpoint)
+        counts = copy.deepcopy(ctx.counts)
+        totals = ctx.totals()
+
+        def write() -> None:
+            with ctx.app.app_context(), ctx.conn.begin():
+                upsert_rows(ctx.conn, table, rows)
+                ctx.lease.write(
+                    checkpoint=checkpoint, counts=counts, current_entity=entity, **totals
+                )
+
+        self.pending = self.pool.submit(write)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        # Never leave a write running on the connection the caller is about to use.
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                pending.result()
+        self.pool.shutdown(wait=True)
+
+
 def _new_state(ctx: RunContext, entity: str) -> dict[str, Any]:
     with ctx.conn.begin():
         cursor = read_cursor(ctx.conn, ctx.owner_id, entity)
@@ -237,20 +285,23 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
     else:
         # Incremental paging decides page by page whether to go on: one request at a time.
         pages = prefetch(ctx.app, lambda: iter(stream))
-    for result in pages:
-        now = datetime.now(UTC)
-        items = result.items
-        with ctx.conn.begin():
+    writer = PageWriter(ctx)
+    try:
+        for result in pages:
+            now = datetime.now(UTC)
+            items = result.items
             if seen_ids is not None:
+                # Reconcile reads the mirror before writing: no write may be in flight.
+                writer.wait()
                 seen_ids.extend(int(i["id"]) for i in items if isinstance(i.get("id"), int))
-                items = _changed_only(ctx.conn, table, ctx.owner_id, items)
+                with ctx.conn.begin():
+                    items = _changed_only(ctx.conn, table, ctx.owner_id, items)
             rows = map_items(entity, ctx.owner_id, items, now, ctx.region)
-            stamps = [r["updated_at"] for r in rows if r["updated_at"] is not None]
-            upsert_rows(ctx.conn, table, rows)
             state["page"] = result.page.page + 1
             state["pages"] += 1
             state["records"] += len(rows) if seen_ids is None else len(result.items)
             state["older"] += result.older
+            stamps = [r["updated_at"] for r in rows if r["updated_at"] is not None]
             if stamps:
                 top = max(stamps)
                 if state["max_updated_at"] is None or top > state["max_updated_at"]:
@@ -258,8 +309,13 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             if stream.check is not None:
                 state["filter_ignored"] = not stream.check.filter_ok
                 state["order_ignored"] = not stream.check.order_ok
-            ctx.save(entity)
-        ctx.notify(entity)
+            # The page and the checkpoint that points past it commit together, in the writer
+            # thread, while this thread maps the next page.
+            writer.submit(table, rows, entity)
+            ctx.notify(entity)
+        writer.wait()
+    finally:
+        writer.close()
     if stream.check is not None and not stream.check.filter_ok and not stream.check.order_ok:
         logger.warning(
             "owner %s: amoCRM ignored filter[updated_at] and order[updated_at] for %s; "
