@@ -103,11 +103,14 @@ def test_full_sync_mirrors_the_account(app, make_sandbox, connected):
     run = _run(owner_id, full=True)
     assert run.status == "success", run.error
     assert_mirror_equals_sandbox(server, owner_id)
-    # 600 contacts = 3 pages of 250, asked for at limit=250 in id order. The sandbox answers
-    # faster than the throttle spaces requests, so nothing is fetched ahead in parallel and no
-    # request goes past the last page.
+    # 600 contacts = 3 pages of 250, asked for at limit=250 in id order, each once. (On a busy
+    # machine the sandbox may answer slower than the throttle spaces requests; then pages are
+    # fetched in parallel and up to two requests past the end may go out, answered 204.)
     contact_calls = _api_requests(server, "/api/v4/contacts")
-    assert len(contact_calls) == 3
+    ok_pages = [c["path"] for c in contact_calls if c["status"] == 200]
+    assert len(ok_pages) == len(set(ok_pages)) == 3
+    assert len(contact_calls) <= 3 + 2
+    assert all(c["status"] == 204 for c in contact_calls if c["status"] != 200)
     assert all("limit=250" in c["path"] and "order%5Bid%5D=asc" in c["path"] for c in contact_calls)
     assert all("with=contacts" in c["path"] for c in _api_requests(server, "/api/v4/leads?"))
     assert run.records == 600 + 300 + 260
