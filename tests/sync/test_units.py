@@ -32,7 +32,12 @@ from crm_app.services.sync.mappers import (
     map_contact,
     map_task,
 )
-from crm_app.services.sync.paging import IncrementalCheck, PageStream, fetch_with_backoff
+from crm_app.services.sync.paging import (
+    IncrementalCheck,
+    PageStream,
+    backoff_delay,
+    fetch_with_backoff,
+)
 from crm_app.services.sync.runs import LeaseLost, SyncError, claim_run, run_connection
 from crm_app.services.sync.upsert import entity_table, upsert_rows
 
@@ -197,8 +202,12 @@ def test_fetch_with_backoff_waits_then_gives_up():
             raise AmoCRMRateLimited("429", retry_after=300)
         return Page([], None, 1)
 
-    fetch_with_backoff(flaky, max_wait=2.0, sleep=waits.append)
-    assert attempts["n"] == 3 and len(waits) == 2 and all(0 < w <= 2.5 for w in waits)
+    fetch_with_backoff(flaky, max_wait=60.0, sleep=waits.append)
+    assert attempts["n"] == 3 and len(waits) == 2
+    # A lone 429 is jitter: a short wait. The second in a row honours retry_after (capped).
+    assert 1.5 <= waits[0] <= 1.5 * 1.25 and 60 <= waits[1] <= 75
+    assert backoff_delay(1, None, 60) == 1.5 and backoff_delay(3, None, 60) == 6.0
+    assert backoff_delay(2, 300, 2.0) == 2.0
 
     def always() -> Page:
         raise AmoCRMRateLimited("429")

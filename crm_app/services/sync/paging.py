@@ -30,6 +30,21 @@ ORDER_FIELDS = {
 }
 
 
+def backoff_delay(attempt: int, retry_after: float | None, max_wait: float) -> float:
+    """Seconds to wait before retry ``attempt`` (1, 2, ...) after a 429, before jitter.
+
+    amoCRM's limit is counted per second, and our throttle already paces below it, so a lone
+    429 is network jitter bunching two requests: the first retry waits 1.5 s, long enough for
+    the window to clear. A second 429 in a row means amoCRM really wants a pause: from then on
+    its ``retry_after`` (Kommo documents 300 s) is honoured, capped at ``max_wait``, and the
+    wait doubles each time; never hammering matters, since repeated 429s earn a sticky block.
+    """
+    delay = 1.5 * 2 ** (attempt - 1)
+    if attempt >= 2 and retry_after:
+        delay = max(delay, float(retry_after))
+    return min(delay, max_wait)
+
+
 def fetch_with_backoff(
     fetch: Callable[[], Page],
     *,
@@ -39,9 +54,9 @@ def fetch_with_backoff(
 ) -> Page:
     """Call ``fetch``; after a 429 the client gave up on, wait (with jitter) and try again.
 
-    The client already retries short 429s. It gives up at once when amoCRM asks for a long
-    pause (Kommo documents ``retry_after: 300``); a sync can afford to wait a bounded while
-    rather than fail the run, but never hammers: each retry waits longer than the last.
+    The client already retries short 429s itself. It gives up at once when amoCRM asks for a
+    long pause; a sync can afford to wait a bounded while (``backoff_delay``) rather than fail
+    the run. After ``retries`` the 429 propagates and the run stops (the next one resumes).
     """
     attempt = 0
     while True:
@@ -51,8 +66,7 @@ def fetch_with_backoff(
             attempt += 1
             if attempt > retries:
                 raise
-            base = min(float(exc.retry_after or 2.0 * attempt), max_wait)
-            delay = min(base * attempt, max_wait) * random.uniform(1.0, 1.25)
+            delay = backoff_delay(attempt, exc.retry_after, max_wait) * random.uniform(1.0, 1.25)
             logger.warning(
                 "amoCRM rate limit (429): waiting %.1f s before retry %d", delay, attempt
             )
