@@ -20,7 +20,9 @@ class _Mirrored:
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     created_at: Mapped[int | None] = mapped_column()  # amoCRM unix seconds
-    updated_at: Mapped[int | None] = mapped_column(index=True)
+    # Indexed together with owner_id per table (see __table_args__): the API lists each owner's
+    # rows newest first.
+    updated_at: Mapped[int | None] = mapped_column()
     raw: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -31,6 +33,7 @@ class Contact(_Mirrored, db.Model):
         Index("ix_crm_contacts_telegram", "owner_id", "telegram_id"),
         Index("ix_crm_contacts_phone", "owner_id", "phone"),
         Index("ix_crm_contacts_email", "owner_id", "email"),
+        Index("ix_crm_contacts_owner_updated", "owner_id", "updated_at"),
     )
 
     name: Mapped[str | None] = mapped_column(String(255))
@@ -48,7 +51,10 @@ class Contact(_Mirrored, db.Model):
 
 class Lead(_Mirrored, db.Model):
     __tablename__ = "crm_leads"
-    __table_args__ = (Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id"),)
+    __table_args__ = (
+        Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id"),
+        Index("ix_crm_leads_owner_updated", "owner_id", "updated_at"),
+    )
 
     name: Mapped[str | None] = mapped_column(String(255))
     price: Mapped[int | None] = mapped_column(BigInteger)
@@ -63,6 +69,7 @@ class Lead(_Mirrored, db.Model):
 
 class Task(_Mirrored, db.Model):
     __tablename__ = "crm_tasks"
+    __table_args__ = (Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),)
 
     text: Mapped[str | None] = mapped_column(Text)
     task_type_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 21:54:43.570248
+Create Date: 2026-11-26 22:39:03.511921
 
 """
 
@@ -157,11 +157,11 @@ def upgrade():
     )
     with op.batch_alter_table("crm_contacts", schema=None) as batch_op:
         batch_op.create_index("ix_crm_contacts_email", ["owner_id", "email"], unique=False)
+        batch_op.create_index(
+            "ix_crm_contacts_owner_updated", ["owner_id", "updated_at"], unique=False
+        )
         batch_op.create_index("ix_crm_contacts_phone", ["owner_id", "phone"], unique=False)
         batch_op.create_index("ix_crm_contacts_telegram", ["owner_id", "telegram_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_crm_contacts_updated_at"), ["updated_at"], unique=False
-        )
 
     op.create_table(
         "crm_leads",
@@ -194,9 +194,11 @@ def upgrade():
             batch_op.f("ix_crm_leads_main_contact_id"), ["main_contact_id"], unique=False
         )
         batch_op.create_index(
+            "ix_crm_leads_owner_updated", ["owner_id", "updated_at"], unique=False
+        )
+        batch_op.create_index(
             "ix_crm_leads_status", ["owner_id", "pipeline_id", "status_id"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_crm_leads_updated_at"), ["updated_at"], unique=False)
 
     op.create_table(
         "crm_pipelines",
@@ -242,7 +244,9 @@ def upgrade():
         sa.PrimaryKeyConstraint("owner_id", "id"),
     )
     with op.batch_alter_table("crm_tasks", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_crm_tasks_updated_at"), ["updated_at"], unique=False)
+        batch_op.create_index(
+            "ix_crm_tasks_owner_updated", ["owner_id", "updated_at"], unique=False
+        )
 
     op.create_table(
         "crm_users",
@@ -528,21 +532,21 @@ def downgrade():
     op.drop_table("inbound_field_maps")
     op.drop_table("crm_users")
     with op.batch_alter_table("crm_tasks", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_crm_tasks_updated_at"))
+        batch_op.drop_index("ix_crm_tasks_owner_updated")
 
     op.drop_table("crm_tasks")
     op.drop_table("crm_statuses")
     op.drop_table("crm_pipelines")
     with op.batch_alter_table("crm_leads", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_crm_leads_updated_at"))
         batch_op.drop_index("ix_crm_leads_status")
+        batch_op.drop_index("ix_crm_leads_owner_updated")
         batch_op.drop_index(batch_op.f("ix_crm_leads_main_contact_id"))
 
     op.drop_table("crm_leads")
     with op.batch_alter_table("crm_contacts", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_crm_contacts_updated_at"))
         batch_op.drop_index("ix_crm_contacts_telegram")
         batch_op.drop_index("ix_crm_contacts_phone")
+        batch_op.drop_index("ix_crm_contacts_owner_updated")
         batch_op.drop_index("ix_crm_contacts_email")
 
     op.drop_table("crm_contacts")
