@@ -71,9 +71,15 @@ class RequestCounter:
             self.latency = seconds if self.requests == 1 else 0.8 * self.latency + 0.2 * seconds
         return response
 
-    def in_flight_for(self, rate: float) -> int:
-        """Requests in flight needed to use ``rate`` per second (Little's law, 25 % spare)."""
-        return max(1, math.ceil(self.latency * rate * 1.25))
+    def in_flight_for(self, rate: float, page_seconds: float) -> int:
+        """Requests in flight that keep the pipeline fed (Little's law, 25 % spare).
+
+        Pages are needed every ``max(1 / rate, page_seconds)`` seconds: the throttle's spacing,
+        or the time the run takes to store a page if that is longer. With answers faster than
+        that, one request in flight is enough (and nothing is fetched past the end).
+        """
+        cadence = max(1.0 / rate if rate > 0 else 0.0, page_seconds, 1e-3)
+        return max(1, math.ceil(self.latency / cadence * 1.25))
 
     def attach(self, client: AmoCRMClient) -> None:
         client.session.hooks.setdefault("response", []).append(self)
@@ -115,6 +121,7 @@ class RunContext:
         self.region = str(current_app.config.get("SYNC_PHONE_REGION", "RU"))
         self.rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
         self._t0 = time.monotonic()
+        self.page_seconds = 0.0  # moving average of the time spent storing one page
 
     # -- progress -------------------------------------------------------------------------
 
@@ -280,7 +287,7 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             int(state["page"]),
             concurrency,
             _expected_pages(ctx, table),
-            lambda: ctx.counter.in_flight_for(ctx.rate),
+            lambda: ctx.counter.in_flight_for(ctx.rate, ctx.page_seconds),
         )
     else:
         # Incremental paging decides page by page whether to go on: one request at a time.
@@ -288,6 +295,7 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
     writer = PageWriter(ctx)
     try:
         for result in pages:
+            began = time.monotonic()
             now = datetime.now(UTC)
             items = result.items
             if seen_ids is not None:
@@ -313,6 +321,10 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             # thread, while this thread maps the next page.
             writer.submit(table, rows, entity)
             ctx.notify(entity)
+            spent = time.monotonic() - began
+            ctx.page_seconds = (
+                spent if not ctx.page_seconds else 0.8 * ctx.page_seconds + 0.2 * spent
+            )
         writer.wait()
     finally:
         writer.close()
