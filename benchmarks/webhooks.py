@@ -108,7 +108,7 @@ def _env(db_url: str, instance: str, queue: str, sandbox_url: str) -> dict[str, 
             "CELERY_QUEUE": queue,
             "AMOCRM_BASE_URL": sandbox_url,
             "PYTHONPATH": str(ROOT),
-            "LOG_LEVEL": "warning",
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
         }
     )
     return env
@@ -116,21 +116,19 @@ def _env(db_url: str, instance: str, queue: str, sandbox_url: str) -> dict[str, 
 
 @contextmanager
 def _gunicorn(module: str, env: dict[str, str], port: int) -> Iterator[str]:
-    """The repository's gunicorn.conf.py (gthread workers), access log off for both servers."""
+    """The repository's gunicorn settings (gthread workers) minus access log and recycling."""
     run_env = dict(env, GUNICORN_BIND=f"127.0.0.1:{port}")
     proc = subprocess.Popen(
         [
             str(BIN / "gunicorn"),
             module,
             "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--access-logfile",
-            "/dev/null",
+            str(Path(__file__).parent / "gunicorn_bench.conf.py"),
         ],
         cwd=ROOT,
         env=run_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=open(os.environ.get("BENCH_GUNICORN_LOG", os.devnull), "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -510,4 +508,5 @@ def _clear_inbox(setup: dict[str, Any]) -> None:
     db.session.commit()
     with suppress(Exception):
         client = redis.Redis.from_url(REDIS)
-        client.delete(setup["app"].config["CELERY_QUEUE"])
+        # The queued flag too: it would hold back the first kicks of the next phase.
+        client.delete(setup["app"].config["CELERY_QUEUE"], *client.keys("crm:webhooks:*"))

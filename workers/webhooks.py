@@ -44,12 +44,23 @@ def drain_inbox() -> dict[str, Any]:
 
     owners = inbox.owners_with_pending()
     queued = [owner_id for owner_id in owners if enqueue.kick_now(owner_id)]
-    pruned = inbox.prune()
+    pruned = 0
+    if _claim_prune_slot():
+        pruned = inbox.prune()
     if owners or pruned:
         logger.info(
             "webhook drain: %d owners queued, %d old deliveries pruned", len(queued), pruned
         )
     return {"owners": queued, "pruned": pruned}
+
+
+def _claim_prune_slot() -> bool:
+    """Pruning once an hour is plenty; the sync engine's beat guard makes it once, anywhere."""
+    try:
+        from crm_app.services.sync import claim_beat_slot
+    except ImportError:
+        return True
+    return bool(claim_beat_slot("webhooks.prune", 3600))
 
 
 @shared_task(name="webhooks.subscribe")

@@ -27,7 +27,8 @@ class WebhookDelivery(db.Model):
     __table_args__ = (
         # A redelivery carries the same bytes: the second insert is a no-op.
         UniqueConstraint("owner_id", "body_hash", name="uq_webhook_inbox_owner_hash"),
-        Index("ix_webhook_inbox_status", "status", "received_at"),
+        # The worker's queue (owner, pending, oldest first) and the card's recent rows. Every
+        # index costs each acknowledgement an update, so there are only these two.
         Index("ix_webhook_inbox_owner_status", "owner_id", "status", "id"),
     )
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 22:39:03.511921
+Create Date: 2026-11-26 22:40:08.900828
 
 """
 
@@ -378,7 +378,6 @@ def upgrade():
         batch_op.create_index(
             "ix_webhook_inbox_owner_status", ["owner_id", "status", "id"], unique=False
         )
-        batch_op.create_index("ix_webhook_inbox_status", ["status", "received_at"], unique=False)
 
     op.create_table(
         "inbound_requests",
@@ -509,7 +508,6 @@ def downgrade():
 
     op.drop_table("inbound_requests")
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
-        batch_op.drop_index("ix_webhook_inbox_status")
         batch_op.drop_index("ix_webhook_inbox_owner_status")
 
     op.drop_table("webhook_inbox")

@@ -21,6 +21,13 @@ from tests.webhooks.conftest import (
 URLENCODED = sorted(p.name for p in SAMPLES.glob("webhook_*.urlencoded.txt"))
 
 
+@pytest.fixture(autouse=True, params=["fast-path", "flask-view"])
+def ingest_route(request, app):  # type: ignore[no-untyped-def]
+    """Every test runs through the WSGI fast path and through the plain Flask view."""
+    app.config["WEBHOOK_FAST_PATH"] = request.param == "fast-path"
+    return request.param
+
+
 def _nothing_written() -> None:
     assert count(WebhookDelivery) == 0
     assert count(WebhookEventKey) == 0

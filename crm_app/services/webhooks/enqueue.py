@@ -21,7 +21,7 @@ from flask import Flask, current_app
 logger = logging.getLogger(__name__)
 
 PROCESS_TASK = "webhooks.process"
-FLAG_TTL = 30  # a flag whose task was lost expires; the drain covers the gap
+FLAG_TTL = 10  # a flag whose task was lost expires; a spare task is harmless
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 KICK_INTERVAL = 0.05
 
@@ -54,13 +54,15 @@ def clear_flag(owner_id: int) -> None:
         logger.warning("could not clear the webhook queue flag: %s", type(exc).__name__)
 
 
-def kick_now(owner_id: int, countdown: float | None = None) -> bool:
+def kick_now(owner_id: int, countdown: float | None = None, app: Flask | None = None) -> bool:
     """Queue processing for one owner unless a task is already waiting; False on failure."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    if app is None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
     if app.config.get("CELERY_EAGER"):
         from crm_app.services.webhooks.apply import process_owner
 
-        process_owner(owner_id)
+        with app.app_context():
+            process_owner(owner_id)
         return True
     client = _redis(app)
     try:
@@ -106,12 +108,15 @@ class Kicker:
 
     def add(self, owner_id: int) -> None:
         with self.lock:
+            if owner_id in self.owners or owner_id in self.waiting:
+                return  # already due: waking the thread again would only cost the GIL
             self.owners.add(owner_id)
         self.wake.set()
 
     def _next_timeout(self) -> float | None:
         dues = [due for due, _ in self.retry.values()]
-        dues += [self.last.get(o, 0.0) + KICK_INTERVAL for o in self.waiting]
+        with self.lock:
+            dues += [self.last.get(o, 0.0) + KICK_INTERVAL for o in self.waiting]
         if not dues:
             return None
         return max(0.005, min(dues) - time.monotonic())
@@ -120,10 +125,10 @@ class Kicker:
         now = time.monotonic()
         with self.lock:
             owners, self.owners = self.owners, set()
-        owners |= self.waiting
-        owners |= {o for o, (due, _) in self.retry.items() if due <= now}
-        ready = {o for o in owners if now - self.last.get(o, -KICK_INTERVAL) >= KICK_INTERVAL}
-        self.waiting = owners - ready
+            owners |= self.waiting
+            owners |= {o for o, (due, _) in self.retry.items() if due <= now}
+            ready = {o for o in owners if now - self.last.get(o, -KICK_INTERVAL) >= KICK_INTERVAL}
+            self.waiting = owners - ready
         return ready
 
     def _run(self) -> None:
@@ -133,8 +138,7 @@ class Kicker:
             for owner_id in self._due():
                 self.last[owner_id] = time.monotonic()
                 try:
-                    with self.app.app_context():
-                        ok = kick_now(owner_id)
+                    ok = kick_now(owner_id, app=self.app)
                 except Exception:
                     logger.exception("webhook kicker failed for owner %s", owner_id)
                     ok = False
@@ -148,10 +152,11 @@ class Kicker:
 _guard = threading.Lock()
 
 
-def kick(owner_id: int) -> None:
+def kick(owner_id: int, app: Flask | None = None) -> None:
     """Ask for processing of `owner_id`'s inbox soon; returns at once and never raises."""
     try:
-        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
         kicker: Kicker | None = app.extensions.get("crm_webhook_kicker")
         # After a fork (gunicorn workers) the parent's thread does not exist in the child.
         if kicker is None or kicker.pid != os.getpid():

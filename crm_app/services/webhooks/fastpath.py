@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import select
-
-from crm_app.extensions import db
+from sqlalchemy import Engine, select
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_IDLE = 16
+MAX_IDLE = 8
 
 _INSERT = (
     "INSERT INTO webhook_inbox (owner_id, received_at, body, body_hash, request_id, status, attempts)"
@@ -94,30 +93,36 @@ class _Stack:
         conn.close()
 
 
+# One stack per process and database, shared by every engine pointing there (tests build an app,
+# hence an engine, per test); engines map to their stack weakly so the lookup stays cheap.
 _stacks: dict[tuple[int, str], _Stack] = {}
+_by_engine: weakref.WeakKeyDictionary[Engine, _Stack] = weakref.WeakKeyDictionary()
 _guard = threading.Lock()
 
 
-def _stack() -> _Stack | None:
-    """The stack for the current app's database, or None when it is not PostgreSQL."""
-    engine = db.engine
+def _stack(engine: Engine) -> _Stack | None:
+    """The stack for this engine's database, or None when it is not PostgreSQL."""
+    stack = _by_engine.get(engine)
+    if stack is not None and stack.pid == os.getpid():
+        return stack
     if engine.dialect.name != "postgresql":
         return None
-    key = (os.getpid(), str(engine.url))
-    stack = _stacks.get(key)
-    if stack is None:
-        with _guard:
-            stack = _stacks.get(key)
-            if stack is None:
-                dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                stack = _stacks[key] = _Stack(dsn)
+    with _guard:
+        dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        key = (os.getpid(), dsn)
+        stack = _stacks.get(key)
+        if stack is None:
+            stack = _stacks[key] = _Stack(dsn)
+        _by_engine[engine] = stack
     return stack
 
 
-def insert_delivery(owner_id: int, body: bytes, digest: str, request_id: str | None) -> int | None:
+def insert_delivery(
+    engine: Engine, owner_id: int, body: bytes, digest: str, request_id: str | None
+) -> int | None:
     """Commit one inbox row; its id, or None when these bytes were stored before."""
     now = datetime.now(UTC)
-    stack = _stack()
+    stack = _stack(engine)
     if stack is not None:
         params = (owner_id, now, body, digest, request_id)
 
@@ -137,16 +142,16 @@ def insert_delivery(owner_id: int, body: bytes, digest: str, request_id: str | N
         "attempts": 0,
         "received_at": now,
     }
-    with db.engine.connect() as conn:
+    with engine.connect() as conn:
         result = conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-            insert_statement(db.engine.dialect.name), values
+            insert_statement(engine.dialect.name), values
         )
         return result.scalar()
 
 
-def lookup_token(digest: str) -> TokenOwner | None:
+def lookup_token(engine: Engine, digest: str) -> TokenOwner | None:
     """(owner_id, account_id, subdomain, status) of the config owning this token hash."""
-    stack = _stack()
+    stack = _stack(engine)
     if stack is not None:
         row = stack.run(lambda conn: conn.execute(_LOOKUP, (digest,), prepare=True).fetchone())
         return TokenOwner(*row) if row is not None else None
@@ -155,7 +160,7 @@ def lookup_token(digest: str) -> TokenOwner | None:
     query = select(
         AmoConfig.owner_id, AmoConfig.account_id, AmoConfig.subdomain, AmoConfig.status
     ).where(AmoConfig.webhook_token_hash == digest)
-    with db.engine.connect() as conn:
+    with engine.connect() as conn:
         found = conn.execute(query).first()
     return TokenOwner(*found) if found is not None else None
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 
 from crm_app.extensions import db
-from crm_app.models import InboxStatus, WebhookDelivery
+from crm_app.models import AmoConfig, InboxStatus, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,17 @@ def store_delivery(owner_id: int, body: bytes, request_id: str | None = None) ->
 def owners_with_pending(now: datetime | None = None) -> list[int]:
     """Owners that have deliveries due for processing (backed-off ones excluded)."""
     now = now or datetime.now(UTC)
-    rows = db.session.execute(
-        select(WebhookDelivery.owner_id)
+    due = (
+        select(WebhookDelivery.id)
         .where(
+            WebhookDelivery.owner_id == AmoConfig.owner_id,
             WebhookDelivery.status == InboxStatus.PENDING,
             (WebhookDelivery.next_attempt_at.is_(None)) | (WebhookDelivery.next_attempt_at <= now),
         )
-        .distinct()
+        .exists()
     )
-    return [r[0] for r in rows]
+    # Per owner through (owner_id, status, id): owners are few, the inbox is not.
+    return list(db.session.scalars(select(AmoConfig.owner_id).where(due)))
 
 
 def owners_of(delivery_ids: list[int]) -> list[int]:
@@ -141,17 +143,35 @@ def last_error(owner_id: int) -> WebhookDelivery | None:
     )
 
 
-def prune(older_than: timedelta = RETENTION) -> int:
-    """Forget finished deliveries past retention; pending ones are never dropped."""
+def prune(older_than: timedelta = RETENTION, batch: int = 5000) -> int:
+    """Forget finished deliveries past retention; pending ones are never dropped.
+
+    Walks each owner's oldest rows by id (rows arrive in id order), a batch at a time, so no
+    index on received_at is needed on the hot insert path.
+    """
     cutoff = datetime.now(UTC) - older_than
-    result = db.session.execute(
-        delete(WebhookDelivery).where(
-            WebhookDelivery.received_at < cutoff,
-            WebhookDelivery.status != InboxStatus.PENDING,
-        )
-    )
-    db.session.commit()
-    return int(result.rowcount or 0)
+    removed = 0
+    for owner_id in db.session.scalars(select(AmoConfig.owner_id)):
+        while True:
+            old = (
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.owner_id == owner_id,
+                    WebhookDelivery.status != InboxStatus.PENDING,
+                    WebhookDelivery.received_at < cutoff,
+                )
+                .order_by(WebhookDelivery.id)
+                .limit(batch)
+            )
+            ids = list(db.session.scalars(old))
+            if not ids:
+                break
+            db.session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+            db.session.commit()
+            removed += len(ids)
+            if len(ids) < batch:
+                break
+    return removed
 
 
 def requeue_failed(owner_id: int) -> int:

@@ -1,0 +1,171 @@
+"""Accepting one delivery: token, checks, durable insert, kick. Shared by the WSGI fast path and the view.
+
+It runs without a Flask request context (the fast path bypasses Flask's request machinery), so
+everything it needs comes from the app object: config, the engine, the token cache and the
+kicker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+from flask import Flask
+
+from crm_app.models import ConnectionStatus
+from crm_app.services.webhooks import enqueue, fastpath, inbox
+from crm_app.services.webhooks.parse import MalformedBody, inspect_envelope
+
+logger = logging.getLogger(__name__)
+
+FORM = "application/x-www-form-urlencoded"
+MAX_TOKEN = 128
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to answer: 200 with `new` telling a first delivery from a redelivery, or an error."""
+
+    status: int
+    detail: str = ""
+    new: bool = False
+
+
+class TokenCache:
+    """token hash → TokenOwner for a few seconds (WEBHOOK_TOKEN_CACHE_SECONDS).
+
+    Spares a database round trip per delivery during bursts. Only hits are cached (an unknown
+    token always asks the database), so a new owner works at once; a rotated token or a
+    disconnect is seen at most the TTL later. Bounded in size.
+    """
+
+    def __init__(self, ttl: float, size: int = 1024) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.items: dict[str, tuple[float, fastpath.TokenOwner]] = {}
+
+    def get(self, digest: str) -> fastpath.TokenOwner | None:
+        hit = self.items.get(digest)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, digest: str, row: fastpath.TokenOwner) -> None:
+        if len(self.items) >= self.size:
+            self.items.clear()  # rare: more live owners than slots; start over
+        self.items[digest] = (time.monotonic() + self.ttl, row)
+
+
+_engine_guard = threading.Lock()
+
+
+def _engine(app: Flask) -> Any:
+    engine = app.extensions.get("crm_webhook_engine")
+    if engine is None:
+        with _engine_guard, app.app_context():
+            from crm_app.extensions import db
+
+            engine = app.extensions["crm_webhook_engine"] = db.engine
+    return engine
+
+
+def lookup(app: Flask, token: str) -> fastpath.TokenOwner | None:
+    """The owner of a webhook token (cached for a few seconds)."""
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    ttl = float(app.config.get("WEBHOOK_TOKEN_CACHE_SECONDS", 5))
+    cache: TokenCache | None = app.extensions.get("crm_webhook_tokens")
+    if cache is None or cache.ttl != ttl:
+        cache = app.extensions["crm_webhook_tokens"] = TokenCache(ttl)
+    row = cache.get(digest) if ttl > 0 else None
+    if row is not None:
+        return row
+    found = fastpath.lookup_token(_engine(app), digest)
+    if found is not None and ttl > 0:
+        cache.put(digest, found)
+    return found
+
+
+def check_account(
+    cfg: fastpath.TokenOwner, account_id: str | None, subdomain: str | None
+) -> Outcome | None:
+    """None when the body's account block names the owner's connected account."""
+    if not account_id and not subdomain:
+        return Outcome(400, "The body has no account[id] or account[subdomain].")
+    if cfg.status == ConnectionStatus.DISCONNECTED:
+        # We unsubscribe on disconnect; a late hook has nothing to apply to.
+        return Outcome(409, "The amoCRM integration is disconnected.")
+    expected_id = cfg.account_id
+    expected_sub = (cfg.subdomain or "").strip().lower()
+    if expected_id is None and not expected_sub:
+        return Outcome(409, "No amoCRM account is connected for this webhook URL.")
+    if account_id and expected_id is not None and account_id.strip() != str(expected_id):
+        return Outcome(403, "account[id] does not match the connected amoCRM account.")
+    if subdomain and expected_sub and subdomain.strip().lower() != expected_sub:
+        return Outcome(403, "account[subdomain] does not match the connected amoCRM account.")
+    if expected_id is not None and not account_id and not expected_sub:
+        return Outcome(403, "account[id] is missing.")
+    return None
+
+
+def _read(stream: IO[bytes], length: int | None, limit: int) -> bytes | None:
+    """The body, or None when it is larger than `limit` (checked before and while reading)."""
+    if length is not None and length > limit:
+        return None
+    # Chunked bodies carry no length: read one byte past the limit to notice.
+    body = stream.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+def ingest(
+    app: Flask,
+    token: str,
+    *,
+    mimetype: str,
+    encoding: str,
+    length: int | None,
+    stream: IO[bytes],
+    request_id: str | None,
+) -> Outcome:
+    """Check one delivery and store it durably before the caller answers (see docs/webhooks.md)."""
+    if not token or len(token) > MAX_TOKEN:
+        return Outcome(404, "Unknown webhook URL.")
+    try:
+        cfg = lookup(app, token)
+    except Exception:
+        logger.exception("webhook token lookup failed")
+        return Outcome(503, "The delivery could not be stored; send it again later.")
+    if cfg is None:
+        return Outcome(404, "Unknown webhook URL.")
+    if mimetype and mimetype != FORM:
+        return Outcome(415, f"Webhooks must be sent as {FORM}.")
+    if encoding and encoding.lower() != "identity":
+        return Outcome(415, "Compressed webhook bodies are not accepted.")
+    limit = int(app.config["WEBHOOK_MAX_BODY"])
+    body = _read(stream, length, limit)
+    if body is None:
+        return Outcome(413, f"Webhook body larger than {limit} bytes.")
+    try:
+        envelope = inspect_envelope(body)
+    except MalformedBody as exc:
+        return Outcome(400, f"Malformed webhook body: {exc}.")
+    refused = check_account(cfg, envelope.account_id, envelope.subdomain)
+    if refused is not None:
+        return refused
+    if not envelope.has_payload:
+        return Outcome(400, "The body names no events.")
+    digest = inbox.body_hash(body)
+    try:
+        new_id = fastpath.insert_delivery(
+            _engine(app), cfg.owner_id, body, digest, (request_id or None) and request_id[:64]
+        )
+    except Exception:
+        # Not stored means not acknowledged: amoCRM retries a 5xx (5 min, 15 min, ...).
+        logger.exception("webhook delivery could not be stored")
+        return Outcome(503, "The delivery could not be stored; send it again later.")
+    if new_id is not None:
+        enqueue.kick(cfg.owner_id, app)
+    return Outcome(200, new=new_id is not None)
