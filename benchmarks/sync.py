@@ -86,7 +86,12 @@ class Sandbox:
 @contextmanager
 def sandbox(subdomain: str, contacts: int, leads: int, tasks: int) -> Iterator[Sandbox]:
     port = _free_port()
+    # The sandbox stands in for amoCRM's servers, which do not share two cores with our worker
+    # and PostgreSQL. At a higher priority its rate limiter sees arrivals when they happen rather
+    # than when this busy machine gets round to scheduling it (needs root; skipped otherwise).
+    prio = ["nice", "-n", "-10"] if os.geteuid() == 0 and shutil.which("nice") else []
     cmd = [
+        *prio,
         str(PY),
         "-m",
         "crm_app.sandbox",
@@ -268,8 +273,14 @@ class Bench:
             return getattr(row, column) if row is not None else None
 
 
+def _arrival(entry: dict[str, Any]) -> float:
+    # The sandbox logs `ts` when it answers; the limit counts arrivals.
+    return float(entry["ts"]) - float(entry.get("duration_ms") or 0.0) / 1000.0
+
+
 def _max_per_second(entries: list[dict[str, Any]]) -> int:
-    stamps = sorted(e["ts"] for e in entries)
+    """The most requests that arrived within any rolling second."""
+    stamps = sorted(_arrival(e) for e in entries)
     best = start = 0
     for end, ts in enumerate(stamps):
         while ts - stamps[start] >= 1.0:

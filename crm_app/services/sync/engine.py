@@ -78,8 +78,14 @@ class RequestCounter:
         or the time the run takes to store a page if that is longer. With answers faster than
         that, one request in flight is enough (and nothing is fetched past the end).
         """
-        cadence = max(1.0 / rate if rate > 0 else 0.0, page_seconds, 1e-3)
-        return max(1, math.ceil(self.latency / cadence * 1.25))
+        spacing = 1.0 / rate if rate > 0 else 0.0
+        cadence = max(spacing, page_seconds, 1e-3)
+        needed = max(1, math.ceil(self.latency / cadence * 1.25))
+        if spacing > page_seconds:
+            # Throttle-bound: a second request in flight costs no CPU and keeps the throttle's
+            # slots used when one answer is slow (a missed slot is lost for good).
+            needed = max(needed, 2)
+        return needed
 
     def attach(self, client: AmoCRMClient) -> None:
         client.session.hooks.setdefault("response", []).append(self)
