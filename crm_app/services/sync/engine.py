@@ -23,12 +23,14 @@ from crm_app.amocrm.errors import (
     AmoCRMBlocked,
     AmoCRMRateLimited,
 )
+from crm_app.amocrm.throttle import pace_interval
 from crm_app.models import RunStatus
 from crm_app.services.amo import NotConfigured, client_for_owner, record_api_failure
 from crm_app.services.sync.mappers import map_items
 from crm_app.services.sync.paging import (
     PAGE_LIMIT,
     PageStream,
+    SpacedThrottle,
     make_patient,
     parallel_pages,
     prefetch,
@@ -517,6 +519,9 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
                     )
             return
         counter.attach(client)
+        rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
+        if rate > 0:
+            client.throttle = SpacedThrottle(client.throttle, pace_interval(rate))
         make_patient(client, max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)))
         ctx = RunContext(conn, lease, row, client, counter, progress)
         try:

@@ -88,6 +88,31 @@ def make_patient(client: AmoCRMClient, *, retries: int = 3, max_wait: float = 60
     client.request = request  # type: ignore[method-assign]
 
 
+class SpacedThrottle:
+    """The shared throttle, plus: this run's own requests leave at least one interval apart.
+
+    The shared throttle hands out slots in advance. With two requests in flight, the second
+    has its slot before the first one's sleeper wakes; if the first wakes late (a busy CPU),
+    the two would leave less than an interval apart and eight could fit into one second.
+    Measuring from when each request really left the throttle keeps them spaced.
+    """
+
+    def __init__(self, inner: Any, interval: float) -> None:
+        self.inner = inner
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: float | None = None
+
+    def acquire(self, key: str) -> None:
+        self.inner.acquire(key)
+        with self._lock:
+            now = time.monotonic()
+            if self._last is not None and now < self._last + self.interval:
+                time.sleep(self._last + self.interval - now)
+                now = time.monotonic()
+            self._last = now
+
+
 def fetch_page(
     client: AmoCRMClient,
     entity: str,
