@@ -341,30 +341,41 @@ def _setup_owner(env: dict[str, str], sandbox: Any, public_url: str) -> dict[str
 def _throughput(
     env: dict[str, str], setup: dict[str, Any], seconds: float, rounds: int
 ) -> list[Row]:
+    """Pairs of short runs, bare and webhook back to back in alternating order.
+
+    Other processes on a small machine come and go; a ratio taken within each pair and then
+    the median over pairs is far steadier than two long runs minutes apart.
+    """
     path = f"/webhooks/amocrm/{setup['token']}"
     # No worker in this phase: the kicks queue tasks in Redis, as they would with a busy worker.
-    app_load: list[Load] = []
-    bare_load: list[Load] = []
+    pairs: list[tuple[Load, Load]] = []
     with (
         _gunicorn("wsgi:app", env, _free_port()) as app_url,
         _gunicorn("benchmarks._bare_app:app", env, _free_port()) as bare_url,
     ):
         _load(app_url, path, setup["prefix"], 1, 4)  # warm-up: connections, imports, caches
         _load(bare_url, path, setup["prefix"], 1, 4)
-        for _ in range(rounds):
-            bare_load.append(_load(bare_url, path, setup["prefix"], seconds, SENDERS))
-            app_load.append(_load(app_url, path, setup["prefix"], seconds, SENDERS))
-    app_rps = statistics.median(x.rps for x in app_load)
-    bare_rps = statistics.median(x.rps for x in bare_load)
-    ratio = app_rps / bare_rps if bare_rps else 0.0
-    p99 = statistics.median(x.p99_ms for x in app_load)
-    errors = sum(x.errors for x in app_load)
+        for n in range(rounds):
+            if n % 2:
+                app = _load(app_url, path, setup["prefix"], seconds, SENDERS)
+                bare = _load(bare_url, path, setup["prefix"], seconds, SENDERS)
+            else:
+                bare = _load(bare_url, path, setup["prefix"], seconds, SENDERS)
+                app = _load(app_url, path, setup["prefix"], seconds, SENDERS)
+            pairs.append((app, bare))
+    ratio = statistics.median(a.rps / b.rps if b.rps else 0.0 for a, b in pairs)
+    app_rps = statistics.median(a.rps for a, _ in pairs)
+    bare_rps = statistics.median(b.rps for _, b in pairs)
+    p99 = statistics.median(a.p99_ms for a, _ in pairs)
+    worst = max(a.p99_ms for a, _ in pairs)
+    errors = sum(a.errors for a, _ in pairs)
     tool = "wrk" if shutil.which("wrk") else "python"
+    label = f"{len(pairs)} pairs of {seconds:.0f} s, {SENDERS} senders, {tool}"
     return [
-        Row(AREA, f"ingest rps, webhook endpoint ({SENDERS} senders, {tool})", f"{app_rps:.0f}", "—", errors == 0),
-        Row(AREA, f"ingest rps, bare Flask 200 ({SENDERS} senders, {tool})", f"{bare_rps:.0f}", "—", True),
-        Row(AREA, "ingest throughput vs bare Flask", f"{ratio:.0%}", ">= 50%", ratio >= 0.5 and errors == 0),
-        Row(AREA, f"p99 acknowledgement at {SENDERS} senders", f"{p99:.1f} ms", "< 200 ms", p99 < 200),
+        Row(AREA, f"ingest rps, webhook endpoint (median; {label})", f"{app_rps:.0f}", "—", errors == 0),
+        Row(AREA, f"ingest rps, bare Flask 200 (median; {label})", f"{bare_rps:.0f}", "—", True),
+        Row(AREA, "ingest throughput vs bare Flask (median of pair ratios)", f"{ratio:.0%}", ">= 50%", ratio >= 0.5 and errors == 0),
+        Row(AREA, f"p99 acknowledgement at {SENDERS} senders (median; worst pair {worst:.0f} ms)", f"{p99:.1f} ms", "< 200 ms", p99 < 200),
     ]  # fmt: skip
 
 
@@ -466,7 +477,7 @@ def run(quick: bool) -> list[Row]:
     from crm_app.sandbox.server import SandboxServer
 
     queue = f"crm-bench-webhooks-{os.getpid()}"
-    seconds, rounds, lag_seconds = (3.0, 1, 10.0) if quick else (8.0, 3, 30.0)
+    seconds, rounds, lag_seconds = (2.0, 4, 10.0) if quick else (3.0, 10, 30.0)
     instance = tempfile.mkdtemp(prefix="crm-bench-webhooks-")
     sandbox = SandboxServer(port=0, contacts=50, leads=200, tasks=20, quiet=True).start()
     rows: list[Row] = []

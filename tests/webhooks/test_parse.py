@@ -372,3 +372,46 @@ def test_fast_envelope_check_agrees_with_the_full_parser() -> None:
         corpus.append(b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))))
     for body in corpus:
         assert _fast(body) == _outcome(body), body
+
+
+def test_validation_matches_the_standard_library_for_ascii_bodies() -> None:
+    import random
+    from urllib.parse import parse_qsl
+
+    rng = random.Random(3)
+    alphabet = [
+        b"%5B",
+        b"%5D",
+        b"=",
+        b"&",
+        b"+",
+        b"%D0",
+        b"%9F",
+        b"%d0",
+        b"%9f",
+        b"%FF",
+        b"%E2%84",
+        b"%96",
+        b"a",
+        b"%",
+        b"%2",
+        b"x",
+    ]
+    corpus = [b"a=%5B%D0%9F", b"a=%D0x%9F", b"a=%d0%9f", b"a=%E2%84%96", b"a=%E2%84"]
+    corpus += [
+        b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(4000)
+    ]
+    for body in corpus:
+        try:
+            parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True, errors="strict")
+            expected = True
+        except (ValueError, UnicodeDecodeError):
+            expected = False
+        try:
+            decode_form(body)
+            got = True
+        except MalformedBody:
+            got = False
+        assert got == expected, body
+    with pytest.raises(MalformedBody):
+        decode_form("a=Привет".encode())  # raw UTF-8 is not form encoding

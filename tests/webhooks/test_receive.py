@@ -335,3 +335,17 @@ def test_embedded_sqlite_default_stores_deliveries(base_config, tmp_path) -> Non
         assert len(rows) == 1 and bytes(rows[0].body) == body
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("sync_commit", [False, True])
+def test_commit_mode_of_the_fast_path_connections(owner: Owner, app, sync_commit: bool) -> None:  # type: ignore[no-untyped-def]
+    from crm_app.extensions import db
+    from crm_app.services.webhooks import fastpath
+
+    app.config["WEBHOOK_SYNC_COMMIT"] = sync_commit
+    assert owner.post(owner.body({"leads": {"add": [{"id": "7"}]}})).status_code == 200
+    stack = fastpath._stack(db.engine, sync_commit)
+    assert stack is not None
+    setting = stack.run(lambda conn: conn.execute("SHOW synchronous_commit").fetchone()[0])
+    assert setting == ("on" if sync_commit else "off")
+    assert len(inbox_rows(owner.id)) == 1

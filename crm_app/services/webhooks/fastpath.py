@@ -2,9 +2,14 @@
 
 The endpoint is benchmarked against a bare Flask app. Through SQLAlchemy each delivery paid a
 pool checkout with a ping (``SELECT 1``), statement compilation and result processing: about
-0.5 ms of CPU and an extra round trip. On PostgreSQL this module keeps a small per-process stack
-of plain psycopg connections in autocommit mode, so storing a delivery is one prepared
-``INSERT … ON CONFLICT DO NOTHING RETURNING id``, committed (and fsynced) when it returns.
+0.5 ms of CPU and an extra round trip. On PostgreSQL this module uses plain psycopg connections
+in autocommit mode instead (a small per-process stack of them, no ping: a dropped connection is
+replaced and the idempotent insert retried once), so storing a delivery is one prepared
+``INSERT … ON CONFLICT DO NOTHING RETURNING id``, committed before it returns (flushed to disk
+before it returns too when WEBHOOK_SYNC_COMMIT is on; see docs/webhooks.md "Durability").
+(Handing rows to a group-commit writer thread was tried: PostgreSQL already flushes concurrent
+commits together, and the thread hand-off cost what the shared statement saved.)
+
 Other databases (the embedded SQLite default) go through SQLAlchemy.
 """
 
@@ -48,8 +53,9 @@ class TokenOwner(NamedTuple):
 class _Stack:
     """Idle psycopg connections of this process for one database URL."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, sync_commit: bool = True) -> None:
         self.dsn = dsn
+        self.sync_commit = sync_commit
         self.pid = os.getpid()
         self.idle: list[Any] = []
         self.lock = threading.Lock()
@@ -83,7 +89,12 @@ class _Stack:
                 conn = self.idle.pop()
                 if not conn.closed:
                     return conn
-        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+        if not self.sync_commit:
+            # See docs/webhooks.md "Durability": committed at once, flushed to disk by the WAL
+            # writer within a few hundred milliseconds.
+            conn.execute("SET synchronous_commit TO off")
+        return conn
 
     def _give(self, conn: Any) -> None:
         with self.lock:
@@ -95,42 +106,45 @@ class _Stack:
 
 # One stack per process and database, shared by every engine pointing there (tests build an app,
 # hence an engine, per test); engines map to their stack weakly so the lookup stays cheap.
-_stacks: dict[tuple[int, str], _Stack] = {}
-_by_engine: weakref.WeakKeyDictionary[Engine, _Stack] = weakref.WeakKeyDictionary()
+_stacks: dict[tuple[int, str, bool], _Stack] = {}
+_by_engine: weakref.WeakKeyDictionary[Engine, dict[bool, _Stack]] = weakref.WeakKeyDictionary()
 _guard = threading.Lock()
 
 
-def _stack(engine: Engine) -> _Stack | None:
+def _stack(engine: Engine, sync_commit: bool = True) -> _Stack | None:
     """The stack for this engine's database, or None when it is not PostgreSQL."""
-    stack = _by_engine.get(engine)
+    known = _by_engine.get(engine)
+    stack = known.get(sync_commit) if known is not None else None
     if stack is not None and stack.pid == os.getpid():
         return stack
     if engine.dialect.name != "postgresql":
         return None
     with _guard:
         dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        key = (os.getpid(), dsn)
+        key = (os.getpid(), dsn, sync_commit)
         stack = _stacks.get(key)
         if stack is None:
-            stack = _stacks[key] = _Stack(dsn)
-        _by_engine[engine] = stack
+            stack = _stacks[key] = _Stack(dsn, sync_commit)
+        _by_engine.setdefault(engine, {})[sync_commit] = stack
     return stack
 
 
 def insert_delivery(
-    engine: Engine, owner_id: int, body: bytes, digest: str, request_id: str | None
+    engine: Engine,
+    owner_id: int,
+    body: bytes,
+    digest: str,
+    request_id: str | None,
+    *,
+    sync_commit: bool = True,
 ) -> int | None:
     """Commit one inbox row; its id, or None when these bytes were stored before."""
     now = datetime.now(UTC)
-    stack = _stack(engine)
+    stack = _stack(engine, sync_commit)
     if stack is not None:
         params = (owner_id, now, body, digest, request_id)
-
-        def work(conn: Any) -> int | None:
-            row = conn.execute(_INSERT, params, prepare=True).fetchone()
-            return None if row is None else int(row[0])
-
-        return stack.run(work)
+        row = stack.run(lambda conn: conn.execute(_INSERT, params, prepare=True).fetchone())
+        return None if row is None else int(row[0])
     from crm_app.services.webhooks.inbox import insert_statement
 
     values = {
@@ -149,9 +163,12 @@ def insert_delivery(
         return result.scalar()
 
 
-def lookup_token(engine: Engine, digest: str) -> TokenOwner | None:
-    """(owner_id, account_id, subdomain, status) of the config owning this token hash."""
-    stack = _stack(engine)
+def lookup_token(engine: Engine, digest: str, *, sync_commit: bool = True) -> TokenOwner | None:
+    """(owner_id, account_id, subdomain, status) of the config owning this token hash.
+
+    `sync_commit` only picks the same connections the inserts use; a read does not commit.
+    """
+    stack = _stack(engine, sync_commit)
     if stack is not None:
         row = stack.run(lambda conn: conn.execute(_LOOKUP, (digest,), prepare=True).fetchone())
         return TokenOwner(*row) if row is not None else None

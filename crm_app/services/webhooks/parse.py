@@ -6,7 +6,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ KNOWN_IGNORED = {"catalogs", "customers", "talk", "message", "companies"}
 ACTIONS = {"add", "update", "delete", "restore", "status", "responsible", "note"}
 DELETE_ACTIONS = {"delete"}
 _KEY_RE = re.compile(r"\[([^\[\]]*)\]")
+_HIGH_ESCAPES = re.compile(rb"(?:%[89a-fA-F][0-9a-fA-F])+")
 
 
 class MalformedBody(ValueError):
@@ -118,19 +119,23 @@ def _listify(value: Any) -> Any:
 def _split_pairs(body: bytes, max_depth: int, max_fields: int) -> list[tuple[bytes, bytes]]:
     """Check the shape of a form body and split it into raw (key, value) pairs.
 
-    Strict like ``parse_qsl(strict_parsing=True)``: every pair has an ``=``. The percent-decoded
-    body must be UTF-8; checking it whole is the same as checking each part, since the ``&`` and
-    ``=`` between parts are ASCII and cannot complete a multi-byte character.
+    Strict like ``parse_qsl(strict_parsing=True)``: every pair has an ``=``. A form body is
+    ASCII; its escaped non-ASCII bytes must be UTF-8. Checking each run of such escapes is the
+    same as decoding everything (ASCII around them cannot complete or break a character) and
+    costs a fraction of it on the acknowledgement path.
     """
     text = body.strip()
     if not text:
         raise MalformedBody("empty body")
+    if not text.isascii():
+        raise MalformedBody("raw non-ASCII bytes: form bodies are percent-encoded")
     if text.count(b"&") + 1 > max_fields:
         raise MalformedBody("too many fields")
-    try:
-        unquote_to_bytes(text.replace(b"+", b" ")).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise MalformedBody("body is not UTF-8 (raw or percent-encoded)") from exc
+    for run in _HIGH_ESCAPES.findall(text):
+        try:
+            bytes.fromhex(run.replace(b"%", b"").decode("ascii")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedBody("percent-encoded bytes are not UTF-8") from exc
     pairs: list[tuple[bytes, bytes]] = []
     for pair in text.split(b"&"):
         key, eq, value = pair.partition(b"=")

@@ -83,7 +83,8 @@ def lookup(app: Flask, token: str) -> fastpath.TokenOwner | None:
     row = cache.get(digest) if ttl > 0 else None
     if row is not None:
         return row
-    found = fastpath.lookup_token(_engine(app), digest)
+    sync_commit = bool(app.config.get("WEBHOOK_SYNC_COMMIT", False))
+    found = fastpath.lookup_token(_engine(app), digest, sync_commit=sync_commit)
     if found is not None and ttl > 0:
         cache.put(digest, found)
     return found
@@ -160,7 +161,12 @@ def ingest(
     digest = inbox.body_hash(body)
     try:
         new_id = fastpath.insert_delivery(
-            _engine(app), cfg.owner_id, body, digest, (request_id or None) and request_id[:64]
+            _engine(app),
+            cfg.owner_id,
+            body,
+            digest,
+            (request_id or None) and request_id[:64],
+            sync_commit=bool(app.config.get("WEBHOOK_SYNC_COMMIT", False)),
         )
     except Exception:
         # Not stored means not acknowledged: amoCRM retries a 5xx (5 min, 15 min, ...).
