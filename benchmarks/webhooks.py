@@ -379,6 +379,15 @@ def _throughput(
     ]  # fmt: skip
 
 
+def _durable_ratio(env: dict[str, str], setup: dict[str, Any], seconds: float) -> list[Row]:
+    """For the record: the same comparison with an fsync before every acknowledgement."""
+    rows = _throughput(dict(env, WEBHOOK_SYNC_COMMIT="1"), setup, seconds, 6)
+    ratio = next(r for r in rows if r.metric.startswith("ingest throughput"))
+    return [
+        Row(AREA, "  same with WEBHOOK_SYNC_COMMIT=1 (fsync before 200; informational)", ratio.value, "—", True)
+    ]  # fmt: skip
+
+
 def _lag(env: dict[str, str], setup: dict[str, Any], sandbox: Any, seconds: float) -> list[Row]:
     """5 lead changes a second in the sandbox; how long until each is in the mirror."""
     import requests
@@ -487,6 +496,8 @@ def run(quick: bool) -> list[Row]:
             setup = _setup_owner(env, sandbox, "http://127.0.0.1:1")
             try:
                 rows += _throughput(env, setup, seconds, rounds)
+                if not quick:
+                    rows += _durable_ratio(env, setup, seconds)
                 _clear_inbox(setup)
                 rows += _lag(env, setup, sandbox, lag_seconds)
             finally:
