@@ -396,3 +396,56 @@ def test_sync_log_entries_carry_counts_and_merge_bursts(owner: Owner) -> None:
     assert details["deliveries"] == 2 and details["changes"] == 4 and details["passes"] == 2
     assert details["upserted"] == {"leads": 3, "tasks": 1}
     assert details["events"] == {"leads:update": 3, "tasks:add": 1}
+
+
+# -- the raw derived bodies themselves, byte for byte except the ids -------------------------------
+
+RAW_SAMPLES = {
+    # sample → [(placeholder id in the body, entity whose sandbox id replaces it)]
+    "webhook_leads_status_amocrm.urlencoded.txt": [("25399013", "leads")],
+    "webhook_dp_leads_status_amocrm.urlencoded.txt": [("4831596", "leads")],
+    "webhook_contacts_add_amocrm.urlencoded.txt": [("10952709", "contacts")],
+    "webhook_company_add_amocrm.urlencoded.txt": [("10959143", "companies")],
+    "webhook_unsorted_delete_accept_amocrm.urlencoded.txt": [
+        ("2132111", "leads"),
+        ("3454532", "contacts"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW_SAMPLES))
+def test_raw_sample_bodies_reach_the_mirror(owner: Owner, name: str) -> None:
+    from tests.webhooks.conftest import sample_bytes, with_account
+
+    raw = sample_bytes(name).strip()
+    assert sorted(RAW_SAMPLES) == sorted(p.name for p in SAMPLES.glob("webhook_*.urlencoded.txt"))
+    targets: list[tuple[str, int]] = []
+    for n, (placeholder, entity) in enumerate(RAW_SAMPLES[name]):
+        real = owner.ids(entity)[n]
+        assert f"={placeholder}".encode() in raw
+        raw = raw.replace(f"={placeholder}".encode(), f"={real}".encode())
+        targets.append((entity, real))
+    if b"account%5Bid%5D" in raw:
+        raw = raw.replace(
+            b"account%5Bid%5D=1312313", f"account%5Bid%5D={owner.account_id}".encode()
+        )
+        raw = raw.replace(
+            b"account%5Bsubdomain%5D=test", f"account%5Bsubdomain%5D={owner.subdomain}".encode()
+        )
+    else:
+        raw = with_account(raw, owner.account_id, owner.subdomain)
+    assert raw.startswith(b"account%5B") or b"&account%5B" in raw
+    assert owner.post(raw).status_code == 200
+    owner.process()
+    [row] = inbox_rows(owner.id)
+    assert bytes(row.body) == raw
+    for entity, entity_id in targets:
+        if entity == "companies":
+            assert row.status == InboxStatus.IGNORED
+            continue
+        assert row.status == InboxStatus.PROCESSED
+        stored = mirror(owner.id, entity, entity_id)
+        record = owner.record(entity, entity_id)
+        assert stored is not None and stored.name == record["name"]
+        if entity == "leads":
+            _assert_lead_matches(owner, entity_id)
