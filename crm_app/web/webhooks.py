@@ -122,15 +122,20 @@ class WebhookFastPath:
         if length is not None and length < 0:
             outcome = receive_service.Outcome(400, "Bad Content-Length.")
         else:
-            outcome = receive_service.ingest(
-                self.app,
-                token,
-                mimetype=(environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower(),
-                encoding=environ.get("HTTP_CONTENT_ENCODING", ""),
-                length=length,
-                stream=get_input_stream(environ, safe_fallback=True),
-                request_id=environ.get("HTTP_X_AMOCRM_REQUESTID"),
-            )
+            try:
+                outcome = receive_service.ingest(
+                    self.app,
+                    token,
+                    mimetype=(environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower(),
+                    encoding=environ.get("HTTP_CONTENT_ENCODING", ""),
+                    length=length,
+                    stream=get_input_stream(environ, safe_fallback=True),
+                    request_id=environ.get("HTTP_X_AMOCRM_REQUESTID"),
+                )
+            except Exception:
+                # A bug, not bad input: logged with its traceback, no detail to the caller.
+                logger.exception("webhook fast path failed")
+                outcome = receive_service.Outcome(500, "Internal error; it has been logged.")
         if outcome.status == 200:
             body, mimetype = b"OK", "text/plain; charset=utf-8"
         else:
