@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import select
 
 from crm_app.extensions import db
-from crm_app.models import AmoConfig, ConnectionStatus, InboundRequest
+from crm_app.models import InboundRequest
 from crm_app.sandbox.server import SandboxServer
 
 # Short backoffs so retries happen within a test; the worker reads them from its environment.
@@ -32,39 +31,18 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values: Any) -> int:  # type: ignore[no-untyped-def]
-    """An admin user + owner with an AmoConfig for the sandbox and tokens from a real exchange."""
-    from crm_app.amocrm.hosts import AmoHosts
-    from crm_app.amocrm.oauth import OAuthClient
-    from crm_app.services.tokens import save_tokens
+    """An admin user + owner connected to the sandbox, Auto Create Lead on in its first stage."""
+    from crm_app.services.sandbox_link import connect_owner_to_sandbox
 
-    app.config["AMOCRM_BASE_URL"] = server.url
-    user = make_user(f"{name}-admin", role="admin", owner=name)
-    acc = server.account
-    pipeline = acc.main_pipeline
-    sb = server.config
+    owner_id = make_user(f"{name}-admin", role="admin", owner=name).owner_id
+    pipeline = server.account.main_pipeline
     values: dict[str, Any] = {
-        "owner_id": user.owner_id,
-        "subdomain": acc.subdomain,
-        "domain": sb.base_domain,
-        "client_id": sb.client_id,
-        "client_secret": sb.client_secret,
-        "redirect_uri": sb.redirect_uri,
-        "status": ConnectionStatus.CONNECTED,
-        "account_id": acc.id,
         "auto_create_lead": True,
         "lead_pipeline_id": pipeline.id,
         "lead_status_id": pipeline.first_status().id,
     }
-    values.update(cfg_values)
-    db.session.add(AmoConfig(**values))
-    db.session.commit()
-    code = requests.post(
-        f"{server.url}/_sandbox/auth-code", json={"client_id": sb.client_id}, timeout=5
-    ).json()["code"]
-    hosts = AmoHosts(acc.subdomain, sb.base_domain, base_url=server.url)
-    tokens = OAuthClient(hosts, sb.client_id, sb.client_secret, sb.redirect_uri).exchange_code(code)
-    save_tokens(user.owner_id, tokens)
-    return user.owner_id
+    connect_owner_to_sandbox(owner_id, server, **(values | cfg_values))
+    return owner_id
 
 
 @pytest.fixture

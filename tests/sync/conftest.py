@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
 from crm_app.extensions import db
-from crm_app.models import AmoConfig, ConnectionStatus, Contact, Lead, SyncRun, Task
+from crm_app.models import Contact, Lead, SyncRun, Task
 from crm_app.sandbox.server import SandboxServer
 
 MODELS = {"contacts": Contact, "leads": Lead, "tasks": Task}
@@ -47,43 +46,11 @@ def connect_owner(  # type: ignore[no-untyped-def]
     account: Any = None,
     user_id: int | None = None,
 ) -> int:
-    """Create an admin user + owner, its AmoConfig, and tokens from a real code exchange.
+    """An admin user + owner connected to the sandbox account by a real code exchange."""
+    from crm_app.services.sandbox_link import connect_owner_to_sandbox
 
-    ``user_id`` picks the amoCRM user who grants access (default: the account's admin).
-    """
-    from crm_app.amocrm.hosts import AmoHosts
-    from crm_app.amocrm.oauth import OAuthClient
-    from crm_app.services.tokens import save_tokens
-
-    app.config["AMOCRM_BASE_URL"] = server.url
-    user = make_user(f"{name}-admin", role="admin", owner=name)
-    owner_id = user.owner_id
-    acc = server.sandbox.find_account(account) or server.account
-    cfg = server.config
-    db.session.add(
-        AmoConfig(
-            owner_id=owner_id,
-            subdomain=acc.subdomain,
-            domain=cfg.base_domain,
-            client_id=cfg.client_id,
-            client_secret=cfg.client_secret,
-            redirect_uri=cfg.redirect_uri,
-            status=ConnectionStatus.CONNECTED,
-            account_id=acc.id,
-        )
-    )
-    db.session.commit()
-    code = requests.post(
-        f"{server.url}/_sandbox/auth-code",
-        json={"client_id": cfg.client_id, "account": acc.subdomain}
-        | ({"user_id": user_id} if user_id is not None else {}),
-        timeout=5,
-    ).json()["code"]
-    hosts = AmoHosts(acc.subdomain, cfg.base_domain, base_url=server.url)
-    tokens = OAuthClient(hosts, cfg.client_id, cfg.client_secret, cfg.redirect_uri).exchange_code(
-        code
-    )
-    save_tokens(owner_id, tokens)
+    owner_id = make_user(f"{name}-admin", role="admin", owner=name).owner_id
+    connect_owner_to_sandbox(owner_id, server, account=account, user_id=user_id)
     return owner_id
 
 
