@@ -70,7 +70,6 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "WEBHOOK_TOKEN_CACHE_SECONDS": _float("WEBHOOK_TOKEN_CACHE_SECONDS", 5.0),
         "WEBHOOK_FAST_PATH": _bool("WEBHOOK_FAST_PATH", True),
         "WEBHOOK_SYNC_COMMIT": _bool("WEBHOOK_SYNC_COMMIT", False),
-        "TELEGRAM_WEBHOOK_SECRET": os.environ.get("TELEGRAM_WEBHOOK_SECRET", ""),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": public_url.startswith("https://"),

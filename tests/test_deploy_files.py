@@ -208,7 +208,6 @@ def test_env_example_holds_no_secret_values() -> None:
         "SECRET_KEY",
         "CRM_ENCRYPTION_KEY",
         "POSTGRES_PASSWORD",
-        "TELEGRAM_WEBHOOK_SECRET",
     ):
         assert values.get(name, "") == "", name
     assert values["PUBLIC_URL"].startswith("https://")
