@@ -13,9 +13,10 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then so a slow leak never becomes an outage.
-max_requests = 2000
-max_requests_jitter = 200
+# Recycle workers now and then so a slow leak never becomes an outage; rarely, because a restart
+# costs about a second of create_app and webhook bursts would otherwise recycle every few seconds.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "50000"))
+max_requests_jitter = 5000
 # No runtime control socket under $HOME: nothing here uses it, and the image's HOME is read-only.
 control_socket_disable = True
 
