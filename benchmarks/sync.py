@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,24 +27,15 @@ from typing import Any
 import requests
 
 from benchmarks.__main__ import Row
+from benchmarks._support import PG_ADMIN, REDIS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = ROOT / ".venv" / "bin" / "python"
-PG_ADMIN = os.environ.get(
-    "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 AREA = "sync"
 RATE = 7
 PAGE = 250
 REFERENCE_REQUESTS = 2  # pipelines and users, read at the start of every run
 CHANGES = 100
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _log(message: str) -> None:
@@ -85,7 +75,7 @@ class Sandbox:
 
 @contextmanager
 def sandbox(subdomain: str, contacts: int, leads: int, tasks: int) -> Iterator[Sandbox]:
-    port = _free_port()
+    port = free_port()
     # The sandbox stands in for amoCRM's servers, which do not share two cores with our worker
     # and PostgreSQL. At a higher priority its rate limiter sees arrivals when they happen rather
     # than when this busy machine gets round to scheduling it (needs root; skipped otherwise).

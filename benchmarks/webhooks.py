@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,13 +28,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from benchmarks.__main__ import Row
+from benchmarks._support import REDIS, bench_database, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
-PG_ADMIN = os.environ.get(
-    "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 AREA = "webhooks"
 SENDERS = 20  # concurrent senders for throughput and p99
 LAG_RATE = 5.0  # sandbox changes per second
@@ -54,44 +50,7 @@ class Load:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(url: str, seconds: float = 30.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with suppress(requests.RequestException):
-            requests.get(url, timeout=1)
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
 # -- environment ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _database() -> Iterator[str]:
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(PG_ADMIN)
-    name = f"crm_bench_webhooks_{os.getpid()}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
 
 
 def _env(db_url: str, instance: str, queue: str, sandbox_url: str) -> dict[str, str]:
@@ -132,7 +91,7 @@ def _gunicorn(module: str, env: dict[str, str], port: int) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{url}/healthz")
+        wait_http(f"{url}/healthz")
         yield url
     finally:
         proc.terminate()
@@ -350,8 +309,8 @@ def _throughput(
     # No worker in this phase: the kicks queue tasks in Redis, as they would with a busy worker.
     pairs: list[tuple[Load, Load]] = []
     with (
-        _gunicorn("wsgi:app", env, _free_port()) as app_url,
-        _gunicorn("benchmarks._bare_app:app", env, _free_port()) as bare_url,
+        _gunicorn("wsgi:app", env, free_port()) as app_url,
+        _gunicorn("benchmarks._bare_app:app", env, free_port()) as bare_url,
     ):
         _load(app_url, path, setup["prefix"], 1, 4)  # warm-up: connections, imports, caches
         _load(bare_url, path, setup["prefix"], 1, 4)
@@ -397,7 +356,7 @@ def _lag(env: dict[str, str], setup: dict[str, Any], sandbox: Any, seconds: floa
     from crm_app.models import InboxStatus, Lead, WebhookDelivery
     from crm_app.services.webhooks import subscribe
 
-    port = _free_port()
+    port = free_port()
     public = f"http://127.0.0.1:{port}"
     setup["app"].config["PUBLIC_URL"] = public
     run_env = dict(env, PUBLIC_URL=public)
@@ -491,7 +450,7 @@ def run(quick: bool) -> list[Row]:
     sandbox = SandboxServer(port=0, contacts=50, leads=200, tasks=20, quiet=True).start()
     rows: list[Row] = []
     try:
-        with _database() as db_url:
+        with bench_database("webhooks") as db_url:
             env = _env(db_url, instance, queue, sandbox.url)
             setup = _setup_owner(env, sandbox, "http://127.0.0.1:1")
             try:
