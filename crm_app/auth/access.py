@@ -100,3 +100,26 @@ def require_write(actor: User) -> None:
     """Guests read; only Admin and User change anything."""
     if not actor.can_write:
         abort(403, description="Read-only access: guests cannot change the integration.")
+
+
+def page_login_required(view: F) -> F:
+    """Flask-Login's gate for pages and their partials.
+
+    An HTMX request (a slot loading, a poll) gets 401 with `HX-Redirect` to the login page
+    instead of a login form swapped into the middle of the page.
+    """
+    from flask import make_response, url_for
+
+    from crm_app.extensions import htmx, login_manager
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_authenticated:
+            if htmx:
+                resp = make_response("", 401)
+                resp.headers["HX-Redirect"] = url_for("auth.login", next=url_for("pages.crm_page"))
+                return resp
+            return login_manager.unauthorized()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -6,7 +6,6 @@ import logging
 import re
 import uuid
 from datetime import datetime
-from functools import wraps
 from typing import Any
 
 from flask import (
@@ -21,11 +20,10 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
-from flask_login import login_required as flask_login_required
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from crm_app.auth.access import require_write, resolve_owner_id
+from crm_app.auth.access import page_login_required, require_write, resolve_owner_id
 from crm_app.extensions import csrf, db, htmx, limiter
 from crm_app.models import ApiKey, InboundRequest, InboundStatus, User
 from crm_app.services import inbound as svc
@@ -164,20 +162,6 @@ def telegram_webhook(secret: str) -> Response:
 # -- the admin card ----------------------------------------------------------------------------------
 
 
-def login_required(view: Any) -> Any:
-    """Flask-Login's gate; an HTMX request gets 401 + HX-Redirect instead of a swapped form."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not current_user.is_authenticated and htmx:
-            resp = make_response("", 401)
-            resp.headers["HX-Redirect"] = url_for("auth.login")
-            return resp
-        return flask_login_required(view)(*args, **kwargs)
-
-    return wrapper
-
-
 def _owner_id(write: bool = False) -> int:
     actor: User = current_user._get_current_object()
     owner_id = resolve_owner_id(actor, request.values.get("owner_id"))
@@ -241,13 +225,13 @@ def _card(owner_id: int, *, new_key: str | None = None, error: str | None = None
 
 
 @bp.get("/admin/crm/ui/inbound")
-@login_required
+@page_login_required
 def inbound_card() -> Response:
     return _card(_owner_id())
 
 
 @bp.post("/admin/crm/ui/inbound/keys")
-@login_required
+@page_login_required
 def create_key() -> Response:
     owner_id = _owner_id(write=True)
     name = (request.form.get("name") or "").strip()
@@ -259,7 +243,7 @@ def create_key() -> Response:
 
 
 @bp.post("/admin/crm/ui/inbound/keys/<int:key_id>/revoke")
-@login_required
+@page_login_required
 def revoke_key(key_id: int) -> Response:
     owner_id = _owner_id(write=True)
     if svc.revoke_api_key(owner_id, key_id) is None:
@@ -268,7 +252,7 @@ def revoke_key(key_id: int) -> Response:
 
 
 @bp.post("/admin/crm/ui/inbound/requests/<public_id>/retry")
-@login_required
+@page_login_required
 def retry(public_id: str) -> Response:
     owner_id = _owner_id(write=True)
     req = db.session.scalar(

@@ -8,7 +8,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -31,8 +30,8 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from crm_app.auth.access import require_write, resolve_owner_id
-from crm_app.extensions import csrf, db, htmx, login_manager
+from crm_app.auth.access import page_login_required, require_write, resolve_owner_id
+from crm_app.extensions import csrf, db, htmx
 from crm_app.logging_setup import mask_secrets
 from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog, User
 from crm_app.services import connection, stats
@@ -71,22 +70,6 @@ OPERATION_LABELS = {
 
 
 # -- access ---------------------------------------------------------------------------------------
-
-
-def page_login_required(view: F) -> F:
-    """Flask-Login's gate; an HTMX request gets 401 + HX-Redirect instead of a swapped login form."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not current_user.is_authenticated:
-            if htmx:
-                resp = make_response("", 401)
-                resp.headers["HX-Redirect"] = url_for("auth.login", next=url_for(".crm_page"))
-                return resp
-            return login_manager.unauthorized()
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, abort, make_response, redirect, render_template, request
@@ -14,8 +13,8 @@ from flask import url_for as flask_url_for
 from flask_login import current_user
 from sqlalchemy import select
 
-from crm_app.auth.access import require_write, resolve_owner_id
-from crm_app.extensions import db, htmx, login_manager
+from crm_app.auth.access import page_login_required, require_write, resolve_owner_id
+from crm_app.extensions import db, htmx
 from crm_app.models import AmoConfig, AmoToken, ConnectionStatus, RunStatus, SyncRun, User
 from crm_app.services.sync import SyncError, start_sync
 
@@ -29,24 +28,6 @@ EVT_FINISHED = "sync-finished"
 ENTITY_LABELS = {"contacts": "Контакты", "leads": "Сделки", "tasks": "Задачи"}
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def page_login_required(view: F) -> F:
-    """flask_login's gate; an HTMX poll gets 401 + HX-Redirect rather than a login form."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not current_user.is_authenticated:
-            if htmx:
-                resp = make_response("", 401)
-                resp.headers["HX-Redirect"] = flask_url_for(
-                    "auth.login", next=flask_url_for("pages.crm_page")
-                )
-                return resp
-            return login_manager.unauthorized()
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

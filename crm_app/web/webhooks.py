@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import wraps
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,12 +18,11 @@ from flask import (
     request,
     url_for,
 )
-from flask_login import current_user
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_input_stream
 
-from crm_app.auth.access import current_actor, require_write, resolve_owner_id
-from crm_app.extensions import csrf, limiter, login_manager
+from crm_app.auth.access import current_actor, page_login_required, require_write, resolve_owner_id
+from crm_app.extensions import csrf, limiter
 from crm_app.security import HSTS_VALUE, PERMISSIONS_POLICY, REFERRER_POLICY, is_https_deployment
 from crm_app.services.webhooks import inbox
 from crm_app.services.webhooks import receive as receive_service
@@ -173,24 +171,8 @@ def _card(owner_id: int, can_write: bool, message: str | None = None) -> str:
     )
 
 
-def _login_required(view: Any) -> Any:
-    """Flask-Login's gate, except that an HTMX slot gets 401 + HX-Redirect, not a login form."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not current_user.is_authenticated:
-            if request.headers.get("HX-Request"):
-                resp = current_app.make_response(("", 401))
-                resp.headers["HX-Redirect"] = url_for("auth.login", next="/admin/crm")
-                return resp
-            return login_manager.unauthorized()
-        return view(*args, **kwargs)
-
-    return wrapper
-
-
 @bp.get("/admin/crm/ui/webhooks")
-@_login_required
+@page_login_required
 def panel() -> Response:
     actor = current_actor()
     assert actor is not None
@@ -202,7 +184,7 @@ def panel() -> Response:
 
 
 @bp.post("/admin/crm/ui/webhooks/subscribe")
-@_login_required
+@page_login_required
 def subscribe_view() -> Any:
     actor = current_actor()
     assert actor is not None
