@@ -51,6 +51,10 @@ class ConfigUpdate(Strict):
     sync_leads: bool = Field(default=None)
     sync_tasks: bool = Field(default=None)
     auto_create_lead: bool = Field(default=None)
+    new_deal_when_closed: bool = Field(
+        default=None,
+        description="A repeat contact whose last deal is closed (142/143) gets a new deal; off: a note.",
+    )
     lead_pipeline_id: AmoId | None = Field(default=None, description="null clears it.")
     lead_status_id: AmoId | None = Field(default=None, description="null clears it.")
     lead_responsible_user_id: AmoId | None = Field(
@@ -101,6 +105,7 @@ class ConfigOut(BaseModel):
     sync_leads: bool
     sync_tasks: bool
     auto_create_lead: bool
+    new_deal_when_closed: bool = True
     lead_pipeline_id: int | None
     lead_status_id: int | None
     lead_responsible_user_id: int | None = None

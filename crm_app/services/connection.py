@@ -136,6 +136,7 @@ class ConfigInput(BaseModel):
     sync_leads: bool = True
     sync_tasks: bool = True
     auto_create_lead: bool = False
+    new_deal_when_closed: bool = True
     lead_pipeline_id: int | None = Field(default=None, gt=0)
     lead_status_id: int | None = Field(default=None, gt=0)
     lead_responsible_user_id: int | None = Field(default=None, gt=0)
@@ -322,6 +323,7 @@ def update_config(owner_id: int, data: ConfigInput) -> AmoConfig:
     cfg.sync_leads = data.sync_leads
     cfg.sync_tasks = data.sync_tasks
     cfg.auto_create_lead = data.auto_create_lead
+    cfg.new_deal_when_closed = data.new_deal_when_closed
     cfg.lead_pipeline_id = data.lead_pipeline_id
     cfg.lead_status_id = data.lead_status_id
     cfg.lead_responsible_user_id = data.lead_responsible_user_id
@@ -351,6 +353,7 @@ def config_values(cfg: AmoConfig) -> dict[str, Any]:
         "sync_leads": cfg.sync_leads,
         "sync_tasks": cfg.sync_tasks,
         "auto_create_lead": cfg.auto_create_lead,
+        "new_deal_when_closed": cfg.new_deal_when_closed,
         "lead_pipeline_id": cfg.lead_pipeline_id,
         "lead_status_id": cfg.lead_status_id,
         "lead_responsible_user_id": cfg.lead_responsible_user_id,

@@ -422,7 +422,13 @@ def _form_input() -> dict[str, Any]:
             "lead_responsible_user_id",
         )
     }
-    for flag in ("sync_contacts", "sync_leads", "sync_tasks", "auto_create_lead"):
+    for flag in (
+        "sync_contacts",
+        "sync_leads",
+        "sync_tasks",
+        "auto_create_lead",
+        "new_deal_when_closed",
+    ):
         data[flag] = request.form.get(flag) in ("on", "1", "true", "yes")
     return data
 

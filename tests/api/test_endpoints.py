@@ -264,3 +264,18 @@ def test_sync_log_masks_secret_shaped_details(app, client, make_user, auth_heade
     )
     assert "rt-canary-123456" not in body and jwt_like not in body
     assert '"status_code":401' in body.replace(" ", "")
+
+
+def test_new_deal_when_closed_is_a_setting(client, world: World) -> None:  # type: ignore[no-untyped-def]
+    """Repeat contacts with a closed deal: new deal (default) or a note — chosen in the settings."""
+    headers = world.header("user")
+    assert client.get("/admin/crm/config", headers=headers).json["new_deal_when_closed"] is True
+    resp = client.put("/admin/crm/config", headers=headers, json={"new_deal_when_closed": False})
+    assert resp.status_code == 200, resp.json
+    assert client.get("/admin/crm/config", headers=headers).json["new_deal_when_closed"] is False
+    from crm_app.extensions import db
+    from crm_app.models import AmoConfig
+
+    cfg = db.session.scalar(db.select(AmoConfig).where(AmoConfig.owner_id == world.own))
+    db.session.refresh(cfg)
+    assert cfg.new_deal_when_closed is False
