@@ -6,7 +6,6 @@ import logging
 import math
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -30,10 +29,14 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from crm_app.auth.access import page_login_required, require_write, resolve_owner_id
+from crm_app.auth.access import (
+    OwnerContext,
+    owner_context,
+    page_login_required,
+)
 from crm_app.extensions import csrf, db, htmx
 from crm_app.logging_setup import mask_secrets
-from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog, User
+from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog
 from crm_app.services import connection, stats
 from crm_app.services.connection import ConfigInvalid, ConnectError, _n
 
@@ -70,44 +73,6 @@ OPERATION_LABELS = {
 
 
 # -- access ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ctx:
-    """Who is looking at which owner's integration."""
-
-    actor: User
-    owner_id: int
-
-    @property
-    def can_write(self) -> bool:
-        return bool(self.actor.can_write)
-
-    @property
-    def is_admin(self) -> bool:
-        return bool(self.actor.is_admin)
-
-    @property
-    def foreign(self) -> bool:
-        """An admin looking at another owner: every URL must carry ?owner_id=."""
-        return self.owner_id != self.actor.owner_id
-
-    def url(self, endpoint: str, **values: Any) -> str:
-        if self.foreign:
-            values.setdefault("owner_id", self.owner_id)
-        return url_for(endpoint, **values)
-
-    def slot_url(self, path: str) -> str:
-        return f"{path}?owner_id={self.owner_id}" if self.foreign else path
-
-
-def _ctx(write: bool = False) -> Ctx:
-    actor: User = current_user._get_current_object()
-    # resolve_owner_id: another owner's id → 404 for non-admins, so ids cannot be probed.
-    owner_id = resolve_owner_id(actor, request.values.get("owner_id"))
-    if write:
-        require_write(actor)
-    return Ctx(actor, owner_id)
 
 
 def _session_nonce() -> str:
@@ -309,13 +274,13 @@ def _account_vm(owner_id: int) -> dict[str, Any]:
     return {"account": connection.account_info(owner_id), "st": connection.status(owner_id)}
 
 
-def _owners_for(ctx: Ctx) -> list[Owner]:
+def _owners_for(ctx: OwnerContext) -> list[Owner]:
     if not ctx.is_admin:
         return []
     return list(db.session.scalars(select(Owner).order_by(Owner.name)))
 
 
-def _page(ctx: Ctx, status: int = 200, **overrides: Any) -> Response:
+def _page(ctx: OwnerContext, status: int = 200, **overrides: Any) -> Response:
     """The whole page; ``overrides`` replace one panel's view model (errors, a shown auth URL)."""
     vm: dict[str, Any] = {}
     vm |= _badge_vm(ctx.owner_id)
@@ -336,7 +301,7 @@ def _page(ctx: Ctx, status: int = 200, **overrides: Any) -> Response:
     return _vary(make_response(html, status))
 
 
-def _partial(ctx: Ctx, template: str, status: int = 200, **vm: Any) -> Response:
+def _partial(ctx: OwnerContext, template: str, status: int = 200, **vm: Any) -> Response:
     html = render_template(f"crm/partials/{template}", ctx=ctx, **vm)
     return _vary(make_response(html, status))
 
@@ -345,7 +310,9 @@ def _flash_fragment(message: str, category: str = "success") -> str:
     return render_template("crm/partials/_flash.html", oob=True, messages=[(category, message)])
 
 
-def _action_done(ctx: Ctx, message: str, event: str, category: str = "success") -> Response:
+def _action_done(
+    ctx: OwnerContext, message: str, event: str, category: str = "success"
+) -> Response:
     """After a change: HTMX gets a flash (out of band) and an event; a plain form gets PRG."""
     if _fragment_wanted():
         resp = make_response(_flash_fragment(message, category))
@@ -362,14 +329,14 @@ def _action_done(ctx: Ctx, message: str, event: str, category: str = "success") 
 @bp.get("/admin/crm")
 @page_login_required
 def crm_page():  # type: ignore[no-untyped-def]
-    ctx = _ctx()
+    ctx = owner_context()
     return _page(ctx)
 
 
 @bp.get("/admin/crm/ui/status")
 @page_login_required
 def status_badge():  # type: ignore[no-untyped-def]
-    ctx = _ctx()
+    ctx = owner_context()
     if not _fragment_wanted():
         return _page(ctx)
     return _partial(ctx, "_status_badge.html", **_badge_vm(ctx.owner_id))
@@ -378,7 +345,7 @@ def status_badge():  # type: ignore[no-untyped-def]
 @bp.get("/admin/crm/ui/account")
 @page_login_required
 def account_card():  # type: ignore[no-untyped-def]
-    ctx = _ctx()
+    ctx = owner_context()
     if not _fragment_wanted():
         return _page(ctx)
     return _partial(ctx, "_account_card.html", **_account_vm(ctx.owner_id))
@@ -387,7 +354,7 @@ def account_card():  # type: ignore[no-untyped-def]
 @bp.get("/admin/crm/ui/stats")
 @page_login_required
 def stats_panel():  # type: ignore[no-untyped-def]
-    ctx = _ctx()
+    ctx = owner_context()
     vm = _stats_vm(ctx.owner_id, _int_or_none(request.args.get("pipeline_id")))
     if not _fragment_wanted():
         return _page(ctx, stats=vm)
@@ -397,7 +364,7 @@ def stats_panel():  # type: ignore[no-untyped-def]
 @bp.get("/admin/crm/ui/log")
 @page_login_required
 def sync_log():  # type: ignore[no-untyped-def]
-    ctx = _ctx()
+    ctx = owner_context()
     vm = _log_vm(ctx.owner_id, _int_or_none(request.args.get("page")) or 1)
     if not _fragment_wanted():
         return _page(ctx, log=vm)
@@ -437,11 +404,11 @@ def _form_input() -> dict[str, Any]:
 @page_login_required
 def settings():  # type: ignore[no-untyped-def]
     if request.method == "GET":
-        ctx = _ctx()
+        ctx = owner_context()
         if not _fragment_wanted():
             return _page(ctx)
         return _partial(ctx, "_settings_form.html", **_settings_vm(ctx.owner_id))
-    ctx = _ctx(write=True)
+    ctx = owner_context(write=True)
     data = _form_input()
     try:
         parsed = connection.parse_config(data)
@@ -471,7 +438,7 @@ def settings():  # type: ignore[no-untyped-def]
 @page_login_required
 def status_options():  # type: ignore[no-untyped-def]
     """The status <option>s of the chosen pipeline (the dropdown follows the pipeline)."""
-    ctx = _ctx()
+    ctx = owner_context()
     if not _fragment_wanted():
         return redirect(ctx.url(".crm_page"))
     pipeline_id = _int_or_none(request.args.get("lead_pipeline_id"))
@@ -490,7 +457,7 @@ def status_options():  # type: ignore[no-untyped-def]
 @bp.get("/admin/crm/ui/connect")
 @page_login_required
 def connect_panel():  # type: ignore[no-untyped-def]
-    ctx = _ctx()
+    ctx = owner_context()
     if not _fragment_wanted():
         return _page(ctx)
     return _partial(ctx, "_connect_panel.html", **_connect_vm(ctx.owner_id))
@@ -500,7 +467,7 @@ def connect_panel():  # type: ignore[no-untyped-def]
 @page_login_required
 def auth_url():  # type: ignore[no-untyped-def]
     """ "Получить URL авторизации": a fresh consent URL behind the "Подключить amoCRM" button."""
-    ctx = _ctx(write=True)
+    ctx = owner_context(write=True)
     try:
         url = connection.build_auth_url(
             ctx.owner_id, current_user.id, _session_nonce(), mode="post_message"
@@ -517,7 +484,7 @@ def auth_url():  # type: ignore[no-untyped-def]
 
 
 def _connect_action(field: str, run: Callable[[int, str], Any], ok_message: str) -> Response:
-    ctx = _ctx(write=True)
+    ctx = owner_context(write=True)
     value = request.form.get(field, "")
     try:
         run(ctx.owner_id, value)
@@ -550,7 +517,7 @@ def connect_token():  # type: ignore[no-untyped-def]
 @bp.post("/admin/crm/ui/disconnect")
 @page_login_required
 def disconnect():  # type: ignore[no-untyped-def]
-    ctx = _ctx(write=True)
+    ctx = owner_context(write=True)
     connection.disconnect(ctx.owner_id)
     return _action_done(ctx, _("amoCRM отключён"), EVT_CONNECTION)
 

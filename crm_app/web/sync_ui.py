@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, abort, make_response, redirect, render_template, request
-from flask import url_for as flask_url_for
-from flask_login import current_user
 from sqlalchemy import select
 
-from crm_app.auth.access import page_login_required, require_write, resolve_owner_id
+from crm_app.auth.access import (
+    OwnerContext,
+    owner_context,
+    page_login_required,
+    require_write,
+)
 from crm_app.extensions import db, htmx
-from crm_app.models import AmoConfig, AmoToken, ConnectionStatus, RunStatus, SyncRun, User
+from crm_app.models import AmoConfig, AmoToken, ConnectionStatus, RunStatus, SyncRun
 from crm_app.services.sync import SyncError, start_sync
 
 logger = logging.getLogger(__name__)
@@ -28,32 +30,6 @@ EVT_FINISHED = "sync-finished"
 ENTITY_LABELS = {"contacts": "Контакты", "leads": "Сделки", "tasks": "Задачи"}
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class View:
-    """Who looks at which owner's sync card."""
-
-    actor: User
-    owner_id: int
-
-    @property
-    def can_write(self) -> bool:
-        return bool(self.actor.can_write)
-
-    @property
-    def foreign(self) -> bool:
-        return self.owner_id != self.actor.owner_id
-
-    def url(self, endpoint: str, **values: Any) -> str:
-        if self.foreign:
-            values.setdefault("owner_id", self.owner_id)
-        return flask_url_for(endpoint, **values)
-
-
-def _view() -> View:
-    actor: User = current_user._get_current_object()
-    return View(actor, resolve_owner_id(actor, request.values.get("owner_id")))
 
 
 def _fragment_wanted() -> bool:
@@ -99,7 +75,9 @@ def run_progress(run: SyncRun) -> dict[str, Any]:
     }
 
 
-def _card_vm(view: View, message: str | None = None, error: str | None = None) -> dict[str, Any]:
+def _card_vm(
+    view: OwnerContext, message: str | None = None, error: str | None = None
+) -> dict[str, Any]:
     runs = db.session.scalars(
         select(SyncRun)
         .where(SyncRun.owner_id == view.owner_id)
@@ -120,11 +98,11 @@ def _card_vm(view: View, message: str | None = None, error: str | None = None) -
     }
 
 
-def _card(view: View, status: int = 200, **kwargs: Any) -> Response:
+def _card(view: OwnerContext, status: int = 200, **kwargs: Any) -> Response:
     return _respond(render_template("crm/partials/_sync.html", **_card_vm(view, **kwargs)), status)
 
 
-def _to_page(view: View) -> Response:
+def _to_page(view: OwnerContext) -> Response:
     return redirect(view.url("pages.crm_page"), code=303)
 
 
@@ -132,7 +110,7 @@ def _to_page(view: View) -> Response:
 @page_login_required
 def sync_card():  # type: ignore[no-untyped-def]
     """The card (HTMX); a plain browser request goes to the page that embeds it."""
-    view = _view()
+    view = owner_context()
     if not _fragment_wanted():
         return _to_page(view)
     return _card(view)
@@ -142,7 +120,7 @@ def sync_card():  # type: ignore[no-untyped-def]
 @page_login_required
 def start():  # type: ignore[no-untyped-def]
     """Синхронизировать / Полная синхронизация: queue a run and show its progress."""
-    view = _view()
+    view = owner_context()
     require_write(view.actor)  # guests: 403
     full = request.form.get("full") in ("1", "true", "on")
     if not _connected(view.owner_id):
@@ -172,7 +150,7 @@ def start():  # type: ignore[no-untyped-def]
 @page_login_required
 def run_status(run_id: int):  # type: ignore[no-untyped-def]
     """The progress fragment polled every 2 s; the final one stops polling (286)."""
-    view = _view()
+    view = owner_context()
     run = db.session.get(SyncRun, run_id, populate_existing=True)
     if run is None or run.owner_id != view.owner_id:
         abort(404, description="Not found.")
