@@ -372,12 +372,12 @@ def contacts(query: ListQuery) -> dict[str, Any]:
             conds.append(cast(Contact.phones, String).like(_like(digits), escape="\\"))
         stmt = stmt.where(or_(*conds))
     rows, total = _page(stmt, Contact, query)
-    return {
-        "_embedded": {"contacts": [contact_out(r) for r in rows]},
-        "total": total,
-        "limit": query.limit,
-        "offset": query.offset,
-    }
+    return _listing("contacts", [contact_out(r) for r in rows], total, query)
+
+
+def _listing(key: str, items: list[Any], total: int, query: ListQuery) -> dict[str, Any]:
+    """amoCRM's `_embedded` shape plus our paging fields."""
+    return {"_embedded": {key: items}, "total": total, "limit": query.limit, "offset": query.offset}
 
 
 @bp.get("/admin/crm/leads")
@@ -390,12 +390,7 @@ def leads(query: ListQuery) -> dict[str, Any]:
             or_(Lead.name.ilike(_like(query.q), escape="\\"), *_id_match(Lead, query.q))
         )
     rows, total = _page(stmt, Lead, query)
-    return {
-        "_embedded": {"leads": [lead_out(r) for r in rows]},
-        "total": total,
-        "limit": query.limit,
-        "offset": query.offset,
-    }
+    return _listing("leads", [lead_out(r) for r in rows], total, query)
 
 
 @bp.get("/admin/crm/tasks")
@@ -408,12 +403,7 @@ def tasks(query: ListQuery) -> dict[str, Any]:
             or_(Task.text.ilike(_like(query.q), escape="\\"), *_id_match(Task, query.q))
         )
     rows, total = _page(stmt, Task, query)
-    return {
-        "_embedded": {"tasks": [task_out(r) for r in rows]},
-        "total": total,
-        "limit": query.limit,
-        "offset": query.offset,
-    }
+    return _listing("tasks", [task_out(r) for r in rows], total, query)
 
 
 @bp.get("/admin/crm/pipelines")
