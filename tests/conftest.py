@@ -305,7 +305,8 @@ def celery_worker(app, tmp_path):  # type: ignore[no-untyped-def]
     """start_worker(name="w1", concurrency=2, env={...}) → a real `celery worker` subprocess.
 
     Uses the test session's Redis broker and queue; call after setting app.config (e.g.
-    AMOCRM_BASE_URL) so the worker builds the same app. All workers are stopped afterwards.
+    AMOCRM_BASE_URL) so the worker builds the same app. Besides the app's tasks the worker
+    knows the probes in `tests/worker_tasks.py`. All workers are stopped afterwards.
     """
     import subprocess
     import time
@@ -338,6 +339,8 @@ def celery_worker(app, tmp_path):  # type: ignore[no-untyped-def]
                 "INFO",
                 "--without-gossip",
                 "--without-mingle",
+                "--include",
+                "tests.worker_tasks",
                 "--logfile",
                 str(log),
             ],
