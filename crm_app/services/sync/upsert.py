@@ -250,9 +250,6 @@ def upsert_tasks(
     return _upsert_entity("tasks", owner_id, items, conn, commit)
 
 
-UPSERTERS = {"contacts": upsert_contacts, "leads": upsert_leads, "tasks": upsert_tasks}
-
-
 def delete_entities(
     owner_id: int,
     entity: str,
