@@ -279,6 +279,30 @@ def auth_header(client):  # type: ignore[no-untyped-def]
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture
+def make_sandbox():  # type: ignore[no-untyped-def]
+    """make_sandbox(**options) → an amoCRM sandbox started on a free port.
+
+    Takes any `SandboxConfig` option; contacts, leads and tasks default to 60, 40 and 30. Every
+    sandbox started in the test is stopped after it.
+    """
+    from crm_app.sandbox import SandboxServer
+
+    started: list[SandboxServer] = []
+
+    def start(**options: object) -> SandboxServer:
+        options.setdefault("contacts", 60)
+        options.setdefault("leads", 40)
+        options.setdefault("tasks", 30)
+        server = SandboxServer(port=0, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def app_env(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Environment that makes a child process (worker, gunicorn) build the same app as `app`."""
     cfg = app.config
