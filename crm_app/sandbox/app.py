@@ -99,7 +99,7 @@ def _api_gate(sb: Sandbox) -> Response | None:
         return limits.forbidden(cfg)
     acting = request.headers.get("X-Context-User-ID")
     if acting:
-        # Only tokens granted by an admin may act as another user (facts §1.11).
+        # Only tokens granted by an admin may act as another user (https://www.amocrm.ru/developers/content/oauth/scopes).
         granter = account.user(token.user_id)
         target = account.user(int(acting)) if acting.isdigit() else None
         if granter is None or not granter.is_admin or target is None:
