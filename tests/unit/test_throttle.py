@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -109,11 +108,13 @@ def test_local_throttle_late_wake_pushes_the_next_slot() -> None:
     assert slept == pytest.approx([interval, interval])
 
 
-def test_null_throttle_never_waits() -> None:
-    start = time.monotonic()
+def test_null_throttle_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_sleeping(seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s")
+
+    monkeypatch.setattr(time, "sleep", no_sleeping)
     for _ in range(1000):
         NullThrottle().acquire("x")
-    assert time.monotonic() - start < 0.5
 
 
 # -- real time, one process ----------------------------------------------------------------------------
@@ -134,17 +135,15 @@ def make_redis(tmp_path: Path, redis_client: redis.Redis) -> Throttle:
 @pytest.mark.parametrize(
     "factory", [make_local, make_file, make_redis], ids=["local", "file", "redis"]
 )
-def test_fifteen_acquires_take_two_seconds(
+def test_fifteen_acquires_never_beat_the_rate(
     factory: Callable[[Path, redis.Redis], Throttle], tmp_path: Path, redis_client: redis.Redis
 ) -> None:
+    """Never faster than 7 a second; how close to the floor it stays is a `make bench` row."""
     throttle = factory(tmp_path, redis_client)
     key = unique_key()
     start = time.time()
     stamps = timed_acquires(throttle, key, 15)
-    elapsed = time.time() - start
-    floor = 14 / RATE  # the first request goes at once
-    assert elapsed >= 2.0
-    assert elapsed <= floor * 1.03 + 0.15  # margin ~3 % plus scheduler slack
+    assert stamps[-1] - start >= 14 * pace_interval(RATE)  # the first request goes at once
     assert max_in_window(stamps) <= 7
 
 
@@ -174,49 +173,25 @@ def test_threads_share_the_budget(
     assert max(stamps) - min(stamps) >= 15 / RATE * 0.99
 
 
-@pytest.mark.parametrize("kind", ["local", "file", "redis"])
-def test_late_wake_ups_do_not_squeeze_the_next_request(
-    kind: str, tmp_path: Path, redis_client: redis.Redis
-) -> None:
-    """A sleeper that wakes late (busy CPU) must not let the next request follow too closely."""
-    calls = [0]
-
-    def jittery_sleep(seconds: float) -> None:
-        calls[0] += 1
-        time.sleep(seconds + (0.06 if calls[0] % 2 else 0.0))
-
-    if kind == "local":
-        throttle: Throttle = LocalThrottle(RATE, sleep=jittery_sleep)
-    elif kind == "file":
-        throttle = FileThrottle(tmp_path, RATE, sleep=jittery_sleep)
-    else:
-        throttle = RedisThrottle(redis_client, RATE, sleep=jittery_sleep)
-    stamps = timed_acquires(throttle, unique_key(), 9)
-    gaps = [b - a for a, b in pairwise(stamps)]
-    # Without the push-back the gap after a late wake-up would be ~60 ms short; a few ms of
-    # bookkeeping (the Redis round trip on a busy machine) are tolerated.
-    assert min(gaps) >= pace_interval(RATE) - 0.010
-    assert max_in_window(stamps) <= 7
-
-
 def test_keys_are_independent(tmp_path: Path) -> None:
-    throttle = FileThrottle(tmp_path, RATE)
-    start = time.time()
+    waits: list[float] = []
+    throttle = FileThrottle(tmp_path, RATE, sleep=waits.append)
     for i in range(10):
         throttle.acquire(f"account-{i}.amocrm.ru")
-    assert time.time() - start < 0.5
+    assert waits == []  # every account's first request goes at once
     assert len(list(tmp_path.glob("*.slot"))) == 10
 
 
 def test_file_throttle_survives_a_corrupt_or_far_future_slot(tmp_path: Path) -> None:
-    throttle = FileThrottle(tmp_path, RATE)
+    waits: list[float] = []
+    throttle = FileThrottle(tmp_path, RATE, sleep=waits.append)
     key = "demo.amocrm.ru"
     throttle.path_for(key).write_text("garbage")
-    start = time.time()
     throttle.acquire(key)
     throttle.path_for(key).write_text(str(time.time() + 10_000))
     throttle.acquire(key)
-    assert time.time() - start < 0.5
+    # Neither a corrupt file nor a slot hours ahead (a clock jump) makes a caller wait long.
+    assert all(wait <= pace_interval(RATE) for wait in waits)
 
 
 def test_file_throttle_key_names_are_safe(tmp_path: Path) -> None:
