@@ -1,5 +1,6 @@
 """All models, imported here so Alembic and create_all see every table."""
 
+from crm_app.models.echo import OwnWrite
 from crm_app.models.inbound import InboundPerson, InboundRequest, InboundStatus
 from crm_app.models.integration import AmoConfig, AmoToken, ConnectionStatus, OAuthState
 from crm_app.models.mirror import AmoUser, Contact, Lead, Pipeline, PipelineStatus, Task
@@ -20,6 +21,7 @@ __all__ = [
     "InboxStatus",
     "Lead",
     "OAuthState",
+    "OwnWrite",
     "Owner",
     "Pipeline",
     "PipelineStatus",

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 22:40:08.900828
+Create Date: 2026-12-03 09:34:05.321231
 
 """
 
@@ -286,6 +286,19 @@ def upgrade():
         sa.UniqueConstraint("ref"),
     )
     op.create_table(
+        "own_writes",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("entity_type", sa.String(length=16), nullable=False),
+        sa.Column("entity_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("updated_at", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "entity_type", "entity_id", "updated_at"),
+    )
+    with op.batch_alter_table("own_writes", schema=None) as batch_op:
+        batch_op.create_index("ix_own_writes_recorded", ["recorded_at"], unique=False)
+
+    op.create_table(
         "sync_cursors",
         sa.Column("owner_id", sa.Integer(), nullable=False),
         sa.Column("entity", sa.String(length=32), nullable=False),
@@ -526,6 +539,10 @@ def downgrade():
 
     op.drop_table("sync_runs")
     op.drop_table("sync_cursors")
+    with op.batch_alter_table("own_writes", schema=None) as batch_op:
+        batch_op.drop_index("ix_own_writes_recorded")
+
+    op.drop_table("own_writes")
     op.drop_table("inbound_people")
     op.drop_table("inbound_field_maps")
     op.drop_table("crm_users")
