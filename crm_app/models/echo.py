@@ -7,11 +7,11 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import UTCDateTime, utcnow
 
 
-class OwnWrite(db.Model):
+class OwnWrite(Model):
     """One (entity, version) we produced: amoCRM's webhook for it tells us nothing new."""
 
     __tablename__ = "own_writes"

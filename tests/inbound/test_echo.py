@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.slow]
 def _reads(server_url: str, since: int) -> list[dict[str, object]]:
     """GETs of leads/contacts the app made after log entry `since` (the sandbox's request log)."""
     log = requests.get(
-        f"{server_url}/_sandbox/requests", params={"kind": "api", "since": since}, timeout=5
+        f"{server_url}/_sandbox/requests", params={"kind": "api", "since": str(since)}, timeout=5
     ).json()
     return [
         e
@@ -32,7 +32,7 @@ def _mark(server_url: str) -> int:
     return int(log[-1]["seq"]) if log else 0
 
 
-def test_remember_and_recognise(app, owner) -> None:  # type: ignore[no-untyped-def]
+def test_remember_and_recognise(app, owner) -> None:
     remember_own_write(owner, "leads", 15000001, 1767000000)
     assert is_own_echo(owner, "leads", 15000001, 1767000000)
     assert not is_own_echo(owner, "leads", 15000001, 1767000001)  # a later version: not ours
@@ -41,7 +41,7 @@ def test_remember_and_recognise(app, owner) -> None:  # type: ignore[no-untyped-
     remember_own_write(owner, "leads", 15000001, 1767000000)  # twice is fine
 
 
-def test_created_people_cause_no_rereads(  # type: ignore[no-untyped-def]
+def test_created_people_cause_no_rereads(
     app,
     client,
     sandbox,
