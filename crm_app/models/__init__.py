@@ -2,7 +2,15 @@
 
 from crm_app.models.inbound import InboundPerson, InboundRequest, InboundStatus
 from crm_app.models.integration import AmoConfig, AmoToken, ConnectionStatus, OAuthState
-from crm_app.models.mirror import AmoUser, Contact, Lead, Pipeline, PipelineStatus, Task
+from crm_app.models.mirror import (
+    AmoUser,
+    Contact,
+    Lead,
+    Note,
+    Pipeline,
+    PipelineStatus,
+    Task,
+)
 from crm_app.models.sync import RunStatus, SyncCursor, SyncLog, SyncRun
 from crm_app.models.users import ApiKey, Owner, Role, User
 from crm_app.models.webhooks import InboxStatus, WebhookDelivery, WebhookEventKey
@@ -19,6 +27,7 @@ __all__ = [
     "InboundStatus",
     "InboxStatus",
     "Lead",
+    "Note",
     "OAuthState",
     "Owner",
     "Pipeline",

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 22:40:08.900828
+Create Date: 2026-12-03 09:30:53.805171
 
 """
 
@@ -198,6 +198,35 @@ def upgrade():
         )
         batch_op.create_index(
             "ix_crm_leads_status", ["owner_id", "pipeline_id", "status_id"], unique=False
+        )
+
+    op.create_table(
+        "crm_notes",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("entity_type", sa.String(length=16), nullable=False),
+        sa.Column("entity_id", sa.BigInteger(), nullable=False),
+        sa.Column("note_type", sa.String(length=64), nullable=True),
+        sa.Column("text", sa.Text(), nullable=True),
+        sa.Column(
+            "params", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
+        ),
+        sa.Column("responsible_user_id", sa.BigInteger(), nullable=True),
+        sa.Column("created_by", sa.BigInteger(), nullable=True),
+        sa.Column("created_at", sa.Integer(), nullable=True),
+        sa.Column("updated_at", sa.Integer(), nullable=True),
+        sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "id"),
+    )
+    with op.batch_alter_table("crm_notes", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_crm_notes_entity",
+            ["owner_id", "entity_type", "entity_id", "created_at"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_crm_notes_owner_updated", ["owner_id", "updated_at"], unique=False
         )
 
     op.create_table(
@@ -535,6 +564,11 @@ def downgrade():
     op.drop_table("crm_tasks")
     op.drop_table("crm_statuses")
     op.drop_table("crm_pipelines")
+    with op.batch_alter_table("crm_notes", schema=None) as batch_op:
+        batch_op.drop_index("ix_crm_notes_owner_updated")
+        batch_op.drop_index("ix_crm_notes_entity")
+
+    op.drop_table("crm_notes")
     with op.batch_alter_table("crm_leads", schema=None) as batch_op:
         batch_op.drop_index("ix_crm_leads_status")
         batch_op.drop_index("ix_crm_leads_owner_updated")
