@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 09:30:53.805171
+Create Date: 2026-12-03 09:38:56.641000
 
 """
 
