@@ -14,6 +14,7 @@ from crm_app.models.mirror import (
 from crm_app.models.sync import RunStatus, SyncCursor, SyncLog, SyncRun
 from crm_app.models.users import ApiKey, Owner, Role, User
 from crm_app.models.webhooks import InboxStatus, WebhookDelivery, WebhookEventKey
+from crm_app.models.workspace import LossReason, OutboxStatus, OutboxWrite, TaskType
 
 __all__ = [
     "AmoConfig",
@@ -27,8 +28,11 @@ __all__ = [
     "InboundStatus",
     "InboxStatus",
     "Lead",
+    "LossReason",
     "Note",
     "OAuthState",
+    "OutboxStatus",
+    "OutboxWrite",
     "Owner",
     "Pipeline",
     "PipelineStatus",
@@ -38,6 +42,7 @@ __all__ = [
     "SyncLog",
     "SyncRun",
     "Task",
+    "TaskType",
     "User",
     "WebhookDelivery",
     "WebhookEventKey",

@@ -285,6 +285,8 @@ def add_fault() -> Response:
         "remaining": int(body.get("count", 1)),
         "method": body.get("method"),
         "delay": float(body.get("delay", 0)),
+        # after=true: the request is carried out, then its answer is delayed/replaced.
+        "after": bool(body.get("after", False)),
     }
     with sb.faults_lock:
         sb.faults.append(fault)
