@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from crm_app.services import connection
+from crm_app.services import connection, settings
 from crm_app.services.tokens import load_tokens
 from tests.connect.conftest import HX
 
@@ -116,7 +116,7 @@ def two_owners(make_user):
     b = make_user("boris", role="user", owner="beta")
     make_user("gina", role="guest", owner="acme")
     make_user("root", role="admin", owner="ops")
-    connection.update_config(b.owner_id, connection.parse_config({"subdomain": "betaco"}))
+    settings.update_config(b.owner_id, settings.parse_config({"subdomain": "betaco"}))
     return a, b
 
 
@@ -136,7 +136,7 @@ def test_user_cannot_reach_another_owner(app, client, login, two_owners) -> None
             headers=HX,
         )
         assert resp.status_code == 404, path
-    assert connection.get_or_create_config(b.owner_id).subdomain == "betaco"
+    assert settings.get_or_create_config(b.owner_id).subdomain == "betaco"
     # Its own page shows no owner picker and never the other owner's settings.
     html = client.get("/admin/crm").get_data(as_text=True)
     assert 'id="owner-picker"' not in html and "betaco" not in html
@@ -159,7 +159,7 @@ def test_admin_picks_any_owner(app, client, login, two_owners) -> None:
         headers=HX,
     )
     assert resp.status_code == 200
-    assert connection.get_or_create_config(b.owner_id).subdomain == "beta2"
+    assert settings.get_or_create_config(b.owner_id).subdomain == "beta2"
     assert client.get("/admin/crm?owner_id=999999").status_code == 404
     assert client.get("/admin/crm?owner_id=abc").status_code == 400
 
@@ -186,7 +186,7 @@ def test_guest_reads_but_changes_nothing(
         assert resp.status_code == 403, path
     assert connection.status(a.owner_id)["status"] == "connected"
     assert load_tokens(a.owner_id) is not None
-    assert connection.get_or_create_config(a.owner_id).subdomain == sandbox.config.subdomain
+    assert settings.get_or_create_config(a.owner_id).subdomain == sandbox.config.subdomain
 
 
 # -- CSRF -------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_post_without_csrf_token_is_400(app, client, login, two_owners) -> None:
         assert resp.status_code == 400, path
         resp = client.post(path, data={"subdomain": "nocsrf", "csrf_token": "forged"})
         assert resp.status_code == 400, path
-    assert connection.get_or_create_config(a.owner_id).subdomain == ""
+    assert settings.get_or_create_config(a.owner_id).subdomain == ""
     # The token htmx sends in the X-CSRFToken header (from <body hx-headers>) is accepted.
     html = client.get("/admin/crm").get_data(as_text=True)
     header = re.search(r"hx-headers='\{&#34;X-CSRFToken&#34;: &#34;([^&]+)&#34;\}'", html)
@@ -212,4 +212,4 @@ def test_post_without_csrf_token_is_400(app, client, login, two_owners) -> None:
         headers={**HX, "X-CSRFToken": header.group(1)},
     )
     assert resp.status_code == 200
-    assert connection.get_or_create_config(a.owner_id).subdomain == "withheader"
+    assert settings.get_or_create_config(a.owner_id).subdomain == "withheader"
