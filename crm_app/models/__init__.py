@@ -4,7 +4,7 @@ from crm_app.models.inbound import InboundPerson, InboundRequest, InboundStatus
 from crm_app.models.integration import AmoConfig, AmoToken, ConnectionStatus, OAuthState
 from crm_app.models.mirror import AmoUser, Contact, Lead, Pipeline, PipelineStatus, Task
 from crm_app.models.sync import RunStatus, SyncCursor, SyncLog, SyncRun
-from crm_app.models.users import ApiKey, Owner, Role, User
+from crm_app.models.users import ApiKey, LoginFailure, Owner, Role, User, UserSession
 from crm_app.models.webhooks import InboxStatus, WebhookDelivery, WebhookEventKey
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "InboundStatus",
     "InboxStatus",
     "Lead",
+    "LoginFailure",
     "OAuthState",
     "Owner",
     "Pipeline",
@@ -30,6 +31,7 @@ __all__ = [
     "SyncRun",
     "Task",
     "User",
+    "UserSession",
     "WebhookDelivery",
     "WebhookEventKey",
 ]
