@@ -13,7 +13,7 @@ from crm_app.models.mirror import (
     Task,
 )
 from crm_app.models.sync import RunStatus, SyncCursor, SyncLog, SyncRun
-from crm_app.models.users import ApiKey, Owner, Role, User
+from crm_app.models.users import ApiKey, LoginFailure, Owner, Role, User, UserSession
 from crm_app.models.webhooks import InboxStatus, WebhookDelivery, WebhookEventKey
 from crm_app.models.workspace import LossReason, OutboxStatus, OutboxWrite, TaskType
 
@@ -29,6 +29,7 @@ __all__ = [
     "InboundStatus",
     "InboxStatus",
     "Lead",
+    "LoginFailure",
     "LossReason",
     "Note",
     "OAuthState",
@@ -46,6 +47,7 @@ __all__ = [
     "Task",
     "TaskType",
     "User",
+    "UserSession",
     "WebhookDelivery",
     "WebhookEventKey",
 ]
