@@ -33,7 +33,7 @@ def refresh_due() -> list[int]:
     max_retries=5,
     default_retry_delay=60,
 )
-def refresh_owner(self, owner_id: int) -> bool:  # type: ignore[no-untyped-def]
+def refresh_owner(self, owner_id: int) -> bool:
     """Refresh one owner's pair under the per-owner lock; True if a new pair was stored."""
     from crm_app.amocrm.errors import AmoCRMAuthError, AmoCRMTokenExpired, AmoCRMUnavailable
     from crm_app.services.locks import LockTimeout

@@ -30,7 +30,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """The wait before retry ``attempt`` (1, 2, ...), before jitter."""
-        return self.base_delay * 2 ** (attempt - 1)
+        return self.base_delay * 2.0 ** (attempt - 1)
 
     def rate_limit_wait(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds to wait before 429 retry ``attempt``, before jitter; None means give up."""

@@ -59,7 +59,7 @@ def test_fast_phone_path_agrees_with_the_parser():
         assert fast_normalize_phone(raw) == normalize_phone(raw), raw
 
 
-def _field(code, values, name=None, fid=1):  # type: ignore[no-untyped-def]
+def _field(code, values, name=None, fid=1):
     return {
         "field_id": fid,
         "field_name": name or code,
@@ -105,7 +105,7 @@ def _contact(cid: int, name: str, updated: int) -> dict:
     return {"id": cid, "name": name, "updated_at": updated, "created_at": 1}
 
 
-def _owner(make_user) -> int:  # type: ignore[no-untyped-def]
+def _owner(make_user) -> int:
     return make_user("uadmin", role="admin", owner="o1").owner_id
 
 
@@ -172,7 +172,7 @@ class _FakeTasksClient:
         self.items = [{"id": i + 1, "updated_at": s} for i, s in enumerate(stamps)]
         self.calls: list[int] = []
 
-    def get_tasks(self, limit, page, filter_=None, order=None):  # type: ignore[no-untyped-def]
+    def get_tasks(self, limit, page, filter_=None, order=None):
         self.calls.append(page)
         chunk = self.items[(page - 1) * limit : page * limit]
         more = page * limit < len(self.items)
@@ -191,7 +191,7 @@ def test_incremental_scan_when_neither_filter_nor_order_is_honoured():
     assert stream.check is not None and not stream.check.order_ok
 
 
-def test_sync_reads_wait_out_long_rate_limit_pauses(app):  # type: ignore[no-untyped-def]
+def test_sync_reads_wait_out_long_rate_limit_pauses(app):
     app.config["SYNC_RATE_LIMIT_MAX_WAIT"] = 45
     policy = sync_retry_policy()
     # A lone 429 is jitter: a short wait. A long retry_after is waited out, capped.
@@ -323,7 +323,7 @@ class _SlowContacts:
         self.active = self.peak = 0
         self.lock = threading.Lock()
 
-    def get_contacts(self, limit, page, filter_=None, order=None):  # type: ignore[no-untyped-def]
+    def get_contacts(self, limit, page, filter_=None, order=None):
         import time
 
         with self.lock:

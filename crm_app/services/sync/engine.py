@@ -31,7 +31,7 @@ from crm_app.services.amo import (
     record_api_failure,
     sync_retry_policy,
 )
-from crm_app.services.sync.checkpoint import Checkpoint, EntityProgress
+from crm_app.services.sync.checkpoint import Checkpoint, EntityProgress, Mode
 from crm_app.services.sync.mappers import map_items
 from crm_app.services.sync.paging import (
     PAGE_LIMIT,
@@ -51,7 +51,7 @@ from crm_app.services.sync.runs import (
     save_cursor,
     write_log,
 )
-from crm_app.services.sync.upsert import ENTITIES, entity_table, upsert_rows
+from crm_app.services.sync.upsert import ENTITIES, entity_scope, entity_table, upsert_rows
 from crm_app.services.tokens import NotConnected
 
 logger = logging.getLogger(__name__)
@@ -223,6 +223,7 @@ class PageWriter:
 def _new_state(ctx: RunContext, entity: str) -> EntityProgress:
     with ctx.conn.begin():
         cursor = read_cursor(ctx.conn, ctx.owner_id, entity)
+    mode: Mode
     if ctx.trigger == "reconcile":
         mode = "reconcile"
     elif ctx.full or cursor is None:
@@ -275,7 +276,7 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             entity,
             state.page,
             concurrency,
-            _expected_pages(ctx, table),
+            _expected_pages(ctx, entity, table),
             lambda: ctx.counter.in_flight_for(ctx.rate, ctx.page_seconds),
         )
     else:
@@ -369,11 +370,13 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
     ctx.notify(entity)
 
 
-def _expected_pages(ctx: RunContext, table: Any) -> int | None:
+def _expected_pages(ctx: RunContext, entity: str, table: Any) -> int | None:
     """How many pages the listing should have, judging by the mirror (None when it is empty)."""
     with ctx.conn.begin():
         rows = ctx.conn.execute(
-            select(func.count()).select_from(table).where(table.c.owner_id == ctx.owner_id)
+            select(func.count())
+            .select_from(table)
+            .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         ).scalar()
     return math.ceil(rows / PAGE_LIMIT) if rows else None
 
@@ -385,7 +388,7 @@ def _changed_only(
     ids = [i["id"] for i in items if isinstance(i.get("id"), int)]
     if not ids:
         return []
-    known = dict(
+    known: dict[Any, Any] = dict(
         conn.execute(
             select(table.c.id, table.c.updated_at).where(
                 table.c.owner_id == owner_id, table.c.id.in_(ids)
@@ -426,7 +429,11 @@ def _sweep_unseen(ctx: RunContext, entity: str, state: EntityProgress) -> int:
     candidates = list(
         ctx.conn.execute(
             select(table.c.id)
-            .where(table.c.owner_id == ctx.owner_id, table.c.synced_at < since)
+            .where(
+                table.c.owner_id == ctx.owner_id,
+                table.c.synced_at < since,
+                *entity_scope(entity, table),
+            )
             .order_by(table.c.id)
         ).scalars()
     )
@@ -434,7 +441,7 @@ def _sweep_unseen(ctx: RunContext, entity: str, state: EntityProgress) -> int:
     return _confirm_and_delete(ctx, entity, candidates)
 
 
-def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
+def _sweep_missing(ctx: RunContext, entity: str, seen: array[int]) -> int:
     """After a reconcile scan: mirror ids amoCRM did not list (sorted merge, 8 bytes an id)."""
     table = entity_table(entity)
     ordered = sorted(seen)
@@ -443,7 +450,7 @@ def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
     # A server-side cursor for this one statement (Connection.execution_options would stick).
     result = ctx.conn.execute(
         select(table.c.id)
-        .where(table.c.owner_id == ctx.owner_id)
+        .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         .order_by(table.c.id)
         .execution_options(yield_per=5000)
     )
