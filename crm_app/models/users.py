@@ -9,7 +9,7 @@ from flask_login import UserMixin
 from sqlalchemy import Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import UTCDateTime, utcnow
 
 
@@ -19,7 +19,7 @@ class Role(enum.StrEnum):
     GUEST = "guest"
 
 
-class Owner(db.Model):
+class Owner(Model):
     """A tenant: one bot/widget owner with its own amoCRM integration."""
 
     __tablename__ = "owners"
@@ -29,7 +29,7 @@ class Owner(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class User(UserMixin, db.Model):
+class User(UserMixin, Model):
     """A person who signs in to the admin UI or the JSON API."""
 
     __tablename__ = "users"
@@ -48,7 +48,7 @@ class User(UserMixin, db.Model):
     owner: Mapped[Owner] = relationship(lazy="joined")
 
     @property
-    def is_active(self) -> bool:  # type: ignore[override]
+    def is_active(self) -> bool:
         return self.is_active_flag
 
     @property
@@ -60,7 +60,7 @@ class User(UserMixin, db.Model):
         return self.role in (Role.ADMIN.value, Role.USER.value)
 
 
-class UserSession(db.Model):
+class UserSession(Model):
     """A signed-in browser: the cookie carries a random id, only its SHA-256 is stored here.
 
     A session cookie is valid only while its row exists, so logout, a password change, a
@@ -76,7 +76,7 @@ class UserSession(db.Model):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     """A widget-backend/bot key: stored as a SHA-256 hash, shown once at creation."""
 
     __tablename__ = "api_keys"
@@ -91,7 +91,7 @@ class ApiKey(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class LoginFailure(db.Model):
+class LoginFailure(Model):
     """Failed sign-ins of one throttle key (a hash of name + address, or of an address)."""
 
     __tablename__ = "login_failures"

@@ -85,7 +85,7 @@ def _authenticate(username: str, password: str) -> User | None:
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.exempt  # throttled per (username, address) by crm_app.auth.throttle instead
-def login():  # type: ignore[no-untyped-def]
+def login():
     if request.method != "POST":
         return render_template("auth/login.html")
     try:
@@ -104,13 +104,13 @@ def login():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout():
     end_session()
     return redirect(url_for("auth.login"))
 
 
 @bp.post("/logout/everywhere")
-def logout_everywhere():  # type: ignore[no-untyped-def]
+def logout_everywhere():
     """End every session of the signed-in user: other browsers, this one and its API tokens."""
     if current_user.is_authenticated:
         sign_out_everywhere(current_user._get_current_object())
@@ -128,7 +128,7 @@ def logout_everywhere():  # type: ignore[no-untyped-def]
     security=[],
     operation_id="issue_token",
 )
-def token():  # type: ignore[no-untyped-def]
+def token():
     """Exchange a username and password for a short-lived JWT (send it as `Bearer`)."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):

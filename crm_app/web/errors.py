@@ -10,6 +10,8 @@ from werkzeug.exceptions import BadRequest, Conflict, HTTPException, InternalSer
 
 from crm_app.services.tokens import NotConnected
 
+from crm_app.web.respond import is_htmx
+
 logger = logging.getLogger(__name__)
 
 _MACHINE_PREFIXES = ("/api/", "/webhooks/", "/auth/token", "/admin/crm/", "/healthz", "/readyz")
@@ -18,7 +20,7 @@ _HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
 
 def wants_json() -> bool:
     path = request.path
-    if path.startswith(_HTML_PREFIXES) or request.headers.get("HX-Request"):
+    if path.startswith(_HTML_PREFIXES) or is_htmx():
         return False
     if path.startswith(_MACHINE_PREFIXES):
         return True

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 09:31:54.539983
+Create Date: 2026-12-03 09:46:48.386726
 
 """
 
@@ -209,6 +209,45 @@ def upgrade():
         )
 
     op.create_table(
+        "crm_loss_reasons",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("sort", sa.Integer(), nullable=False),
+        sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "id"),
+    )
+    op.create_table(
+        "crm_notes",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("entity_type", sa.String(length=16), nullable=False),
+        sa.Column("entity_id", sa.BigInteger(), nullable=False),
+        sa.Column("note_type", sa.String(length=64), nullable=True),
+        sa.Column("text", sa.Text(), nullable=True),
+        sa.Column(
+            "params", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
+        ),
+        sa.Column("responsible_user_id", sa.BigInteger(), nullable=True),
+        sa.Column("created_by", sa.BigInteger(), nullable=True),
+        sa.Column("created_at", sa.Integer(), nullable=True),
+        sa.Column("updated_at", sa.Integer(), nullable=True),
+        sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "id"),
+    )
+    with op.batch_alter_table("crm_notes", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_crm_notes_entity",
+            ["owner_id", "entity_type", "entity_id", "created_at"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_crm_notes_owner_updated", ["owner_id", "updated_at"], unique=False
+        )
+
+    op.create_table(
         "crm_pipelines",
         sa.Column("owner_id", sa.Integer(), nullable=False),
         sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -231,6 +270,17 @@ def upgrade():
         sa.Column("type", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("owner_id", "pipeline_id", "id"),
+    )
+    op.create_table(
+        "crm_task_types",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("code", sa.String(length=64), nullable=True),
+        sa.Column("color", sa.String(length=16), nullable=True),
+        sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "id"),
     )
     op.create_table(
         "crm_tasks",
@@ -293,6 +343,19 @@ def upgrade():
         sa.UniqueConstraint("owner_id", "channel", "external_id"),
         sa.UniqueConstraint("ref"),
     )
+    op.create_table(
+        "own_writes",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("entity_type", sa.String(length=16), nullable=False),
+        sa.Column("entity_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("updated_at", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "entity_type", "entity_id", "updated_at"),
+    )
+    with op.batch_alter_table("own_writes", schema=None) as batch_op:
+        batch_op.create_index("ix_own_writes_recorded", ["recorded_at"], unique=False)
+
     op.create_table(
         "sync_cursors",
         sa.Column("owner_id", sa.Integer(), nullable=False),
@@ -386,6 +449,40 @@ def upgrade():
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
         batch_op.create_index(
             "ix_webhook_inbox_owner_status", ["owner_id", "status", "id"], unique=False
+        )
+
+    op.create_table(
+        "crm_outbox",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("entity_type", sa.String(length=16), nullable=False),
+        sa.Column("entity_id", sa.BigInteger(), nullable=True),
+        sa.Column("op", sa.String(length=16), nullable=False),
+        sa.Column(
+            "payload", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
+        ),
+        sa.Column("base_updated_at", sa.Integer(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("uncertain", sa.Boolean(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column(
+            "result", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True
+        ),
+        sa.Column("created_by", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["created_by"], ["users.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("crm_outbox", schema=None) as batch_op:
+        batch_op.create_index("ix_crm_outbox_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index(
+            "ix_crm_outbox_entity",
+            ["owner_id", "entity_type", "entity_id", "status", "id"],
+            unique=False,
         )
 
     op.create_table(
@@ -538,6 +635,11 @@ def downgrade():
         batch_op.drop_index("ix_inbound_requests_owner_created")
 
     op.drop_table("inbound_requests")
+    with op.batch_alter_table("crm_outbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_crm_outbox_entity")
+        batch_op.drop_index("ix_crm_outbox_due")
+
+    op.drop_table("crm_outbox")
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_inbox_owner_status")
 
@@ -557,6 +659,10 @@ def downgrade():
 
     op.drop_table("sync_runs")
     op.drop_table("sync_cursors")
+    with op.batch_alter_table("own_writes", schema=None) as batch_op:
+        batch_op.drop_index("ix_own_writes_recorded")
+
+    op.drop_table("own_writes")
     op.drop_table("inbound_people")
     op.drop_table("inbound_field_maps")
     op.drop_table("crm_users")
@@ -564,8 +670,15 @@ def downgrade():
         batch_op.drop_index("ix_crm_tasks_owner_updated")
 
     op.drop_table("crm_tasks")
+    op.drop_table("crm_task_types")
     op.drop_table("crm_statuses")
     op.drop_table("crm_pipelines")
+    with op.batch_alter_table("crm_notes", schema=None) as batch_op:
+        batch_op.drop_index("ix_crm_notes_owner_updated")
+        batch_op.drop_index("ix_crm_notes_entity")
+
+    op.drop_table("crm_notes")
+    op.drop_table("crm_loss_reasons")
     with op.batch_alter_table("crm_leads", schema=None) as batch_op:
         batch_op.drop_index("ix_crm_leads_status")
         batch_op.drop_index("ix_crm_leads_owner_updated")
