@@ -9,7 +9,6 @@ from flask_babel import gettext
 from werkzeug.exceptions import BadRequest, Conflict, HTTPException, InternalServerError
 
 from crm_app.services.tokens import NotConnected
-
 from crm_app.web.respond import is_htmx
 
 logger = logging.getLogger(__name__)
