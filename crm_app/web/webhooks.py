@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,7 +25,7 @@ from werkzeug.wsgi import get_input_stream
 from crm_app.auth.access import current_actor, page_login_required, require_write, resolve_owner_id
 from crm_app.extensions import csrf, limiter
 from crm_app.security import HSTS_VALUE, PERMISSIONS_POLICY, REFERRER_POLICY, is_https_deployment
-from crm_app.services.webhooks import inbox
+from crm_app.services.webhooks import inbox, spool
 from crm_app.services.webhooks import receive as receive_service
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class WebhookFastPath:
     def __init__(self, app: Flask, wsgi_app: Any) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
+        self.swept_in: int | None = None
         https = is_https_deployment(app)
         self.headers = [
             ("X-Content-Type-Options", "nosniff"),
@@ -108,6 +110,10 @@ class WebhookFastPath:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.swept_in != os.getpid():
+            # Startup sweep: deliveries a previous process spooled during a database outage.
+            self.swept_in = os.getpid()
+            spool.sweep_leftovers(self.app)
         if environ.get("REQUEST_METHOD") != "POST" or not self.app.config["WEBHOOK_FAST_PATH"]:
             return self.wsgi_app(environ, start_response)
         token = self._token(environ)
@@ -156,6 +162,7 @@ def _install_fast_path(state: Any) -> None:
 
 def _card(owner_id: int, can_write: bool, message: str | None = None) -> str:
     from crm_app.services.webhooks.subscription import subscription_state
+    from crm_app.services.webhooks.watchdog import last_event
 
     state = subscription_state(owner_id, reveal=can_write)
     return render_template(
@@ -164,6 +171,7 @@ def _card(owner_id: int, can_write: bool, message: str | None = None) -> str:
         counts=inbox.counts(owner_id),
         recent=inbox.recent(owner_id, 5),
         last_error=inbox.last_error(owner_id),
+        watchdog=last_event(owner_id),
         can_write=can_write,
         owner_id=owner_id,
         owner_param=request.args.get("owner_id") or None,
