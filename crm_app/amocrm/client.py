@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex, SupportsInt
 
 import requests
 
@@ -162,10 +162,10 @@ def _entity_path(entity: str) -> str:
 
 def _entity_id(value: object) -> int:
     # Ids go into URL paths: only positive integers, so nothing like "1/../webhooks" slips in.
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | SupportsInt | SupportsIndex):
         raise ValueError("entity id must be a positive integer")
     try:
-        number = int(value)  # type: ignore[call-overload]
+        number = int(value)
     except (TypeError, ValueError) as exc:
         raise ValueError("entity id must be a positive integer") from exc
     if number <= 0 or str(number) != str(value).strip():
@@ -201,8 +201,10 @@ def _retry_after(response: requests.Response, problem: Mapping[str, Any] | None)
     candidates = [problem.get("retry_after") if problem else None]
     candidates.append(response.headers.get("Retry-After"))
     for value in candidates:
+        if value is None:
+            continue
         try:
-            seconds = float(value)  # type: ignore[arg-type]
+            seconds = float(value)
         except (TypeError, ValueError):
             continue
         if seconds >= 0:
@@ -623,6 +625,25 @@ class AmoCRMClient:
         """One page of ``GET /api/v4/tasks``."""
         return self._list("tasks", limit=limit, page=page, filter_=filter_, order=order)
 
+    def get_notes(
+        self,
+        entity: str,
+        limit: int = 250,
+        page: int = 1,
+        filter_: Mapping[str, Any] | None = None,
+        order: Mapping[str, str] | None = None,
+    ) -> Page:
+        """One page of ``GET /api/v4/{entity}/notes`` (every note of that entity type)."""
+        if entity not in NOTE_ENTITIES:
+            raise ValueError(f"entity must be one of {', '.join(NOTE_ENTITIES)}")
+        return self._list(f"{entity}/notes", limit=limit, page=page, filter_=filter_, order=order)
+
+    def get_note(self, entity: str, note_id: int) -> dict[str, Any] | None:
+        """One note by id (``GET /api/v4/{entity}/notes/{id}``), or None on 204."""
+        if entity not in NOTE_ENTITIES:
+            raise ValueError(f"entity must be one of {', '.join(NOTE_ENTITIES)}")
+        return self._get_one(f"{entity}/notes", note_id, None)
+
     def _get_one(
         self, entity: str, entity_id: int, with_: str | Sequence[str] | None
     ) -> dict[str, Any] | None:
@@ -646,7 +667,9 @@ class AmoCRMClient:
         """One task, or None on 204."""
         return self._get_one("tasks", task_id, None)
 
-    def search_contacts(self, query: str, *, limit: int = 250, max_pages: int = 4) -> list[dict]:
+    def search_contacts(
+        self, query: str, *, limit: int = 250, max_pages: int = 4
+    ) -> list[dict[str, Any]]:
         """Contacts whose fields contain ``query`` (amoCRM's fuzzy search); ``[]`` on 204.
 
         Results are only candidates: amoCRM matches substrings across all fields.
@@ -662,7 +685,9 @@ class AmoCRMClient:
                 break
         return found
 
-    def find_contacts_by_phone(self, phone: str, default_region: str = "RU") -> list[dict]:
+    def find_contacts_by_phone(
+        self, phone: str, default_region: str = "RU"
+    ) -> list[dict[str, Any]]:
         """Contacts with a PHONE value equal to ``phone`` after E.164 normalisation."""
         wanted = normalize_phone(phone, default_region)
         query = phone_search_query(phone, default_region)

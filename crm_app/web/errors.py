@@ -10,6 +10,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 
 from crm_app.services.availability import database_unavailable
+from crm_app.web.respond import is_htmx
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ _HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
 
 def wants_json() -> bool:
     path = request.path
-    if path.startswith(_HTML_PREFIXES) or request.headers.get("HX-Request"):
+    if path.startswith(_HTML_PREFIXES) or is_htmx():
         return False
     if path.startswith(_MACHINE_PREFIXES):
         return True

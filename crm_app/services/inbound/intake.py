@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
 from crm_app.models import InboundPerson, InboundRequest, InboundStatus
+from crm_app.services import queue
 from crm_app.services.inbound.schema import InboundPayload, parse_payload
 
 logger = logging.getLogger(__name__)
@@ -147,17 +147,8 @@ def submit(
 
 def enqueue(request_id: int) -> bool:
     """Send ``inbound.process``; a broker outage leaves the row for the beat to pick up."""
-    celery = current_app.extensions.get("celery")
-    if celery is None:
-        return False
     try:
-        if celery.conf.task_always_eager:
-            from workers.inbound import process_request
-
-            process_request.apply(args=[request_id])
-        else:
-            # No publish retries: with the broker down the caller gets its 202 at once.
-            celery.send_task(PROCESS_TASK, args=[request_id], retry=False)
+        queue.enqueue(PROCESS_TASK, request_id)
     except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later
         logger.warning("could not enqueue inbound request %s: %s", request_id, type(exc).__name__)
         mark_due(request_id)

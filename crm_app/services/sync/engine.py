@@ -54,7 +54,7 @@ from crm_app.services.sync.runs import (
     utcnow,
     write_log,
 )
-from crm_app.services.sync.upsert import ENTITIES, entity_table, upsert_rows
+from crm_app.services.sync.upsert import ENTITIES, entity_scope, entity_table, upsert_rows
 from crm_app.services.tokens import NotConnected
 
 logger = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             entity,
             int(state["page"]),
             concurrency,
-            _expected_pages(ctx, table),
+            _expected_pages(ctx, entity, table),
             lambda: ctx.counter.in_flight_for(ctx.rate, ctx.page_seconds),
         )
     else:
@@ -391,11 +391,13 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
     ctx.notify(entity)
 
 
-def _expected_pages(ctx: RunContext, table: Any) -> int | None:
+def _expected_pages(ctx: RunContext, entity: str, table: Any) -> int | None:
     """How many pages the listing should have, judging by the mirror (None when it is empty)."""
     with ctx.conn.begin():
         rows = ctx.conn.execute(
-            select(func.count()).select_from(table).where(table.c.owner_id == ctx.owner_id)
+            select(func.count())
+            .select_from(table)
+            .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         ).scalar()
     return math.ceil(rows / PAGE_LIMIT) if rows else None
 
@@ -448,7 +450,11 @@ def _sweep_unseen(ctx: RunContext, entity: str, state: dict[str, Any]) -> int:
     candidates = list(
         ctx.conn.execute(
             select(table.c.id)
-            .where(table.c.owner_id == ctx.owner_id, table.c.synced_at < since)
+            .where(
+                table.c.owner_id == ctx.owner_id,
+                table.c.synced_at < since,
+                *entity_scope(entity, table),
+            )
             .order_by(table.c.id)
         ).scalars()
     )
@@ -465,7 +471,7 @@ def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
     # A server-side cursor for this one statement (Connection.execution_options would stick).
     result = ctx.conn.execute(
         select(table.c.id)
-        .where(table.c.owner_id == ctx.owner_id)
+        .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         .order_by(table.c.id)
         .execution_options(yield_per=5000)
     )

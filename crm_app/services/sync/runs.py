@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
 from crm_app.models import AmoConfig, RunStatus, SyncCursor, SyncLog, SyncRun
+from crm_app.services import queue
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.sync.upsert import ENTITIES
 
@@ -49,26 +50,38 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:128]
 
 
+# What callers may name: the mirrored entities, plus `notes` for the notes of both kinds.
+ENTITY_NAMES: tuple[str, ...] = ("contacts", "leads", "tasks", "notes")
+
+
 def enabled_entities(owner_id: int) -> list[str]:
-    """The entities the owner's sync flags switch on (contacts, leads, tasks)."""
+    """The entities the owner's sync flags switch on; notes come with their leads/contacts."""
     cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner_id))
     if cfg is None:
         return []
-    flags = {"contacts": cfg.sync_contacts, "leads": cfg.sync_leads, "tasks": cfg.sync_tasks}
+    flags = {
+        "contacts": cfg.sync_contacts,
+        "leads": cfg.sync_leads,
+        "tasks": cfg.sync_tasks,
+        "lead_notes": cfg.sync_leads,
+        "contact_notes": cfg.sync_contacts,
+    }
     return [e for e in ENTITIES if flags[e]]
 
 
 def normalize_entities(entities: Sequence[str] | None, owner_id: int) -> list[str]:
     if entities is None:
         return enabled_entities(owner_id)
-    wanted = []
+    wanted: list[str] = []
     for entity in entities:
         if entity == "all":
             return list(ENTITIES)
+        if entity == "notes":
+            wanted.extend(("lead_notes", "contact_notes"))
+            continue
         if entity not in ENTITIES:
-            raise SyncError(f"unknown entity {entity!r}: use {', '.join(ENTITIES)} or all")
-        if entity not in wanted:
-            wanted.append(entity)
+            raise SyncError(f"unknown entity {entity!r}: use {', '.join(ENTITY_NAMES)} or all")
+        wanted.append(entity)
     return [e for e in ENTITIES if e in wanted]
 
 
@@ -191,9 +204,8 @@ def _create_or_find(
 
 
 def _enqueue(run: SyncRun) -> None:
-    celery = current_app.extensions["celery"]
     try:
-        celery.send_task("sync.run", args=[run.id])
+        queue.enqueue("sync.run", run.id)
     except Exception as exc:
         logger.error("could not enqueue sync run %s: %s", run.id, type(exc).__name__)
         fail_unclaimed(run.id, "Очередь задач недоступна: синхронизация не запущена")
@@ -232,7 +244,7 @@ def take_over_stale(limit: int = 100) -> list[int]:
             continue
         logger.warning("sync run %s went silent; handing it to a live worker", run_id)
         try:
-            current_app.extensions["celery"].send_task("sync.run", args=[run_id])
+            queue.enqueue("sync.run", run_id)
         except Exception as exc:  # broker down: still queued, the next pass sends it
             logger.warning("could not re-enqueue sync run %s: %s", run_id, type(exc).__name__)
             continue
