@@ -27,4 +27,8 @@ def beat_schedule(app: Flask) -> dict[str, dict[str, object]]:
             "task": "inbound.retry_stale",
             "schedule": 60.0,
         },
+        "workspace-outbox-sweep": {
+            "task": "workspace.outbox_sweep",
+            "schedule": 15.0,
+        },
     }

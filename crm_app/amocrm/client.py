@@ -838,6 +838,16 @@ class AmoCRMClient:
         data = self._write("PATCH", f"{API_PREFIX}{entity}/{_entity_id(entity_id)}", dict(fields))
         return data if isinstance(data, dict) else {}
 
+    def update_many(self, entity: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``PATCH /api/v4/{entity}`` with ``[{id, ...}]`` (≤250); ``[{id, updated_at, ...}]``.
+
+        amoCRM validates the whole batch first: one bad item fails all (400).
+        """
+        if entity not in ("leads", "contacts", "companies", "tasks"):
+            raise ValueError(f"cannot batch-update {entity!r}")
+        data = self._write("PATCH", f"{API_PREFIX}{entity}", self._batch(items, MAX_BATCH))
+        return _embedded(data, entity)
+
     def update_lead(self, lead_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
         """``PATCH /api/v4/leads/{id}``; returns ``{id, updated_at, _links}``."""
         return self._update("leads", lead_id, fields)

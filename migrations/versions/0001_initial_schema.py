@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 09:38:56.641000
+Create Date: 2026-12-03 09:45:50.693985
 
 """
 
@@ -201,6 +201,16 @@ def upgrade():
         )
 
     op.create_table(
+        "crm_loss_reasons",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("sort", sa.Integer(), nullable=False),
+        sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "id"),
+    )
+    op.create_table(
         "crm_notes",
         sa.Column("owner_id", sa.Integer(), nullable=False),
         sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -252,6 +262,17 @@ def upgrade():
         sa.Column("type", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("owner_id", "pipeline_id", "id"),
+    )
+    op.create_table(
+        "crm_task_types",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("code", sa.String(length=64), nullable=True),
+        sa.Column("color", sa.String(length=16), nullable=True),
+        sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id", "id"),
     )
     op.create_table(
         "crm_tasks",
@@ -409,6 +430,40 @@ def upgrade():
         )
 
     op.create_table(
+        "crm_outbox",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("entity_type", sa.String(length=16), nullable=False),
+        sa.Column("entity_id", sa.BigInteger(), nullable=True),
+        sa.Column("op", sa.String(length=16), nullable=False),
+        sa.Column(
+            "payload", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False
+        ),
+        sa.Column("base_updated_at", sa.Integer(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("uncertain", sa.Boolean(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column(
+            "result", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True
+        ),
+        sa.Column("created_by", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["created_by"], ["users.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("crm_outbox", schema=None) as batch_op:
+        batch_op.create_index("ix_crm_outbox_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index(
+            "ix_crm_outbox_entity",
+            ["owner_id", "entity_type", "entity_id", "status", "id"],
+            unique=False,
+        )
+
+    op.create_table(
         "inbound_requests",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("public_id", sa.String(length=36), nullable=False),
@@ -536,6 +591,11 @@ def downgrade():
         batch_op.drop_index("ix_inbound_requests_owner_created")
 
     op.drop_table("inbound_requests")
+    with op.batch_alter_table("crm_outbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_crm_outbox_entity")
+        batch_op.drop_index("ix_crm_outbox_due")
+
+    op.drop_table("crm_outbox")
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_inbox_owner_status")
 
@@ -562,6 +622,7 @@ def downgrade():
         batch_op.drop_index("ix_crm_tasks_owner_updated")
 
     op.drop_table("crm_tasks")
+    op.drop_table("crm_task_types")
     op.drop_table("crm_statuses")
     op.drop_table("crm_pipelines")
     with op.batch_alter_table("crm_notes", schema=None) as batch_op:
@@ -569,6 +630,7 @@ def downgrade():
         batch_op.drop_index("ix_crm_notes_entity")
 
     op.drop_table("crm_notes")
+    op.drop_table("crm_loss_reasons")
     with op.batch_alter_table("crm_leads", schema=None) as batch_op:
         batch_op.drop_index("ix_crm_leads_status")
         batch_op.drop_index("ix_crm_leads_owner_updated")
