@@ -701,6 +701,10 @@ class AmoCRMClient:
 
     # -- pipelines and custom fields -----------------------------------------------------------------
 
+    def get_loss_reasons(self) -> list[dict[str, Any]]:
+        """``GET /api/v4/leads/loss_reasons`` (all pages); 404 where the account lacks it."""
+        return self._collect("leads/loss_reasons")
+
     def get_pipelines(self) -> list[dict[str, Any]]:
         """Lead pipelines with ``_embedded.statuses`` (142 won and 143 lost in each)."""
         return _embedded(self._get(f"{API_PREFIX}leads/pipelines"), "pipelines")

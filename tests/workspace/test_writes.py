@@ -7,7 +7,16 @@ from typing import Any
 from sqlalchemy import select
 
 from crm_app.extensions import db
-from crm_app.models import Contact, Lead, Note, OutboxStatus, OutboxWrite, PipelineStatus, Task
+from crm_app.models import (
+    Contact,
+    Lead,
+    LossReason,
+    Note,
+    OutboxStatus,
+    OutboxWrite,
+    PipelineStatus,
+    Task,
+)
 from crm_app.services.workspace import (
     Applied,
     Conflict,
@@ -86,13 +95,26 @@ def test_field_errors_name_the_field(synced: Owner, kicks) -> None:  # type: ign
     )
     assert isinstance(bad, Invalid) and set(bad.fields) == {"status_id"}
     assert synced.api_requests() == []
-    # amoCRM's own 400 (an unknown loss reason) maps to the field its path names.
-    refused = update_lead(
-        synced.id, lead.id, {"status_id": 143, "loss_reason_id": 777}, lead.updated_at
+    # Loss reasons are mirrored: an unknown one is caught before sending.
+    reasons = db.session.scalars(
+        select(LossReason.id).where(LossReason.owner_id == synced.id)
+    ).all()
+    assert len(reasons) == 3
+    unknown = update_lead(
+        synced.id, lead.id, {"status_id": 143, "loss_reason_id": 7}, lead.updated_at
     )
+    assert isinstance(unknown, Invalid) and list(unknown.fields) == ["loss_reason_id"]
+    assert synced.api_requests() == []
+    # amoCRM's own 400 maps to the field its path names.
+    refused = update_lead(synced.id, lead.id, {"responsible_user_id": 4242}, lead.updated_at)
     assert isinstance(refused, Invalid), refused
-    assert list(refused.fields) == ["loss_reason_id"]
-    assert "NotSupportedChoice" in refused.fields["loss_reason_id"]
+    assert list(refused.fields) == ["responsible_user_id"]
+    assert "NotSupportedChoice" in refused.fields["responsible_user_id"]
+    lost = update_lead(
+        synced.id, lead.id, {"status_id": 143, "loss_reason_id": reasons[0]}, lead.updated_at
+    )
+    assert isinstance(lost, Applied), lost
+    assert synced.record("leads", lead.id)["loss_reason_id"] == reasons[0]
     assert isinstance(update_lead(synced.id, 1, {"price": 1}, 0), NotFound)
 
 
