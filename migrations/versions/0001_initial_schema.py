@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 09:45:50.693985
+Create Date: 2026-12-03 09:53:16.265173
 
 """
 

@@ -378,13 +378,25 @@ def _round(client: AmoCRMClient, owner_id: int, p: Pass) -> bool:
 
 def drain(owner_id: int, *, max_seconds: float = 50.0) -> Pass:
     """Send the owner's due outbox rows, round after round, until none is due or amoCRM fails."""
-    from crm_app.services.amo import client_for_owner
+    from crm_app.services.amo import NotConfigured, client_for_owner
+    from crm_app.services.tokens import NotConnected
 
     p = Pass()
     started = time.monotonic()
     try:
         with named_lock(f"workspace-outbox-{owner_id}", ttl=max_seconds + 120, wait=0):
-            client = client_for_owner(owner_id)
+            try:
+                client = client_for_owner(owner_id)
+                client.tokens.access_token()
+            except (NotConfigured, NotConnected) as exc:
+                # Kept until the account is connected again; the beat's sweep retries.
+                p.errors.append(str(exc))
+                p.retry_in = 60.0
+                return p
+            except AmoCRMAPIError as exc:  # the token refresh itself failed: amoCRM is down
+                p.errors.append(exc.message[:200])
+                p.retry_in = backoff(2)
+                return p
             # A 429 or 5xx ends the pass at once: the outbox's own backoff takes over.
             client.max_429_retries = 0
             client.max_retries = 0

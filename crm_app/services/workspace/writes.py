@@ -42,8 +42,11 @@ MODELS: dict[str, Any] = {"leads": Lead, "contacts": Contact, "tasks": Task}
 
 def _client(owner_id: int) -> AmoCRMClient:
     """A client that gives up at once on 429/5xx: the outbox retries, the person never waits."""
-    from crm_app.services.amo import client_for_owner
+    from crm_app.models import AmoToken
+    from crm_app.services.amo import NotConfigured, client_for_owner
 
+    if db.session.scalar(select(AmoToken.id).where(AmoToken.owner_id == owner_id)) is None:
+        raise NotConfigured("amoCRM is not connected")
     client = client_for_owner(owner_id)
     client.max_429_retries = 0
     client.max_retries = 0
@@ -73,15 +76,16 @@ def _write(
     answer_row: Any = None,
 ) -> Outcome:
     """Send now, or queue behind earlier edits / on a temporary failure."""
+    client = _client(owner_id)
     queue_key = entity_id
     if outbox.has_open(owner_id, entity_type, queue_key):
+        client.close()
         db.session.rollback()
         row = outbox.add(
             owner_id, entity_type, entity_id, op, payload, base,
             user_id=user_id, reason="waiting for earlier edits of the same entity",
         )  # fmt: skip
         return _pending(row, answer_row)
-    client = _client(owner_id)
     try:
         sent = send(client, owner_id, entity_type, entity_id, op, payload)
     except AmoCRMAPIError as exc:
