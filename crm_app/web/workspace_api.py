@@ -40,10 +40,9 @@ _ = AmoId  # ids in paths are checked by the URL converters below
 class _Problem(HTTPException):
     """An HTTP error whose problem document carries extra members."""
 
-    def __init__(self, code: int, name: str, detail: str, extra: dict[str, Any]) -> None:
+    def __init__(self, code: int, detail: str, extra: dict[str, Any]) -> None:
         super().__init__(description=detail)
         self.code = code
-        self.name = name
         self.extra = extra
 
 
@@ -69,7 +68,6 @@ def _answer(outcome: Outcome, created: bool = False) -> tuple[dict[str, Any], in
     if isinstance(outcome, Conflict):
         raise _Problem(
             409,
-            "Conflict",
             "The entity changed in amoCRM after the version you saw; nothing was sent. "
             "Compare the versions, then send again with the current updated_at.",
             {"theirs": outcome.theirs, "yours": outcome.yours},
@@ -79,7 +77,7 @@ def _answer(outcome: Outcome, created: bool = False) -> tuple[dict[str, Any], in
             {"in": "body", "loc": [] if f == "_" else [f], "msg": msg, "type": "amocrm"}
             for f, msg in outcome.fields.items()
         ]
-        raise _Problem(422, "Unprocessable Content", outcome.detail, {"errors": errors})
+        raise _Problem(422, outcome.detail, {"errors": errors})
     raise NotFound(f"{outcome.entity_type} {outcome.entity_id} is not in the mirror")
 
 
