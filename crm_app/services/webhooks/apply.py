@@ -26,6 +26,7 @@ from crm_app.models import (
     WebhookDelivery,
     WebhookEventKey,
 )
+from crm_app.services.echo import own_echoes, unix_version
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.webhooks import inbox
 from crm_app.services.webhooks.parse import Event, MalformedBody, parse_delivery
@@ -62,6 +63,7 @@ class Plan:
     changes: int = 0
     duplicates: int = 0
     ignored: int = 0
+    echoes: int = 0  # our own writes coming back: nothing to re-read
     statuses: dict[int, str] = field(default_factory=dict)
     summaries: dict[int, dict[str, int]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
@@ -134,6 +136,7 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
             if event.entity_id is not None and event.modified:
                 wanted.add((event.entity, event.action, event.entity_id, event.modified))
     existing = _existing_keys(owner_id, wanted) if wanted else {}
+    echoes = _own_echoes(owner_id, parsed, mirrored)
     seen_here: set[tuple[str, str, int, str]] = set()
     for row, events in parsed:
         summary: Counter[str] = Counter()
@@ -149,7 +152,12 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
                     plan.duplicates += 1
                     earlier = existing.get(key) if key not in seen_here else None
                     # The earlier read may predate this delivery; re-reading is cheap and safe.
-                    if actionable and earlier is not None and earlier < row.received_at:
+                    if (
+                        actionable
+                        and earlier is not None
+                        and earlier < row.received_at
+                        and _echo_key(event) not in echoes
+                    ):
                         _add(plan, event)
                     continue
                 seen_here.add(key)
@@ -160,6 +168,10 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
                 actionable = False
             if not actionable:
                 plan.ignored += 1
+                continue
+            if _echo_key(event) in echoes:
+                # The mirror was written when we made this change; amoCRM only confirms it.
+                plan.echoes += 1
                 continue
             fresh += 1
             plan.changes += 1
@@ -173,6 +185,28 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
         else:
             plan.statuses[row.id] = InboxStatus.IGNORED
     return plan
+
+
+def _echo_key(event: Event) -> tuple[str, int, int] | None:
+    version = unix_version(event.modified)
+    if event.entity_id is None or version is None or event.is_delete:
+        return None
+    return (event.entity, event.entity_id, version)
+
+
+def _own_echoes(
+    owner_id: int, parsed: list[tuple[WebhookDelivery, list[Event]]], mirrored: set[str]
+) -> set[tuple[str, int, int] | None]:
+    """Which of the batch's change events announce a version we wrote ourselves."""
+    keys = {
+        key
+        for _row, events in parsed
+        for event in events
+        if event.entity in mirrored and (key := _echo_key(event)) is not None
+    }
+    found: set[tuple[str, int, int] | None] = set()
+    found.update(own_echoes(owner_id, keys) if keys else ())
+    return found
 
 
 def _add(plan: Plan, event: Event) -> None:
@@ -366,6 +400,7 @@ def process_batch(owner_id: int, rows: list[WebhookDelivery]) -> dict[str, Any]:
         "changes": applied_changes,
         "duplicates": plan.duplicates,
         "ignored": plan.ignored,
+        "echoes": plan.echoes,
         "events": dict(plan.events),
         **applied,
     }
@@ -394,7 +429,7 @@ def process_owner(
                     details = process_batch(owner_id, rows)
                 except RetryLater as exc:
                     return {**totals, "more": False, "retry_in": exc.delay}
-                for key in ("deliveries", "changes", "duplicates", "ignored"):
+                for key in ("deliveries", "changes", "duplicates", "ignored", "echoes"):
                     totals[key] += int(details.get(key, 0))
                 if time.monotonic() - started > max_seconds:
                     return {**totals, "more": True}
