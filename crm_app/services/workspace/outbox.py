@@ -24,6 +24,7 @@ from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMAPIError, AmoCRMRateLimited, AmoCRMValidationError
 from crm_app.extensions import db
 from crm_app.models import OutboxStatus, OutboxWrite
+from crm_app.services.echo import remember_own_write
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.workspace import lookup
 from crm_app.services.workspace.send import (
@@ -40,21 +41,15 @@ from crm_app.services.workspace.send import (
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "workspace.outbox"
+# A note's POST answer has no updated_at: our notes are remembered under this version, and
+# their echo is recognised by id and text (crm_app.services.webhooks.apply).
+NOTE_VERSION = 0
 BATCH = 50  # amoCRM recommends at most 50 items per write request
 HEADS = 500  # rows looked at per round
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def remember_own_write(owner_id: int, entity_type: str, entity_id: int, updated_at: int) -> None:
-    """Tell the webhook path that this version is our own write: its echo needs no re-read."""
-    try:
-        from crm_app.services.echo import remember_own_write as remember
-    except ImportError:  # echo suppression is not part of this deployment
-        return
-    remember(owner_id, entity_type, entity_id, updated_at)
 
 
 def backoff(attempts: int, retry_after: float | None = None) -> float:
@@ -263,7 +258,9 @@ def _settle(
             .values(base_updated_at=stamp)
             .execution_options(synchronize_session=False)
         )
-    if row.entity_id is not None and stamp is not None:
+    if row.op == "note" and (extra or {}).get("note_id"):
+        remember_own_write(row.owner_id, "notes", int((extra or {})["note_id"]), NOTE_VERSION)
+    elif row.entity_id is not None and stamp is not None:
         remember_own_write(row.owner_id, row.entity_type, row.entity_id, stamp)
 
 

@@ -114,6 +114,9 @@ def _write(
     if op == "note":
         from crm_app.models import Note
 
+        outbox.remember_own_write(
+            owner_id, "notes", int(sent.extra["note_id"]), outbox.NOTE_VERSION
+        )
         note = db.session.get(Note, (owner_id, sent.extra["note_id"]))
         view = note_view(note) if note is not None else {}
         return Applied("notes", int(sent.extra["note_id"]), view)
