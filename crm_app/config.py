@@ -73,6 +73,12 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "JWT_AUDIENCE": os.environ.get("JWT_AUDIENCE", "crm-app-api"),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
         "WEBHOOK_MAX_BODY": _int("WEBHOOK_MAX_BODY", 256 * 1024),
+        # Workspace writes (docs/workspace.md): the interactive call's timeouts, outbox backoff.
+        "WORKSPACE_WRITE_TIMEOUT": (
+            _float("WORKSPACE_CONNECT_TIMEOUT", 3.05),
+            _float("WORKSPACE_READ_TIMEOUT", 10.0),
+        ),
+        "WORKSPACE_OUTBOX_MAX_BACKOFF": _float("WORKSPACE_OUTBOX_MAX_BACKOFF", 5.0),
         "WEBHOOK_TOKEN_CACHE_SECONDS": _float("WEBHOOK_TOKEN_CACHE_SECONDS", 5.0),
         "WEBHOOK_FAST_PATH": _bool("WEBHOOK_FAST_PATH", True),
         "WEBHOOK_SYNC_COMMIT": _bool("WEBHOOK_SYNC_COMMIT", False),

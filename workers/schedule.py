@@ -36,4 +36,8 @@ def beat_schedule(app: Flask) -> dict[str, dict[str, object]]:
             "task": "webhooks.watchdog",
             "schedule": float(app.config.get("WEBHOOK_WATCHDOG_SECONDS", 300.0)),
         },
+        "workspace-outbox-sweep": {
+            "task": "workspace.outbox_sweep",
+            "schedule": 15.0,
+        },
     }
