@@ -170,7 +170,6 @@ def _env(base: Path, pg_url: str, redis_url: str, sandbox_url: str, queue: str) 
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     import sqlalchemy as sa
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
 
     from crm_app import create_app
     from crm_app.commands.users import create_user, get_or_create_owner
@@ -180,6 +179,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     from crm_app.services.inbound.keys import create_api_key
     from crm_app.services.sync import start_sync
     from crm_app.services.webhooks.subscription import subscribe
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     base = tmp_path_factory.mktemp("outages")
     pg = stack.Postgres().init()
