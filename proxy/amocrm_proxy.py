@@ -164,7 +164,7 @@ class Policy:
             return self.resolve[host]
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         for *_, sockaddr in infos:
-            ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+            ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
             if not is_local_address(ip):
                 return str(ip)
         raise LookupError("resolves only to local addresses")

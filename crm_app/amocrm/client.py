@@ -694,6 +694,10 @@ class AmoCRMClient:
 
     # -- pipelines and custom fields -----------------------------------------------------------------
 
+    def get_loss_reasons(self) -> list[dict[str, Any]]:
+        """``GET /api/v4/leads/loss_reasons`` (all pages); 404 where the account lacks it."""
+        return self._collect("leads/loss_reasons")
+
     def get_pipelines(self) -> list[dict[str, Any]]:
         """Lead pipelines with ``_embedded.statuses`` (142 won and 143 lost in each)."""
         return _embedded(self._get(f"{API_PREFIX}leads/pipelines"), "pipelines")
@@ -830,6 +834,16 @@ class AmoCRMClient:
             raise ValueError("nothing to update")
         data = self._write("PATCH", f"{API_PREFIX}{entity}/{_entity_id(entity_id)}", dict(fields))
         return data if isinstance(data, dict) else {}
+
+    def update_many(self, entity: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``PATCH /api/v4/{entity}`` with ``[{id, ...}]`` (≤250); ``[{id, updated_at, ...}]``.
+
+        amoCRM validates the whole batch first: one bad item fails all (400).
+        """
+        if entity not in ("leads", "contacts", "companies", "tasks"):
+            raise ValueError(f"cannot batch-update {entity!r}")
+        data = self._write("PATCH", f"{API_PREFIX}{entity}", self._batch(items, MAX_BATCH))
+        return _embedded(data, entity)
 
     def update_lead(self, lead_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
         """``PATCH /api/v4/leads/{id}``; returns ``{id, updated_at, _links}``."""

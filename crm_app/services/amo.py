@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMBlocked
@@ -115,3 +115,39 @@ def record_api_failure(owner_id: int, exc: Exception) -> None:
         cfg.status = ConnectionStatus.ERROR
         cfg.last_error = "amoCRM заблокировал доступ по API (403). " + cfg.last_error
     db.session.commit()
+
+
+def record_api_success(owner_id: int, since: datetime) -> bool:
+    """A call started at `since` worked: clear a badge error recorded before it.
+
+    Only errors older than the successful call are cleared (a failure recorded meanwhile by a
+    concurrent call stays), and a red badge turns green again, because access evidently works.
+    True when something was cleared.
+    """
+    from crm_app.models import AmoToken
+
+    has_tokens = select(AmoToken.owner_id).where(AmoToken.owner_id == owner_id).exists()
+    result = db.session.execute(
+        update(AmoConfig)
+        .where(
+            AmoConfig.owner_id == owner_id,
+            AmoConfig.last_error.is_not(None),
+            (AmoConfig.last_error_at.is_(None)) | (AmoConfig.last_error_at <= since),
+            AmoConfig.status.in_((ConnectionStatus.CONNECTED, ConnectionStatus.ERROR)),
+            has_tokens,
+        )
+        .values(
+            last_error=None,
+            last_error_at=None,
+            status=case(
+                (AmoConfig.status == ConnectionStatus.ERROR, ConnectionStatus.CONNECTED),
+                else_=AmoConfig.status,
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    cleared = bool(result.rowcount)  # type: ignore[attr-defined]
+    if cleared:
+        logger.info("owner %s: amoCRM answered again; the old badge error is cleared", owner_id)
+    return cleared

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 09:46:48.386726
+Create Date: 2026-12-03 10:01:40.821382
 
 """
 

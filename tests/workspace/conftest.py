@@ -94,3 +94,34 @@ def owner(app, client, sandbox, make_user) -> Owner:  # type: ignore[no-untyped-
     owner_id = get_or_create_owner("acme").id
     connect_owner_to_sandbox(owner_id, sandbox)
     return Owner(app, client, sandbox, owner_id)
+
+
+@pytest.fixture
+def synced(owner: Owner) -> Owner:
+    """The owner with a full sync done (mirror and reference data filled)."""
+    from crm_app.services.sync import run_sync, start_sync
+
+    run = start_sync(owner.id, full=True, enqueue=False)
+    run_sync(run.id)
+    owner.server.clear_requests()
+    return owner
+
+
+@pytest.fixture
+def kicks(monkeypatch) -> list[tuple[int, float | None]]:  # type: ignore[no-untyped-def]
+    """Outbox drains the services ask for, recorded instead of sent to a broker."""
+    sent: list[tuple[int, float | None]] = []
+    monkeypatch.setattr(
+        "crm_app.services.workspace.outbox.kick",
+        lambda owner_id, countdown=None: sent.append((owner_id, countdown)),
+    )
+    return sent
+
+
+def fault(server: SandboxServer, **body: Any) -> None:
+    resp = requests.post(f"{server.url}/_sandbox/faults", json=body, timeout=5)
+    assert resp.status_code == 201, resp.text
+
+
+def heal(server: SandboxServer) -> None:
+    requests.delete(f"{server.url}/_sandbox/faults", timeout=5)

@@ -24,11 +24,13 @@ from crm_app.amocrm.errors import (
     AmoCRMRateLimited,
 )
 from crm_app.amocrm.throttle import pace_interval
+from crm_app.extensions import db
 from crm_app.models import RunStatus
 from crm_app.services.amo import (
     NotConfigured,
     client_for_owner,
     record_api_failure,
+    record_api_success,
     sync_retry_policy,
 )
 from crm_app.services.sync.checkpoint import Checkpoint, EntityProgress, Mode
@@ -46,9 +48,11 @@ from crm_app.services.sync.runs import (
     LeaseLost,
     RunLease,
     claim_run,
+    heartbeat_interval,
     read_cursor,
     run_connection,
     save_cursor,
+    utcnow,
     write_log,
 )
 from crm_app.services.sync.upsert import ENTITIES, entity_scope, entity_table, upsert_rows
@@ -490,6 +494,7 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
     Failures end the run with status ``error`` and a sync-log entry per entity; an amoCRM 403
     block also turns the owner's badge red. The checkpoint stays, so the next run resumes.
     """
+    began = utcnow()
     with run_connection() as conn:
         claimed = claim_run(conn, run_id)
         if claimed is None:
@@ -516,10 +521,15 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
         counter.attach(client)
         rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
         if rate > 0:
-            client.throttle = SpacedThrottle(client.throttle, pace_interval(rate))
+            client.throttle = SpacedThrottle(
+                client.throttle,
+                pace_interval(rate),
+                float(current_app.config.get("SYNC_LIMITER_MAX_WAIT", 300)),
+            )
         ctx = RunContext(conn, lease, row, client, counter, progress)
         try:
-            _execute(ctx)
+            with lease.kept_alive(db.engine, heartbeat_interval()):
+                _execute(ctx)
         except LeaseLost:
             logger.warning("sync run %s: lease lost, another worker continues it", run_id)
             return
@@ -528,8 +538,19 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
         except Exception as exc:
             logger.exception("sync run %s failed", run_id)
             _fail(ctx, exc, f"{type(exc).__name__}: {str(exc)[:300]}")
+        else:
+            _clear_badge(owner_id, began)
         finally:
             client.close()
+
+
+def _clear_badge(owner_id: int, began: datetime) -> None:
+    """A finished run proves amoCRM answers: an older error on the badge is stale."""
+    try:
+        record_api_success(owner_id, began)
+    except Exception:  # the run itself succeeded; the badge catches up on the next success
+        db.session.rollback()
+        logger.warning("could not clear the badge of owner %s", owner_id, exc_info=True)
 
 
 def _execute(ctx: RunContext) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Flask
 
 from crm_app.amocrm.client import AmoCRMClient, Page
+from crm_app.amocrm.errors import ThrottleUnavailable
 from crm_app.services.sync.mappers import NOTE_SCOPES, as_int
 
 logger = logging.getLogger(__name__)
@@ -38,14 +39,33 @@ class SpacedThrottle:
     Measuring from when each request really left the throttle keeps them spaced.
     """
 
-    def __init__(self, inner: Any, interval: float) -> None:
+    def __init__(self, inner: Any, interval: float, limiter_max_wait: float = 0.0) -> None:
         self.inner = inner
         self.interval = interval
+        self.limiter_max_wait = limiter_max_wait
         self._lock = threading.Lock()
         self._last: float | None = None
 
+    def _shared_slot(self, key: str) -> None:
+        """The shared throttle's slot; while its Redis is down, wait for it (up to a limit).
+
+        Going on unpaced could earn a 403 block, and failing would throw the run away for an
+        outage that usually lasts seconds; the run's heartbeat goes on meanwhile.
+        """
+        deadline = time.monotonic() + self.limiter_max_wait
+        delay = 0.5
+        while True:
+            try:
+                self.inner.acquire(key)
+                return
+            except ThrottleUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def acquire(self, key: str) -> None:
-        self.inner.acquire(key)
+        self._shared_slot(key)
         with self._lock:
             now = time.monotonic()
             if self._last is not None and now < self._last + self.interval:
