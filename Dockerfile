@@ -30,8 +30,8 @@ WORKDIR /app
 # Code stays owned by root, so the app user cannot modify what it runs.
 COPY . /app
 RUN python -m compileall -q /app/crm_app /app/workers /app/proxy \
-    && mkdir -p /app/instance /var/lib/crm-beat \
-    && chown app:app /app/instance /var/lib/crm-beat
+    && mkdir -p /app/instance/webhook-spool /var/lib/crm-beat \
+    && chown app:app /app/instance /app/instance/webhook-spool /var/lib/crm-beat
 USER 10001:10001
 EXPOSE 8000
 # Liveness of the web role; compose replaces it for worker and beat, which serve no HTTP.
