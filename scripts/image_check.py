@@ -49,10 +49,15 @@ DOCKERD_FLAGS = (
 APP_SERVICES = ("migrate", "web", "worker", "beat")
 HEALTHY_SERVICES = ("web", "worker", "beat")
 ADMIN_USER = "admin"
+WHEELS_PORT = int(os.environ.get("IMAGE_CHECK_WHEELS_PORT", "38717"))
 
 
 class StepFailed(Exception):
     """A step's own, readable reason for failing."""
+
+
+class GiveUp(StepFailed):
+    """Raised by a probe of `wait_for` when waiting longer cannot help."""
 
 
 class EngineUnavailable(StepFailed):
@@ -97,6 +102,8 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: floa
             result = probe()
             if result:
                 return result
+        except GiveUp:
+            raise
         except StepFailed as exc:
             last_error = str(exc)
         if time.monotonic() > deadline:
@@ -110,10 +117,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_directory(path: Path) -> ThreadingHTTPServer:
-    """Serve `path` on a free loopback port in a thread (the build's --network=host reaches it)."""
+def serve_directory(path: Path, port: int) -> ThreadingHTTPServer:
+    """Serve `path` on loopback in a thread (the build's --network=host reaches it).
+
+    A fixed port keeps the build argument, and so Docker's layer cache, the same between runs;
+    a free one is taken if it is busy.
+    """
     handler = functools.partial(QuietHandler, directory=str(path))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -213,7 +227,8 @@ class Check:
             log(f"  {'ok  ' if r.ok else 'FAIL'} {r.name:<26} {r.seconds:7.1f} s  {first[:90]}")
         total = sum(r.seconds for r in self.results)
         passed = sum(r.ok for r in self.results)
-        log(f"image-check: {passed} passed, {len(self.results) - passed} failed ({total:.0f} s)")
+        log(f"image-check took {total:.0f} s")
+        log(f"image-check: {passed} passed, {len(self.results) - passed} failed")
 
     # -- tools and engine --
 
@@ -260,14 +275,20 @@ class Check:
         logfile = self.args.cache / "dockerd.log"
         log(f"starting dockerd {' '.join(DOCKERD_FLAGS)} (log: {logfile})")
         with logfile.open("ab") as out:
-            subprocess.Popen(
+            daemon = subprocess.Popen(
                 ["dockerd", *DOCKERD_FLAGS],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+        def answering() -> bool:
+            if daemon.poll() is not None:
+                raise GiveUp(f"dockerd exited with {daemon.returncode}")
+            return self._engine_up()
+
         try:
-            wait_for("dockerd to answer", self._engine_up, timeout=60, interval=1)
+            wait_for("dockerd to answer", answering, timeout=60, interval=1)
         except StepFailed:
             tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-15:])
             raise EngineUnavailable(
@@ -377,19 +398,26 @@ class Check:
         before = {p.name for p in wheels.glob("*.whl")}
         if stamp.is_file():
             return f"{len(before)} wheels in {wheels} (complete for this requirements.txt)"
+        # In the python base itself: environment markers (python_full_version) must match.
+        script = (
+            "python -m venv /tmp/venv && /tmp/venv/bin/pip install --quiet --upgrade wheel && "
+            "/tmp/venv/bin/pip wheel --quiet --find-links /wheels --wheel-dir /wheels "
+            "--requirement /src/requirements.txt"
+        )
         run(
             [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--quiet",
-                "--find-links",
-                str(wheels),
-                "--wheel-dir",
-                str(wheels),
-                "--requirement",
-                str(ROOT / "requirements.txt"),
+                "docker",
+                "run",
+                "--rm",
+                "--network=host",
+                "--volume",
+                f"{wheels}:/wheels",
+                "--volume",
+                f"{ROOT / 'requirements.txt'}:/src/requirements.txt:ro",
+                self.images["python"],
+                "sh",
+                "-c",
+                script,
             ],
             timeout=900,
         )
@@ -403,7 +431,7 @@ class Check:
         if self.args.no_build:
             run(["docker", "image", "inspect", tag])
             return f"{tag} as it is (--no-build)"
-        server = serve_directory(self.args.cache / "wheels")
+        server = serve_directory(self.args.cache / "wheels", WHEELS_PORT)
         try:
             return self._build(tag, f"http://127.0.0.1:{server.server_address[1]}/")
         finally:
@@ -549,7 +577,7 @@ class Check:
             for service, health in current.items():
                 if health != ["healthy"]:
                     if any(h == "unhealthy" for h in health):
-                        raise StepFailed(f"{service} is unhealthy\n{self._logs(service)}")
+                        raise GiveUp(f"{service} is unhealthy\n{self._logs(service)}")
                     return False
             return True
 
@@ -667,7 +695,7 @@ class Check:
         def done() -> dict[str, Any] | None:
             body = self.poll_run(run_id)
             if body["status"] in {"error", "cancelled"}:
-                raise StepFailed(f"run {run_id} ended {body['status']}: {body.get('error')}")
+                raise GiveUp(f"run {run_id} ended {body['status']}: {body.get('error')}")
             return body if body["status"] == "success" else None
 
         return wait_for(f"sync run {run_id} to succeed", done, timeout=timeout, interval=2)
@@ -700,7 +728,7 @@ class Check:
         def midway() -> dict[str, Any] | None:
             body = self.poll_run(run_id)
             if body["status"] == "success":
-                raise StepFailed(f"run {run_id} finished before the worker could be restarted")
+                raise GiveUp(f"run {run_id} finished before the worker could be restarted")
             return body if body["status"] == "running" and body["pages"] >= 2 else None
 
         before = wait_for(f"run {run_id} to be under way", midway, timeout=120, interval=0.5)
