@@ -832,7 +832,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt",
         help="CA bundle pip uses inside the build (the machine's)",
     )
-    p.add_argument("--rate-limit", type=float, default=3, help="AMOCRM_RATE_LIMIT for the stack")
+    p.add_argument("--rate-limit", type=float, default=2, help="AMOCRM_RATE_LIMIT for the stack")
     p.add_argument("--no-install", action="store_true", help="never apt-get install the tools")
     p.add_argument("--no-start-dockerd", action="store_true", help="fail if no engine answers")
     p.add_argument("--no-build", action="store_true", help="use the app image already built")
