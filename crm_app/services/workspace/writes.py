@@ -398,3 +398,21 @@ def update_contact(
     return _write(
         owner_id, "contacts", contact_id, "update", payload, seen_updated_at, user_id, row
     )
+
+
+def contact_payload_update(
+    owner_id: int,
+    contact_id: int,
+    payload: dict[str, Any],
+    seen_updated_at: int | None,
+    *,
+    user_id: int | None = None,
+) -> Outcome:
+    """Send an amoCRM-shaped contact body again (a conflict re-applied on top of theirs)."""
+    row = _locked(Contact, owner_id, contact_id)
+    if row is None:
+        db.session.rollback()
+        return NotFound("contacts", contact_id)
+    return _write(
+        owner_id, "contacts", contact_id, "update", payload, seen_updated_at, user_id, row
+    )
