@@ -174,9 +174,9 @@ def _cards(owner_id: int, leads: list[Lead]) -> list[DealCard]:
             pipeline_id=lead.pipeline_id,
             status_id=lead.status_id,
             responsible_user_id=lead.responsible_user_id,
-            responsible_name=users.get(lead.responsible_user_id),
+            responsible_name=users.get(lead.responsible_user_id or 0),
             contact_id=lead.main_contact_id,
-            contact_name=contacts.get(lead.main_contact_id),
+            contact_name=contacts.get(lead.main_contact_id or 0),
             created_at=lead.created_at,
             updated_at=lead.updated_at,
             closed_at=lead.closed_at,
@@ -216,7 +216,11 @@ def _totals(owner_id: int, pipeline_id: int) -> dict[int, tuple[int, int]]:
         .where(Lead.owner_id == owner_id, Lead.pipeline_id == pipeline_id)
         .group_by(Lead.status_id)
     ).all()
-    return {int(s): (int(n), int(total)) for s, n, total in rows if s is not None}
+    totals: dict[int, tuple[int, int]] = {}
+    for status_id, count, total in rows:
+        if status_id is not None:
+            totals[int(status_id)] = (int(count), int(total or 0))
+    return totals
 
 
 def board_version(owner_id: int, pipeline_id: int) -> str:

@@ -55,7 +55,7 @@ def utcnow() -> datetime:
 def backoff(attempts: int, retry_after: float | None = None) -> float:
     """Seconds until the next try: short and capped, so a healed amoCRM is noticed quickly."""
     cap = float(current_app.config.get("WORKSPACE_OUTBOX_MAX_BACKOFF", 5.0))
-    delay = min(cap, 0.5 * 2 ** max(0, attempts - 1))
+    delay: float = min(cap, 0.5 * 2.0 ** max(0, attempts - 1))
     return max(delay, min(retry_after or 0.0, 60.0))
 
 
