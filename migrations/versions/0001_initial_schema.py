@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:01:40.821382
+Create Date: 2026-12-03 10:18:50.223851
 
 """
 
@@ -205,7 +205,9 @@ def upgrade():
             "ix_crm_leads_owner_updated", ["owner_id", "updated_at"], unique=False
         )
         batch_op.create_index(
-            "ix_crm_leads_status", ["owner_id", "pipeline_id", "status_id"], unique=False
+            "ix_crm_leads_status",
+            ["owner_id", "pipeline_id", "status_id", "updated_at", "id"],
+            unique=False,
         )
 
     op.create_table(
@@ -302,6 +304,12 @@ def upgrade():
         sa.PrimaryKeyConstraint("owner_id", "id"),
     )
     with op.batch_alter_table("crm_tasks", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_crm_tasks_due", ["owner_id", "is_completed", "complete_till"], unique=False
+        )
+        batch_op.create_index(
+            "ix_crm_tasks_entity", ["owner_id", "entity_type", "entity_id"], unique=False
+        )
         batch_op.create_index(
             "ix_crm_tasks_owner_updated", ["owner_id", "updated_at"], unique=False
         )
@@ -668,6 +676,8 @@ def downgrade():
     op.drop_table("crm_users")
     with op.batch_alter_table("crm_tasks", schema=None) as batch_op:
         batch_op.drop_index("ix_crm_tasks_owner_updated")
+        batch_op.drop_index("ix_crm_tasks_entity")
+        batch_op.drop_index("ix_crm_tasks_due")
 
     op.drop_table("crm_tasks")
     op.drop_table("crm_task_types")
