@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+from crm_app.sandbox.amojo import Channel, ChatHub
 from crm_app.sandbox.config import SandboxConfig
 from crm_app.sandbox.limits import Limiter
 from crm_app.sandbox.oauth import Integration, TokenStore
@@ -44,6 +45,15 @@ class Sandbox:
         self.log = RequestLog(self.config.request_log_size)
         self.search = SearchIndex()
         self.dispatcher = Dispatcher(self.config, lambda aid: self.account_by_id(aid).lock)
+        self.chats = ChatHub(self)
+        if self.config.chat_channel_id and self.config.chat_secret:
+            self.chats.register(
+                Channel(
+                    self.config.chat_channel_id,
+                    self.config.chat_secret,
+                    hook_url=self.config.chat_hook_url,
+                )
+            )
         self.faults: list[dict[str, Any]] = []
         self.faults_lock = threading.Lock()
         self.tokens.register(
