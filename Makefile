@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 SANDBOX_PORT ?= 8100
 
-.PHONY: run test bench lint fmt migrate clean
+.PHONY: run test typecheck bench lint fmt migrate clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## typecheck: mypy over the code and the tests (strict for crm_app/amocrm and crm_app/services)
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 ## bench: performance figures as a table (see README "Benchmarks")
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
@@ -38,4 +42,4 @@ migrate: $(STAMP)
 	$(BIN)/flask --app wsgi db upgrade
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .ruff_cache
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache

@@ -169,13 +169,13 @@ def make_formatter(log_format: str | None = None) -> logging.Formatter:
     return JsonFormatter() if chosen == "json" else KeyValueFormatter()
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at emit time (test runners swap it)."""
 
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -251,7 +251,7 @@ def _hook_celery(formatter: logging.Formatter) -> None:
     signals.after_setup_task_logger.connect(_after_setup, weak=False, dispatch_uid="crm-mask-task")
 
 
-class GunicornLogger(GunicornBaseLogger):  # type: ignore[misc]
+class GunicornLogger(GunicornBaseLogger):
     """gunicorn `logger_class` whose error and access logs pass through the mask."""
 
     def setup(self, cfg: Any) -> None:

@@ -152,7 +152,7 @@ def _schema(base_config: dict[str, object]) -> None:
         db.engine.dispose()
 
 
-def _isolated_client_class():  # type: ignore[no-untyped-def]
+def _isolated_client_class():
     from flask.testing import FlaskClient
 
     class _Isolated(FlaskClient):
@@ -163,7 +163,7 @@ def _isolated_client_class():  # type: ignore[no-untyped-def]
         would carry over from one request, or one client, to the next.
         """
 
-        def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def open(self, *args, **kwargs):
             with self.application.app_context():
                 return super().open(*args, **kwargs)
 
@@ -182,7 +182,7 @@ def _truncate_all() -> None:
 
 
 @pytest.fixture
-def app(base_config: dict[str, object], _schema: None):  # type: ignore[no-untyped-def]
+def app(base_config: dict[str, object], _schema: None):
     """The app on the session's PostgreSQL database, emptied before each test."""
     import redis
 
@@ -200,7 +200,7 @@ def app(base_config: dict[str, object], _schema: None):  # type: ignore[no-untyp
 
 
 @pytest.fixture(autouse=True)
-def _cheap_password_hashing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def _cheap_password_hashing(monkeypatch) -> None:
     """argon2id at production cost takes ~0.5 s a hash; tests that are not about hashing create
     and sign in many users, so they use the same algorithm at its lowest cost."""
     from argon2 import PasswordHasher
@@ -213,30 +213,30 @@ def _cheap_password_hashing(monkeypatch) -> None:  # type: ignore[no-untyped-def
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app):
     return app.test_client()
 
 
 @pytest.fixture
-def runner(app):  # type: ignore[no-untyped-def]
+def runner(app):
     return app.test_cli_runner()
 
 
 @pytest.fixture
-def make_user(app):  # type: ignore[no-untyped-def]
+def make_user(app):
     """make_user("alice", role="user", owner="acme") → User (password: 'password123')."""
     from crm_app.commands.users import create_user
 
     def _make(
         username: str, role: str = "admin", owner: str | None = None, password: str = "password123"
-    ):  # type: ignore[no-untyped-def]
+    ):
         return create_user(username, password, role, owner)
 
     return _make
 
 
 @pytest.fixture
-def login(client):  # type: ignore[no-untyped-def]
+def login(client):
     """login(username) signs the test client in through the real form (CSRF off in TESTING?)."""
 
     def _login(username: str, password: str = "password123") -> None:
@@ -250,7 +250,7 @@ def login(client):  # type: ignore[no-untyped-def]
     return _login
 
 
-def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+def _csrf(client) -> str:
     import re
 
     html = client.get("/login").get_data(as_text=True)
@@ -259,13 +259,13 @@ def _csrf(client) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def csrf_token(client):  # type: ignore[no-untyped-def]
+def csrf_token(client):
     """A valid CSRF token for the test client's session."""
     return lambda: _csrf(client)
 
 
 @pytest.fixture
-def auth_header(client):  # type: ignore[no-untyped-def]
+def auth_header(client):
     """auth_header(username) → {"Authorization": "Bearer <jwt>"} via POST /auth/token."""
 
     def _hdr(username: str, password: str = "password123") -> dict[str, str]:
@@ -279,7 +279,7 @@ def auth_header(client):  # type: ignore[no-untyped-def]
 sys.path.insert(0, str(ROOT))
 
 
-def app_env(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def app_env(app) -> dict[str, str]:
     """Environment that makes a child process (worker, gunicorn) build the same app as `app`."""
     cfg = app.config
     env = dict(os.environ)
@@ -301,11 +301,12 @@ def app_env(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def celery_worker(app, tmp_path):  # type: ignore[no-untyped-def]
+def celery_worker(app, tmp_path):
     """start_worker(name="w1", concurrency=2, env={...}) → a real `celery worker` subprocess.
 
     Uses the test session's Redis broker and queue; call after setting app.config (e.g.
-    AMOCRM_BASE_URL) so the worker builds the same app. All workers are stopped afterwards.
+    AMOCRM_BASE_URL) so the worker builds the same app. Besides the app's tasks the worker
+    knows the probes in `tests/worker_tasks.py`. All workers are stopped afterwards.
     """
     import subprocess
     import time
@@ -338,6 +339,8 @@ def celery_worker(app, tmp_path):  # type: ignore[no-untyped-def]
                 "INFO",
                 "--without-gossip",
                 "--without-mingle",
+                "--include",
+                "tests.worker_tasks",
                 "--logfile",
                 str(log),
             ],

@@ -14,7 +14,7 @@ MAX_CELERY_RETRIES = 8
 
 
 @shared_task(name="inbound.process", bind=True, max_retries=None)
-def process_request(self, request_id: int) -> str:  # type: ignore[no-untyped-def]
+def process_request(self, request_id: int) -> str:
     """Process one inbound request; transient failures come back with backoff."""
     from crm_app.services.inbound.processor import process
 

@@ -45,7 +45,7 @@ class User(UserMixin, db.Model):
     owner: Mapped[Owner] = relationship(lazy="joined")
 
     @property
-    def is_active(self) -> bool:  # type: ignore[override]
+    def is_active(self) -> bool:
         return self.is_active_flag
 
     @property

@@ -38,7 +38,7 @@ def _login_limit() -> str:
     return current_app.config["LOGIN_RATE_LIMIT"]
 
 
-def _failed(response) -> bool:  # type: ignore[no-untyped-def]
+def _failed(response) -> bool:
     return response.status_code == 401
 
 
@@ -51,7 +51,7 @@ def _authenticate(username: str, password: str) -> User | None:
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_login_limit, methods=["POST"], deduct_when=_failed)
 @limiter.limit(_login_limit, key_func=_username_key, methods=["POST"], deduct_when=_failed)
-def login():  # type: ignore[no-untyped-def]
+def login():
     error = None
     if request.method == "POST":
         user = _authenticate(request.form.get("username", ""), request.form.get("password", ""))
@@ -68,7 +68,7 @@ def login():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout():
     logout_user()
     return redirect(url_for("auth.login"))
 
@@ -84,7 +84,7 @@ def logout():  # type: ignore[no-untyped-def]
     security=[],
     operation_id="issue_token",
 )
-def token():  # type: ignore[no-untyped-def]
+def token():
     """Exchange a username and password for a short-lived JWT (send it as `Bearer`)."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):

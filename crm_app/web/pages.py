@@ -328,14 +328,14 @@ def _action_done(
 
 @bp.get("/admin/crm")
 @page_login_required
-def crm_page():  # type: ignore[no-untyped-def]
+def crm_page():
     ctx = owner_context()
     return _page(ctx)
 
 
 @bp.get("/admin/crm/ui/status")
 @page_login_required
-def status_badge():  # type: ignore[no-untyped-def]
+def status_badge():
     ctx = owner_context()
     if not _fragment_wanted():
         return _page(ctx)
@@ -344,7 +344,7 @@ def status_badge():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/ui/account")
 @page_login_required
-def account_card():  # type: ignore[no-untyped-def]
+def account_card():
     ctx = owner_context()
     if not _fragment_wanted():
         return _page(ctx)
@@ -353,7 +353,7 @@ def account_card():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/ui/stats")
 @page_login_required
-def stats_panel():  # type: ignore[no-untyped-def]
+def stats_panel():
     ctx = owner_context()
     vm = _stats_vm(ctx.owner_id, _int_or_none(request.args.get("pipeline_id")))
     if not _fragment_wanted():
@@ -363,7 +363,7 @@ def stats_panel():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/ui/log")
 @page_login_required
-def sync_log():  # type: ignore[no-untyped-def]
+def sync_log():
     ctx = owner_context()
     vm = _log_vm(ctx.owner_id, _int_or_none(request.args.get("page")) or 1)
     if not _fragment_wanted():
@@ -402,7 +402,7 @@ def _form_input() -> dict[str, Any]:
 
 @bp.route("/admin/crm/ui/settings", methods=["GET", "POST"])
 @page_login_required
-def settings():  # type: ignore[no-untyped-def]
+def settings():
     if request.method == "GET":
         ctx = owner_context()
         if not _fragment_wanted():
@@ -436,7 +436,7 @@ def settings():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/ui/settings/statuses")
 @page_login_required
-def status_options():  # type: ignore[no-untyped-def]
+def status_options():
     """The status <option>s of the chosen pipeline (the dropdown follows the pipeline)."""
     ctx = owner_context()
     if not _fragment_wanted():
@@ -456,7 +456,7 @@ def status_options():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/ui/connect")
 @page_login_required
-def connect_panel():  # type: ignore[no-untyped-def]
+def connect_panel():
     ctx = owner_context()
     if not _fragment_wanted():
         return _page(ctx)
@@ -465,7 +465,7 @@ def connect_panel():  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/crm/ui/auth-url")
 @page_login_required
-def auth_url():  # type: ignore[no-untyped-def]
+def auth_url():
     """ "Получить URL авторизации": a fresh consent URL behind the "Подключить amoCRM" button."""
     ctx = owner_context(write=True)
     try:
@@ -502,21 +502,21 @@ def _connect_action(field: str, run: Callable[[int, str], Any], ok_message: str)
 
 @bp.post("/admin/crm/ui/code")
 @page_login_required
-def connect_code():  # type: ignore[no-untyped-def]
+def connect_code():
     """A private integration's authorization code, pasted and exchanged at once."""
     return _connect_action("code", connection.connect_with_code, _("amoCRM подключён"))
 
 
 @bp.post("/admin/crm/ui/token")
 @page_login_required
-def connect_token():  # type: ignore[no-untyped-def]
+def connect_token():
     """A long-lived token, checked against the account and stored."""
     return _connect_action("token", connection.connect_with_long_lived_token, _("amoCRM подключён"))
 
 
 @bp.post("/admin/crm/ui/disconnect")
 @page_login_required
-def disconnect():  # type: ignore[no-untyped-def]
+def disconnect():
     ctx = owner_context(write=True)
     connection.disconnect(ctx.owner_id)
     return _action_done(ctx, _("amoCRM отключён"), EVT_CONNECTION)
@@ -524,7 +524,7 @@ def disconnect():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/callback")
 @page_login_required
-def oauth_callback():  # type: ignore[no-untyped-def]
+def oauth_callback():
     """amoCRM's redirect: state and referer are checked before any request leaves."""
     nonce = session.get(NONCE_KEY)
     try:
@@ -541,7 +541,7 @@ def oauth_callback():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/callback/done")
 @page_login_required
-def oauth_done():  # type: ignore[no-untyped-def]
+def oauth_done():
     return _callback_page(ok=True, reason=None, status=200)
 
 
@@ -559,7 +559,7 @@ def _callback_page(ok: bool, reason: str | None, status: int) -> Response:
 
 @bp.get("/webhooks/amocrm/disconnect")
 @csrf.exempt
-def disconnect_hook():  # type: ignore[no-untyped-def]
+def disconnect_hook():
     """GET with client_uuid, account_id and an HMAC-SHA256 signature keyed by the client secret."""
     args = request.args
     if not all(args.get(k) for k in ("client_uuid", "account_id", "signature")):

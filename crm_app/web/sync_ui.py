@@ -108,7 +108,7 @@ def _to_page(view: OwnerContext) -> Response:
 
 @bp.get("/admin/crm/ui/sync")
 @page_login_required
-def sync_card():  # type: ignore[no-untyped-def]
+def sync_card():
     """The card (HTMX); a plain browser request goes to the page that embeds it."""
     view = owner_context()
     if not _fragment_wanted():
@@ -118,7 +118,7 @@ def sync_card():  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/crm/ui/sync")
 @page_login_required
-def start():  # type: ignore[no-untyped-def]
+def start():
     """Синхронизировать / Полная синхронизация: queue a run and show its progress."""
     view = owner_context()
     require_write(view.actor)  # guests: 403
@@ -148,7 +148,7 @@ def start():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/ui/sync/runs/<int:run_id>")
 @page_login_required
-def run_status(run_id: int):  # type: ignore[no-untyped-def]
+def run_status(run_id: int):
     """The progress fragment polled every 2 s; the final one stops polling (286)."""
     view = owner_context()
     run = db.session.get(SyncRun, run_id, populate_existing=True)

@@ -87,11 +87,11 @@ def expected_status(actor: str, ownership: str, case: Case) -> int:
     return case.ok
 
 
-def test_every_api_route_is_in_the_matrix(app) -> None:  # type: ignore[no-untyped-def]
+def test_every_api_route_is_in_the_matrix(app) -> None:
     assert api_routes(app) == set(CASES), "add the new route to CASES with its expectations"
 
 
-def _check(client, world: World, route: tuple[str, str], actor: str, ownership: str) -> str | None:  # type: ignore[no-untyped-def]
+def _check(client, world: World, route: tuple[str, str], actor: str, ownership: str) -> str | None:
     """Call the route as this actor on this owner; a description of what went wrong, or None."""
     method, rule = route
     case = CASES[route]
@@ -121,7 +121,7 @@ def _check(client, world: World, route: tuple[str, str], actor: str, ownership: 
 
 
 @pytest.mark.parametrize("route", sorted(CASES), ids=lambda r: f"{r[0]} {r[1]}")
-def test_access_matrix(client, world: World, route: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_access_matrix(client, world: World, route: tuple[str, str]) -> None:
     """All eight (actor × ownership) cells of one route; every mismatch is reported."""
     failures = {}
     for actor, ownership in itertools.product(ACTORS, OWNERSHIP):
@@ -131,14 +131,14 @@ def test_access_matrix(client, world: World, route: tuple[str, str]) -> None:  #
     assert not failures, failures
 
 
-def test_user_cannot_read_another_owners_run_by_id(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_user_cannot_read_another_owners_run_by_id(client, world: World) -> None:
     for role in ("user", "guest", "admin"):
         resp = client.get(f"/admin/crm/sync/runs/{world.other_run_id}", headers=world.header(role))
         # Without ?owner_id= even an admin acts on their own owner, where the run is unknown.
         assert resp.status_code == 404, role
 
 
-def test_owner_id_that_does_not_exist_or_is_malformed(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_owner_id_that_does_not_exist_or_is_malformed(client, world: World) -> None:
     admin = world.header("admin")
     assert client.get("/admin/crm/contacts?owner_id=999999", headers=admin).status_code == 404
     assert client.get(f"/admin/crm/contacts?owner_id={2**40}", headers=admin).status_code == 404

@@ -39,7 +39,7 @@ def _per_request_context(app: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def sandbox_url(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def sandbox_url(app) -> Iterator[str]:
     """amoCRM calls (code exchange, long-lived token probe) go to a local sandbox."""
     from crm_app.sandbox import SandboxServer
 
@@ -60,7 +60,7 @@ def _operations() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def api_schema(app, world: World, sandbox_url: str):  # type: ignore[no-untyped-def]
+def api_schema(app, world: World, sandbox_url: str):
     config = SchemathesisConfig.from_dict(
         {
             "headers": {"Authorization": f"Bearer {world.tokens['admin']}"},
@@ -72,7 +72,7 @@ def api_schema(app, world: World, sandbox_url: str):  # type: ignore[no-untyped-
     )
 
 
-def test_every_documented_operation_is_fuzzed(api_schema) -> None:  # type: ignore[no-untyped-def]
+def test_every_documented_operation_is_fuzzed(api_schema) -> None:
     documented = set()
     for result in api_schema.get_all_operations():
         op = result.ok()
@@ -91,7 +91,7 @@ CHECKS = [
 
 
 @pytest.mark.parametrize("operation", _operations(), ids=lambda o: f"{o[0]} {o[1]}")
-def test_operation_conforms_to_the_document(api_schema, operation) -> None:  # type: ignore[no-untyped-def]
+def test_operation_conforms_to_the_document(api_schema, operation) -> None:
     method, path = operation
     op = api_schema[path][method]
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -105,7 +105,7 @@ def test_operation_conforms_to_the_document(api_schema, operation) -> None:  # t
             phases=[Phase.explicit, Phase.generate],
         )
         @given(case=op.as_strategy(generation_mode=mode))
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case) -> None:
             case.call_and_validate(checks=CHECKS)
 
         run()

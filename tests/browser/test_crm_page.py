@@ -20,12 +20,12 @@ SHOTS = (
 pytestmark = pytest.mark.browser
 
 
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+def _shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def test_crm_page_connect_flow(app, live_app, browser, make_user, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_crm_page_connect_flow(app, live_app, browser, make_user, celery_worker) -> None:
     make_user("admin", role="admin", owner="acme")
     sandbox = live_app.sandbox
     has_sync_panel = "sync_ui.start" in app.view_functions
@@ -142,7 +142,7 @@ def test_crm_page_connect_flow(app, live_app, browser, make_user, celery_worker)
     assert not own, "\n".join(own)
 
 
-def _sync(page) -> None:  # type: ignore[no-untyped-def]
+def _sync(page) -> None:
     """Синхронизировать (the sync area's panel); our statistics, funnel and log follow."""
     button = page.locator("#sync-panel button", has_text="Синхронизировать").first
     button.wait_for()

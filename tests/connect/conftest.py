@@ -14,7 +14,7 @@ CALLBACK = "/admin/crm/callback"
 
 
 @pytest.fixture
-def sandbox(app) -> Iterator[SandboxServer]:  # type: ignore[no-untyped-def]
+def sandbox(app) -> Iterator[SandboxServer]:
     """A sandbox amoCRM on a free port; the app sends every amoCRM request there.
 
     The sandbox's integration is registered with the app's own Redirect URI, as an admin would
@@ -45,17 +45,17 @@ def token_requests(server: SandboxServer) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def owner(make_user):  # type: ignore[no-untyped-def]
+def owner(make_user):
     """An owner "acme" with an admin of its own; returns the admin user."""
     return make_user("alice", role="admin", owner="acme")
 
 
 @pytest.fixture
-def configure(app, sandbox):  # type: ignore[no-untyped-def]
+def configure(app, sandbox):
     """configure(owner_id) saves settings that match the sandbox's integration."""
     from crm_app.services import connection
 
-    def _configure(owner_id: int, **extra: Any):  # type: ignore[no-untyped-def]
+    def _configure(owner_id: int, **extra: Any):
         cfg = sandbox.config
         data = {
             "subdomain": cfg.subdomain,
@@ -70,11 +70,11 @@ def configure(app, sandbox):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def connected(configure, sandbox):  # type: ignore[no-untyped-def]
+def connected(configure, sandbox):
     """connected(owner_id) connects the owner with a fresh private-integration code."""
     from crm_app.services import connection
 
-    def _connect(owner_id: int):  # type: ignore[no-untyped-def]
+    def _connect(owner_id: int):
         configure(owner_id)
         return connection.connect_with_code(owner_id, sandbox.auth_code())
 
@@ -82,7 +82,7 @@ def connected(configure, sandbox):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def page_csrf(client) -> Callable[[], str]:  # type: ignore[no-untyped-def]
+def page_csrf(client) -> Callable[[], str]:
     """The CSRF token the CRM page puts in <body hx-headers> for the signed-in client."""
 
     def _token() -> str:

@@ -73,7 +73,7 @@ def _pages(ctx: dict[str, int]) -> list[tuple[str, str, dict[str, str]]]:
 
 def test_no_secret_in_html_or_logs(
     app, client, owner, login, make_user, sandbox, caplog, capfd
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     caplog.set_level(logging.DEBUG)
     owner_id = owner.owner_id
     sandbox.register_integration(
@@ -194,6 +194,6 @@ def test_no_secret_in_html_or_logs(
     assert CANARY not in logs
 
 
-def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+def _csrf(client) -> str:
     html = client.get("/admin/crm").get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)

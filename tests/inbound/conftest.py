@@ -30,7 +30,7 @@ def sandbox() -> Iterator[SandboxServer]:
     server.stop()
 
 
-def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values: Any) -> int:  # type: ignore[no-untyped-def]
+def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values: Any) -> int:
     """An admin user + owner connected to the sandbox, Auto Create Lead on in its first stage."""
     from crm_app.services.sandbox_link import connect_owner_to_sandbox
 
@@ -46,7 +46,7 @@ def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values
 
 
 @pytest.fixture
-def connected(app, make_user):  # type: ignore[no-untyped-def]
+def connected(app, make_user):
     """connected(server, name="acme", **AmoConfig values) → owner id."""
 
     def _connect(server: SandboxServer, name: str = "acme", **cfg_values: Any) -> int:
@@ -56,12 +56,12 @@ def connected(app, make_user):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def owner(sandbox, connected) -> int:  # type: ignore[no-untyped-def]
+def owner(sandbox, connected) -> int:
     return connected(sandbox)
 
 
 @pytest.fixture
-def api_key(owner) -> str:  # type: ignore[no-untyped-def]
+def api_key(owner) -> str:
     from crm_app.services.inbound import create_api_key
 
     plain, _row = create_api_key(owner, "test widget")
@@ -69,7 +69,7 @@ def api_key(owner) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def worker(app, celery_worker) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+def worker(app, celery_worker) -> Callable[..., Any]:
     """worker(concurrency=4) starts a real Celery worker with short inbound backoffs."""
 
     def start(concurrency: int = 4, name: str = "inbound") -> Any:
@@ -156,7 +156,7 @@ def contact_cf(server: SandboxServer, contact_id: int) -> dict[str, list[Any]]:
     return out
 
 
-def post_inbound(client, key: str, body: dict[str, Any], **headers: str):  # type: ignore[no-untyped-def]
+def post_inbound(client, key: str, body: dict[str, Any], **headers: str):
     return client.post(
         "/api/crm/inbound", json=body, headers={"Authorization": f"Bearer {key}", **headers}
     )

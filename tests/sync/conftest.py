@@ -33,12 +33,12 @@ def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
 
 
 @pytest.fixture
-def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
+def sandbox(make_sandbox) -> SandboxServer:
     """A small seeded account (60 contacts, 40 leads, 30 tasks), 7 rps like amoCRM."""
     return make_sandbox(contacts=60, leads=40, tasks=30)
 
 
-def connect_owner(  # type: ignore[no-untyped-def]
+def connect_owner(
     app,
     make_user,
     server: SandboxServer,
@@ -55,7 +55,7 @@ def connect_owner(  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def connected(app, make_user):  # type: ignore[no-untyped-def]
+def connected(app, make_user):
     """connected(server, name="acme", account=None) → owner id connected to that account."""
 
     def _connect(
@@ -97,7 +97,7 @@ def wait_run(run_id: int, timeout: float = 60.0) -> SyncRun:
 
 
 @pytest.fixture(autouse=True)
-def _sync_settings(app):  # type: ignore[no-untyped-def]
+def _sync_settings(app):
     # A 429 from the sandbox carries Kommo's retry_after of 300 s; tests wait at most 2 s.
     app.config["SYNC_RATE_LIMIT_MAX_WAIT"] = 2.0
     yield

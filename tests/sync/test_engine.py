@@ -23,18 +23,18 @@ from crm_app.services.sync import run_sync, start_sync
 from tests.sync.conftest import mirror_count, sandbox_items
 
 
-def _run(owner_id: int, **kwargs) -> SyncRun:  # type: ignore[no-untyped-def]
+def _run(owner_id: int, **kwargs) -> SyncRun:
     run = start_sync(owner_id, enqueue=False, trigger="cli", **kwargs)
     run_sync(run.id)
     db.session.expire_all()
     return db.session.get(SyncRun, run.id)
 
 
-def _api_requests(server, path: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def _api_requests(server, path: str) -> list[dict]:
     return [r for r in server.requests_log() if r["path"].startswith(path)]
 
 
-def assert_mirror_equals_sandbox(server, owner_id: int) -> None:  # type: ignore[no-untyped-def]
+def assert_mirror_equals_sandbox(server, owner_id: int) -> None:
     contacts = {c["id"]: c for c in sandbox_items(server, "contacts")}
     rows = {
         r.id: r for r in db.session.scalars(select(Contact).where(Contact.owner_id == owner_id))
@@ -146,17 +146,17 @@ def test_second_full_sync_is_idempotent(app, sandbox, connected):
     assert_mirror_equals_sandbox(sandbox, owner_id)
 
 
-def _patch(server, kind: str, rid: int, body: dict) -> dict:  # type: ignore[no-untyped-def]
+def _patch(server, kind: str, rid: int, body: dict) -> dict:
     resp = requests.patch(f"{server.url}/_sandbox/{kind}/{rid}", json=body, timeout=5)
     assert resp.status_code == 200, resp.text
     return resp.json()
 
 
-def _first_ids(server, kind: str, n: int) -> list[int]:  # type: ignore[no-untyped-def]
+def _first_ids(server, kind: str, n: int) -> list[int]:
     return sorted(server.account.tables[kind].records)[:n]
 
 
-def _edit_some(server) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+def _edit_some(server) -> dict[str, list[int]]:
     contacts = _first_ids(server, "contacts", 3)
     for n, cid in enumerate(contacts):
         _patch(server, "contacts", cid, {"name": f"Изменён {n}"})

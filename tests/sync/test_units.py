@@ -60,7 +60,7 @@ def test_fast_phone_path_agrees_with_the_parser():
         assert fast_normalize_phone(raw) == normalize_phone(raw), raw
 
 
-def _field(code, values, name=None, fid=1):  # type: ignore[no-untyped-def]
+def _field(code, values, name=None, fid=1):
     return {
         "field_id": fid,
         "field_name": name or code,
@@ -106,7 +106,7 @@ def _contact(cid: int, name: str, updated: int) -> dict:
     return {"id": cid, "name": name, "updated_at": updated, "created_at": 1}
 
 
-def _owner(make_user) -> int:  # type: ignore[no-untyped-def]
+def _owner(make_user) -> int:
     return make_user("uadmin", role="admin", owner="o1").owner_id
 
 
@@ -173,7 +173,7 @@ class _FakeTasksClient:
         self.items = [{"id": i + 1, "updated_at": s} for i, s in enumerate(stamps)]
         self.calls: list[int] = []
 
-    def get_tasks(self, limit, page, filter_=None, order=None):  # type: ignore[no-untyped-def]
+    def get_tasks(self, limit, page, filter_=None, order=None):
         self.calls.append(page)
         chunk = self.items[(page - 1) * limit : page * limit]
         more = page * limit < len(self.items)
@@ -316,7 +316,7 @@ class _SlowContacts:
         self.active = self.peak = 0
         self.lock = threading.Lock()
 
-    def get_contacts(self, limit, page, filter_=None, order=None):  # type: ignore[no-untyped-def]
+    def get_contacts(self, limit, page, filter_=None, order=None):
         import time
 
         with self.lock:

@@ -96,13 +96,13 @@ def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
 
 
 @pytest.fixture
-def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
+def sandbox(make_sandbox) -> SandboxServer:
     return make_sandbox()
 
 
 def connect_owner(
     app, server: SandboxServer, name: str = "acme", user_id: int | None = None
-) -> int:  # type: ignore[no-untyped-def]
+) -> int:
     """Owner + AmoConfig matching the sandbox + tokens from a real code exchange.
 
     Users are left to the tests that sign in (`make_user(..., owner=name)`): hashing a password
@@ -146,7 +146,7 @@ def connect_owner(
 class Owner:
     """The connected owner plus helpers tests keep needing."""
 
-    def __init__(self, app, client, server: SandboxServer, owner_id: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, client, server: SandboxServer, owner_id: int) -> None:
         from crm_app.services.webhooks import ensure_webhook_token
 
         self.app = app
@@ -187,7 +187,7 @@ class Owner:
 
 
 @pytest.fixture
-def owner(app, client, sandbox) -> Owner:  # type: ignore[no-untyped-def]
+def owner(app, client, sandbox) -> Owner:
     return Owner(app, client, sandbox, connect_owner(app, sandbox))
 
 
@@ -245,7 +245,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def serve_app(app) -> Iterator[Callable[[], str]]:  # type: ignore[no-untyped-def]
+def serve_app(app) -> Iterator[Callable[[], str]]:
     """serve_app() → base URL of `app` on a threaded werkzeug server (PUBLIC_URL set to it)."""
     from werkzeug.serving import make_server
 
@@ -267,7 +267,7 @@ def serve_app(app) -> Iterator[Callable[[], str]]:  # type: ignore[no-untyped-de
 
 
 @pytest.fixture
-def gunicorn_app(app, tmp_path) -> Iterator[Callable[..., str]]:  # type: ignore[no-untyped-def]
+def gunicorn_app(app, tmp_path) -> Iterator[Callable[..., str]]:
     """gunicorn_app(env={...}) → base URL of a real gunicorn serving wsgi:app like production."""
     from tests.conftest import app_env
 
@@ -363,7 +363,7 @@ class PrivateRedis:
 
 
 @pytest.fixture
-def private_redis(tmp_path) -> Iterator[PrivateRedis]:  # type: ignore[no-untyped-def]
+def private_redis(tmp_path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
     server.start()
     yield server

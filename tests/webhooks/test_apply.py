@@ -361,7 +361,7 @@ def test_amocrm_failure_keeps_deliveries_pending_then_they_apply(owner: Owner) -
     _assert_lead_matches(owner, lead_id)
 
 
-def test_gives_up_after_max_attempts(owner: Owner, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_gives_up_after_max_attempts(owner: Owner, monkeypatch) -> None:
     from crm_app.services.webhooks import apply
 
     monkeypatch.setattr(apply, "MAX_ATTEMPTS", 2)

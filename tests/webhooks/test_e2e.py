@@ -13,11 +13,11 @@ from tests.webhooks.conftest import Owner, count, mirror, pending, wait_until
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 
-def _follows(owner: Owner, entity: str, entity_id: int, check) -> bool:  # type: ignore[no-untyped-def]
+def _follows(owner: Owner, entity: str, entity_id: int, check) -> bool:
     return bool(wait_until(lambda: check(mirror(owner.id, entity, entity_id)), timeout=20))
 
 
-def test_sandbox_manager_edits_reach_the_mirror(owner: Owner, serve_app, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_sandbox_manager_edits_reach_the_mirror(owner: Owner, serve_app, celery_worker) -> None:
     base = serve_app()
     state = subscribe(owner.id)
     assert state["subscribed"], state

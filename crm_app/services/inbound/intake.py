@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
 from crm_app.models import InboundPerson, InboundRequest, InboundStatus
+from crm_app.services import queue
 from crm_app.services.inbound.schema import InboundPayload, parse_payload
 
 logger = logging.getLogger(__name__)
@@ -146,16 +146,8 @@ def submit(
 
 def enqueue(request_id: int) -> bool:
     """Send ``inbound.process``; a broker outage leaves the row for the beat to pick up."""
-    celery = current_app.extensions.get("celery")
-    if celery is None:
-        return False
     try:
-        if celery.conf.task_always_eager:
-            from workers.inbound import process_request
-
-            process_request.apply(args=[request_id])
-        else:
-            celery.send_task(PROCESS_TASK, args=[request_id])
+        queue.enqueue(PROCESS_TASK, request_id)
     except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later
         logger.warning("could not enqueue inbound request %s: %s", request_id, type(exc).__name__)
         return False

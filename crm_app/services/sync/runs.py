@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
 from crm_app.models import AmoConfig, RunStatus, SyncCursor, SyncLog, SyncRun
+from crm_app.services import queue
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.sync.upsert import ENTITIES
 
@@ -190,9 +191,8 @@ def _create_or_find(
 
 
 def _enqueue(run: SyncRun) -> None:
-    celery = current_app.extensions["celery"]
     try:
-        celery.send_task("sync.run", args=[run.id])
+        queue.enqueue("sync.run", run.id)
     except Exception as exc:
         logger.error("could not enqueue sync run %s: %s", run.id, type(exc).__name__)
         fail_unclaimed(run.id, "Очередь задач недоступна: синхронизация не запущена")
