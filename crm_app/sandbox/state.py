@@ -15,6 +15,7 @@ from crm_app.sandbox.reqlog import RequestLog
 from crm_app.sandbox.seed import build_accounts
 from crm_app.sandbox.sender import Dispatcher
 from crm_app.sandbox.store import Account
+from crm_app.sandbox.telegram import TelegramFake
 from crm_app.sandbox.webhooks import Event, ItemBuilder, build_body, encode
 
 
@@ -46,6 +47,7 @@ class Sandbox:
         self.search = SearchIndex()
         self.dispatcher = Dispatcher(self.config, lambda aid: self.account_by_id(aid).lock)
         self.chats = ChatHub(self)
+        self.telegram = TelegramFake()
         if self.config.chat_channel_id and self.config.chat_secret:
             self.chats.register(
                 Channel(
