@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex, SupportsInt
 
 import requests
 
@@ -162,10 +162,10 @@ def _entity_path(entity: str) -> str:
 
 def _entity_id(value: object) -> int:
     # Ids go into URL paths: only positive integers, so nothing like "1/../webhooks" slips in.
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | SupportsInt | SupportsIndex):
         raise ValueError("entity id must be a positive integer")
     try:
-        number = int(value)  # type: ignore[call-overload]
+        number = int(value)
     except (TypeError, ValueError) as exc:
         raise ValueError("entity id must be a positive integer") from exc
     if number <= 0 or str(number) != str(value).strip():
@@ -201,8 +201,10 @@ def _retry_after(response: requests.Response, problem: Mapping[str, Any] | None)
     candidates = [problem.get("retry_after") if problem else None]
     candidates.append(response.headers.get("Retry-After"))
     for value in candidates:
+        if value is None:
+            continue
         try:
-            seconds = float(value)  # type: ignore[arg-type]
+            seconds = float(value)
         except (TypeError, ValueError):
             continue
         if seconds >= 0:
@@ -646,7 +648,9 @@ class AmoCRMClient:
         """One task, or None on 204."""
         return self._get_one("tasks", task_id, None)
 
-    def search_contacts(self, query: str, *, limit: int = 250, max_pages: int = 4) -> list[dict]:
+    def search_contacts(
+        self, query: str, *, limit: int = 250, max_pages: int = 4
+    ) -> list[dict[str, Any]]:
         """Contacts whose fields contain ``query`` (amoCRM's fuzzy search); ``[]`` on 204.
 
         Results are only candidates: amoCRM matches substrings across all fields.
@@ -662,7 +666,9 @@ class AmoCRMClient:
                 break
         return found
 
-    def find_contacts_by_phone(self, phone: str, default_region: str = "RU") -> list[dict]:
+    def find_contacts_by_phone(
+        self, phone: str, default_region: str = "RU"
+    ) -> list[dict[str, Any]]:
         """Contacts with a PHONE value equal to ``phone`` after E.164 normalisation."""
         wanted = normalize_phone(phone, default_region)
         query = phone_search_query(phone, default_region)

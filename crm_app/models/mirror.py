@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import JSONType, UTCDateTime, utcnow
 
 
@@ -27,7 +27,7 @@ class _Mirrored:
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Contact(_Mirrored, db.Model):
+class Contact(_Mirrored, Model):
     __tablename__ = "crm_contacts"
     __table_args__ = (
         Index("ix_crm_contacts_telegram", "owner_id", "telegram_id"),
@@ -49,7 +49,7 @@ class Contact(_Mirrored, db.Model):
     custom_fields_values: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
 
 
-class Lead(_Mirrored, db.Model):
+class Lead(_Mirrored, Model):
     __tablename__ = "crm_leads"
     __table_args__ = (
         Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id"),
@@ -67,7 +67,7 @@ class Lead(_Mirrored, db.Model):
     custom_fields_values: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
 
 
-class Task(_Mirrored, db.Model):
+class Task(_Mirrored, Model):
     __tablename__ = "crm_tasks"
     __table_args__ = (Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),)
 
@@ -81,7 +81,7 @@ class Task(_Mirrored, db.Model):
     result_text: Mapped[str | None] = mapped_column(Text)
 
 
-class Pipeline(db.Model):
+class Pipeline(Model):
     __tablename__ = "crm_pipelines"
 
     owner_id: Mapped[int] = mapped_column(
@@ -95,7 +95,7 @@ class Pipeline(db.Model):
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class PipelineStatus(db.Model):
+class PipelineStatus(Model):
     """Statuses 142/143 share ids across pipelines, hence the pipeline in the key."""
 
     __tablename__ = "crm_statuses"
@@ -111,7 +111,7 @@ class PipelineStatus(db.Model):
     type: Mapped[int] = mapped_column(default=0)
 
 
-class AmoUser(db.Model):
+class AmoUser(Model):
     __tablename__ = "crm_users"
 
     owner_id: Mapped[int] = mapped_column(

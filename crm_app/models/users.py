@@ -9,7 +9,7 @@ from flask_login import UserMixin
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import UTCDateTime, utcnow
 
 
@@ -19,7 +19,7 @@ class Role(enum.StrEnum):
     GUEST = "guest"
 
 
-class Owner(db.Model):
+class Owner(Model):
     """A tenant: one bot/widget owner with its own amoCRM integration."""
 
     __tablename__ = "owners"
@@ -29,7 +29,7 @@ class Owner(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class User(UserMixin, db.Model):
+class User(UserMixin, Model):
     """A person who signs in to the admin UI or the JSON API."""
 
     __tablename__ = "users"
@@ -57,7 +57,7 @@ class User(UserMixin, db.Model):
         return self.role in (Role.ADMIN.value, Role.USER.value)
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     """A widget-backend/bot key: stored as a SHA-256 hash, shown once at creation."""
 
     __tablename__ = "api_keys"

@@ -7,6 +7,8 @@ import logging
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 
+from crm_app.web.respond import is_htmx
+
 logger = logging.getLogger(__name__)
 
 _MACHINE_PREFIXES = ("/api/", "/webhooks/", "/auth/token", "/admin/crm/", "/healthz", "/readyz")
@@ -15,7 +17,7 @@ _HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
 
 def wants_json() -> bool:
     path = request.path
-    if path.startswith(_HTML_PREFIXES) or request.headers.get("HX-Request"):
+    if path.startswith(_HTML_PREFIXES) or is_htmx():
         return False
     if path.startswith(_MACHINE_PREFIXES):
         return True
