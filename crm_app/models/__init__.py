@@ -1,5 +1,6 @@
 """All models, imported here so Alembic and create_all see every table."""
 
+from crm_app.models.chats import ChatChannel, ChatMessage, Conversation
 from crm_app.models.inbound import InboundPerson, InboundRequest, InboundStatus
 from crm_app.models.integration import AmoConfig, AmoToken, ConnectionStatus, OAuthState
 from crm_app.models.mirror import AmoUser, Contact, Lead, Pipeline, PipelineStatus, Task
@@ -11,9 +12,12 @@ __all__ = [
     "AmoConfig",
     "AmoToken",
     "AmoUser",
+    "ChatChannel",
+    "ChatMessage",
     "ApiKey",
     "ConnectionStatus",
     "Contact",
+    "Conversation",
     "InboundPerson",
     "InboundRequest",
     "InboundStatus",
