@@ -90,6 +90,11 @@ class SandboxConfig:
     # documents none, so it is configurable.
     chat_unsorted_setting: str = "add_lead"
     # Server.
+    # Workspace writes (UNCONFIRMED points, defaults documented in docs/sandbox.md).
+    loss_reasons_api: bool = True  # GET /api/v4/leads/loss_reasons (Kommo-documented)
+    loss_reason_only_lost: bool = False  # refuse loss_reason_id unless the lead is lost (143)
+    note_update_webhook: bool = True  # a PATCHed note fires note_* like an added one
+
     request_log_size: int = 100_000
     quiet: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
