@@ -104,9 +104,7 @@ class ChatMessage(Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
-    conversation_id: Mapped[int] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
-    )
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     direction: Mapped[str] = mapped_column(String(3))  # in (from the person) | out (to them)
     author: Mapped[str] = mapped_column(String(16))  # person | manager | operator
     author_name: Mapped[str] = mapped_column(String(255), default="")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:03:42.241261
+Create Date: 2026-12-03 10:09:11.996040
 
 """
 
