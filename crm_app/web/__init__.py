@@ -6,6 +6,7 @@ from crm_app.web.auth import bp as auth_bp
 from crm_app.web.chats_hook import bp as chats_hook_bp
 from crm_app.web.health import bp as health_bp
 from crm_app.web.inbound import bp as inbound_bp
+from crm_app.web.inbox import bp as inbox_bp
 from crm_app.web.pages import bp as pages_bp
 from crm_app.web.sync_ui import bp as sync_ui_bp
 from crm_app.web.webhooks import bp as webhooks_bp
@@ -19,4 +20,5 @@ BLUEPRINTS = [
     webhooks_bp,
     inbound_bp,
     chats_hook_bp,
+    inbox_bp,
 ]
