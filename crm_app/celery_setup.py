@@ -14,6 +14,7 @@ TASK_MODULES = [
     "workers.webhooks",
     "workers.inbound",
     "workers.workspace",
+    "workers.chats",
 ]
 
 
