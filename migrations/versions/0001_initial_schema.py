@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:19:06.069745
+Create Date: 2026-12-03 10:21:52.684854
 
 """
 
@@ -528,6 +528,7 @@ def upgrade():
         sa.Column("source_key", sa.String(length=128), nullable=True),
         sa.Column("telegram_message_id", sa.BigInteger(), nullable=True),
         sa.Column("to_amo", sa.String(length=10), nullable=False),
+        sa.Column("amo_tried", sa.Boolean(), nullable=False),
         sa.Column("to_person", sa.String(length=10), nullable=False),
         sa.Column("status_reported", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),

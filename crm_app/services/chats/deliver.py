@@ -179,8 +179,10 @@ def _to_amo(ch: ChatChannel, conv: Conversation, msg: ChatMessage) -> None:
     scope = str(ch.scope_id)
     if conv.amojo_chat_id is None:
         _open_chat(ch, client, conv, msg)
-    if msg.attempts and _already_there(client, scope, conv, msg):
+    if msg.amo_tried and _already_there(client, scope, conv, msg):
         return
+    msg.amo_tried = True
+    db.session.commit()
     person = {"id": _person_user_id(conv), "name": conv.name or conv.external_id}
     if _profile(conv):
         person["profile"] = _profile(conv)  # type: ignore[assignment]
@@ -212,6 +214,8 @@ def _to_amo(ch: ChatChannel, conv: Conversation, msg: ChatMessage) -> None:
     except ChatsAPIError as exc:
         if exc.retryable:
             raise _retry_from(exc, msg.attempts) from None
+        if _already_there(client, scope, conv, msg):
+            return  # refused as a double of a try whose answer was lost
         msg.to_amo = Leg.FAILED
         msg.error = exc.message[:500]
         db.session.commit()
