@@ -30,6 +30,9 @@ from pathlib import Path
 
 import pytest
 
+# Starting make run's processes on a busy machine can take minutes.
+pytestmark = pytest.mark.timeout(1200)
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SHELLS = {"sh", "bash", "shell", "console"}
@@ -147,7 +150,7 @@ def _collect(proc: subprocess.Popen[str], out: list[str]) -> threading.Thread:
 def _wait_for(proc: subprocess.Popen[str], out: list[str], marker: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if any(marker in line for line in out):
+        if marker in "".join(out):
             return
         if proc.poll() is not None:
             time.sleep(0.5)  # let the reader take the last lines
