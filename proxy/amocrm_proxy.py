@@ -1,7 +1,8 @@
 """Outbound proxy for amoCRM traffic: HTTPS tunnels to allowlisted amoCRM hosts only."""
 
 # Run as a script (`python proxy/amocrm_proxy.py`), never imported as `proxy.…`: the proxy.py
-# library owns the top-level package name `proxy` (see PITFALLS.md).
+# library owns the top-level package name `proxy`, and a package of ours by that name would
+# shadow it.
 
 from __future__ import annotations
 
