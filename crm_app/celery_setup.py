@@ -8,7 +8,14 @@ from celery import Celery, Task
 from flask import Flask
 
 # Task modules; each holds thin tasks that call services.
-TASK_MODULES = ["workers.tokens", "workers.sync", "workers.webhooks", "workers.inbound"]
+TASK_MODULES = [
+    "workers.tokens",
+    "workers.sync",
+    "workers.webhooks",
+    "workers.inbound",
+    "workers.workspace",
+    "workers.chats",
+]
 
 
 def broker_settings(app: Flask) -> dict[str, object]:

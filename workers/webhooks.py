@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(name="webhooks.process", bind=True)
-def process(self, target: int | list[int]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def process(self, target: int | list[int]) -> dict[str, Any]:
     """Apply pending deliveries: `target` is an owner id, or a list of delivery ids."""
     from crm_app.services.webhooks import enqueue, inbox
     from crm_app.services.webhooks.apply import process_owner

@@ -13,6 +13,7 @@ from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMBlocked
 from crm_app.amocrm.hosts import AmoHosts
 from crm_app.amocrm.oauth import OAuthClient
+from crm_app.amocrm.retry import RetryPolicy
 from crm_app.amocrm.throttle import FileThrottle, RedisThrottle, Throttle
 from crm_app.extensions import db
 from crm_app.models import AmoConfig, ConnectionStatus
@@ -70,8 +71,11 @@ def get_config(owner_id: int) -> AmoConfig | None:
     return db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner_id))
 
 
-def client_for_owner(owner_id: int) -> AmoCRMClient:
-    """A client for the owner's connected account (tokens refresh under the owner's lock)."""
+def client_for_owner(owner_id: int, *, retry: RetryPolicy | None = None) -> AmoCRMClient:
+    """A client for the owner's connected account (tokens refresh under the owner's lock).
+
+    ``retry`` replaces the client's default policy (``sync_retry_policy`` for background runs).
+    """
     cfg = get_config(owner_id)
     if cfg is None:
         raise NotConfigured(f"owner {owner_id} has no amoCRM config")
@@ -81,6 +85,23 @@ def client_for_owner(owner_id: int) -> AmoCRMClient:
         throttle=shared_throttle(),
         proxy=_proxy(),
         timeout=current_app.config["AMOCRM_TIMEOUT"],
+        retry=retry or RetryPolicy(),
+    )
+
+
+def sync_retry_policy() -> RetryPolicy:
+    """The policy of background reads (sync, re-fetches): wait out a long 429 pause, bounded.
+
+    A sync only reads and nobody waits on it, so it rather waits than fails the run: a lone 429
+    (jitter past our pacing) 1.5 s, a second one in a row amoCRM's ``retry_after`` capped at
+    SYNC_RATE_LIMIT_MAX_WAIT, and so on; after a fourth 429 in a row the run stops and the next
+    one resumes from its checkpoint.
+    """
+    return RetryPolicy(
+        rate_limit_retries=3,
+        max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)),
+        wait_out_long_pauses=True,
+        retry_after_from=2,
     )
 
 

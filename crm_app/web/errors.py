@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
+from flask_babel import gettext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
+from werkzeug.exceptions import BadRequest, Conflict, HTTPException, InternalServerError
 
 from crm_app.services.availability import database_unavailable
+from crm_app.services.tokens import NotConnected
 from crm_app.web.respond import is_htmx
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,12 @@ def init_errorhandlers(app: Flask) -> None:
             if key.lower() != "content-type":
                 resp.headers[key] = value
         return resp
+
+    @app.errorhandler(NotConnected)
+    def handle_not_connected(exc: NotConnected) -> Response | tuple[str, int]:
+        # An amoCRM call for an owner with no tokens (disconnected, or never connected).
+        logger.info("amoCRM call refused on %s %s: not connected", request.method, request.path)
+        return handle_http(Conflict(gettext("amoCRM не подключена: сначала подключите аккаунт.")))
 
     @app.errorhandler(RecursionError)
     def handle_recursion(exc: RecursionError) -> Response | tuple[str, int]:

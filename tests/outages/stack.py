@@ -380,9 +380,9 @@ def deployment(
     from crm_app.extensions import db
     from crm_app.sandbox.server import SandboxServer
     from crm_app.services.inbound.keys import create_api_key
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
     from crm_app.services.sync import start_sync
     from crm_app.services.webhooks.subscription import subscribe
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     pg = Postgres().init()
     redis_server = Redis(base).start()

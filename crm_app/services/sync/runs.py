@@ -20,6 +20,7 @@ from crm_app.extensions import db
 from crm_app.models import AmoConfig, RunStatus, SyncCursor, SyncLog, SyncRun
 from crm_app.services import queue
 from crm_app.services.locks import LockTimeout, named_lock
+from crm_app.services.sync.checkpoint import Checkpoint
 from crm_app.services.sync.upsert import ENTITIES
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def _inherited_checkpoint(owner_id: int, entities: list[str], full: bool) -> dic
     max_age = timedelta(seconds=float(current_app.config.get("SYNC_RESUME_WINDOW_SECONDS", 86400)))
     if last.created_at is None or utcnow() - last.created_at > max_age:
         return {}
-    return {e: v for e, v in last.checkpoint.items() if e in entities and isinstance(v, dict)}
+    return Checkpoint.from_json(last.checkpoint).only(entities).to_json()
 
 
 def start_sync(

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/amocrm/"
 MANUAL = "subscribe manually"
 
-# amoCRM's `settings` names per mirrored entity (api-facts §4.12).
+# amoCRM's `settings` names per mirrored entity
+# (https://www.amocrm.ru/developers/content/crm_platform/webhooks-api).
 EVENTS_BY_ENTITY: dict[str, list[str]] = {
     "leads": [
         "add_lead",
