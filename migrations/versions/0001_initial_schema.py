@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:14:34.693961
+Create Date: 2026-12-03 10:32:43.305329
 
 """
 
@@ -133,6 +133,60 @@ def upgrade():
     )
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_api_keys_owner_id"), ["owner_id"], unique=False)
+
+    op.create_table(
+        "chat_channels",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("channel_id", sa.String(length=64), nullable=False),
+        sa.Column("secret", sa.Text(), nullable=False),
+        sa.Column("bot_id", sa.String(length=64), nullable=True),
+        sa.Column("mode", sa.String(length=8), nullable=False),
+        sa.Column("amojo_account_id", sa.String(length=64), nullable=True),
+        sa.Column("scope_id", sa.String(length=160), nullable=True),
+        sa.Column("connected_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("telegram_bot_token", sa.Text(), nullable=True),
+        sa.Column("widget_callback_url", sa.String(length=500), nullable=True),
+        sa.Column("widget_secret", sa.Text(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id"),
+        sa.UniqueConstraint("scope_id"),
+    )
+    op.create_table(
+        "conversations",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("external_id", sa.String(length=128), nullable=False),
+        sa.Column("conversation_key", sa.String(length=64), nullable=False),
+        sa.Column("amojo_chat_id", sa.String(length=64), nullable=True),
+        sa.Column("amojo_user_id", sa.String(length=64), nullable=True),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("phone", sa.String(length=64), nullable=True),
+        sa.Column("email", sa.String(length=255), nullable=True),
+        sa.Column("avatar", sa.String(length=500), nullable=True),
+        sa.Column("contact_id", sa.BigInteger(), nullable=True),
+        sa.Column("lead_id", sa.BigInteger(), nullable=True),
+        sa.Column("linked", sa.Boolean(), nullable=False),
+        sa.Column("unread", sa.Integer(), nullable=False),
+        sa.Column("last_message_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_text", sa.String(length=300), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("conversation_key"),
+        sa.UniqueConstraint("owner_id", "channel", "external_id"),
+    )
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_conversations_amojo_chat_id"), ["amojo_chat_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_conversations_owner_last", ["owner_id", "last_message_at"], unique=False
+        )
 
     op.create_table(
         "crm_contacts",
@@ -475,6 +529,43 @@ def upgrade():
         )
 
     op.create_table(
+        "chat_messages",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("conversation_id", sa.Integer(), nullable=False),
+        sa.Column("direction", sa.String(length=3), nullable=False),
+        sa.Column("author", sa.String(length=16), nullable=False),
+        sa.Column("author_name", sa.String(length=255), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("media", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True),
+        sa.Column("msgid", sa.String(length=64), nullable=False),
+        sa.Column("amojo_msgid", sa.String(length=64), nullable=True),
+        sa.Column("source_key", sa.String(length=128), nullable=True),
+        sa.Column("telegram_message_id", sa.BigInteger(), nullable=True),
+        sa.Column("to_amo", sa.String(length=10), nullable=False),
+        sa.Column("to_person", sa.String(length=10), nullable=False),
+        sa.Column("status_reported", sa.Boolean(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["conversation_id"], ["conversations.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("msgid"),
+        sa.UniqueConstraint("owner_id", "amojo_msgid"),
+        sa.UniqueConstraint("owner_id", "source_key"),
+    )
+    with op.batch_alter_table("chat_messages", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_chat_messages_conversation", ["conversation_id", "id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_chat_messages_pending", ["owner_id", "next_attempt_at"], unique=False
+        )
+
+    op.create_table(
         "crm_outbox",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("owner_id", sa.Integer(), nullable=False),
@@ -663,6 +754,11 @@ def downgrade():
         batch_op.drop_index("ix_crm_outbox_due")
 
     op.drop_table("crm_outbox")
+    with op.batch_alter_table("chat_messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_chat_messages_pending")
+        batch_op.drop_index("ix_chat_messages_conversation")
+
+    op.drop_table("chat_messages")
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_inbox_owner_status")
 
@@ -727,6 +823,12 @@ def downgrade():
         batch_op.drop_index("ix_crm_contacts_email")
 
     op.drop_table("crm_contacts")
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.drop_index("ix_conversations_owner_last")
+        batch_op.drop_index(batch_op.f("ix_conversations_amojo_chat_id"))
+
+    op.drop_table("conversations")
+    op.drop_table("chat_channels")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_keys_owner_id"))
 

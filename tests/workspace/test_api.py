@@ -20,8 +20,8 @@ ACTORS = ("admin", "user", "guest", "anonymous")
 @pytest.fixture
 def pair(app, client, sandbox, make_user, auth_header, kicks):  # type: ignore[no-untyped-def]
     """Owners acme and globex, both connected to the sandbox and synced; their users' headers."""
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
     from crm_app.services.sync import run_sync, start_sync
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     owners = {}
     for name in ("acme", "globex"):

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
@@ -150,5 +151,20 @@ def enqueue(request_id: int) -> bool:
         queue.enqueue(PROCESS_TASK, request_id)
     except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later
         logger.warning("could not enqueue inbound request %s: %s", request_id, type(exc).__name__)
+        mark_due(request_id)
         return False
     return True
+
+
+def mark_due(request_id: int, delay: float = 0.0) -> None:
+    """Let the next inbound.retry_stale pass after `delay` send it (its message was not sent)."""
+    try:
+        db.session.execute(
+            sa_update(InboundRequest)
+            .where(InboundRequest.id == request_id, InboundRequest.status == InboundStatus.QUEUED)
+            .values(next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
+        )
+        db.session.commit()
+    except Exception as exc:  # the stale sweep still finds it, only later
+        db.session.rollback()
+        logger.warning("could not mark inbound request %s due: %s", request_id, type(exc).__name__)

@@ -262,6 +262,8 @@ def process(request_id: int) -> Result:
 def _run(req: InboundRequest) -> Result:
     from crm_app.services.amo import get_config
 
+    began = _now()
+
     cfg = get_config(req.owner_id)
     if cfg is None or not cfg.auto_create_lead:
         return _fail(
@@ -282,7 +284,7 @@ def _run(req: InboundRequest) -> Result:
             _resolve(req, person, ctx)
         if not req.note_added:
             _note(req, ctx)
-        return _done(req)
+        return _done(req, began)
     except _Retry as exc:
         db.session.rollback()
         return _retry_later(req, exc)
@@ -872,12 +874,16 @@ def _log(req: InboundRequest, status: str, extra: dict[str, Any] | None = None) 
     db.session.commit()
 
 
-def _done(req: InboundRequest) -> Result:
+def _done(req: InboundRequest, began: datetime | None = None) -> Result:
     req.status = InboundStatus.CREATED
     req.error = None
     req.next_attempt_at = None
     req.processed_at = _now()
     db.session.commit()
+    if began is not None:
+        from crm_app.services.amo import record_api_success
+
+        record_api_success(req.owner_id, began)
     logger.info(
         "inbound request %s: %s (contact %s, lead %s)",
         req.id,

@@ -449,13 +449,3 @@ def process_owner(
     except LockTimeout:
         # Another pass holds the owner for longer than we waited; it will see our rows.
         return {**totals, "more": True}
-
-
-def retry_delivery(delivery_id: int) -> None:
-    """Make one failed delivery pending again (admin action)."""
-    db.session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id)
-        .values(status=InboxStatus.PENDING, next_attempt_at=None, error=None)
-    )
-    db.session.commit()
