@@ -167,8 +167,8 @@ def run(quick: bool) -> list[Row]:
 
 def _connect(server: Any) -> int:
     from crm_app.commands.users import create_user
-    from testkit.sandbox_link import connect_owner_to_sandbox
     from crm_app.services.sync import run_sync, start_sync
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     owner_id = create_user("bench-admin", "bench-password", "admin", "bench").owner_id
     connect_owner_to_sandbox(owner_id, server)
