@@ -276,11 +276,11 @@ def board(owner_id: int, pipeline_id: int | None = None, *, per_column: int = 20
     pages: dict[int, list[Any]] = {}
     if statuses:
         # Every stage's first page in one round trip (one index range per stage).
-        parts = [
+        parts: list[Any] = [
             _page_query(owner_id, pipeline.id, s.id, None, per_column).subquery().select()
             for s in statuses
         ]
-        query = parts[0] if len(parts) == 1 else union_all(*parts)
+        query: Any = parts[0] if len(parts) == 1 else union_all(*parts)
         for row in db.session.execute(query):
             pages.setdefault(int(row.status_id), []).append(row)
     split = {sid: _split_page(rows, per_column) for sid, rows in pages.items()}
