@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:32:43.305329
+Create Date: 2026-12-03 10:37:50.217436
 
 """
 
@@ -543,6 +543,7 @@ def upgrade():
         sa.Column("source_key", sa.String(length=128), nullable=True),
         sa.Column("telegram_message_id", sa.BigInteger(), nullable=True),
         sa.Column("to_amo", sa.String(length=10), nullable=False),
+        sa.Column("amo_tried", sa.Boolean(), nullable=False),
         sa.Column("to_person", sa.String(length=10), nullable=False),
         sa.Column("status_reported", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
