@@ -66,6 +66,7 @@ SLOTS = (
     ("sync-panel", "sync_ui.sync_card"),
     ("webhooks-panel", "webhooks.panel"),
     ("inbound-panel", "inbound.inbound_card"),
+    ("chat-channel-panel", "inbox.channel_panel"),
 )
 # Which override of the whole page a panel's view model is (the page shows that state).
 PANEL_KEYS = {
