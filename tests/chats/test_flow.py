@@ -164,3 +164,19 @@ def test_telegram_429_waits_retry_after_then_delivers(
     # The reply is in amoCRM's chat too, as an outgoing message.
     thread = sandbox_chat(chat_sandbox, sandbox_chats(chat_sandbox)[0]["id"])["messages"]
     assert thread[-1]["message"]["text"] == "Здравствуйте, Анна!" and "receiver" in thread[-1]
+
+
+def test_disconnecting_the_account_disconnects_the_channel(
+    inbox_owner: int, chat_sandbox: SandboxServer
+) -> None:
+    from crm_app.services.connection import disconnect
+
+    disconnect(inbox_owner)
+    db.session.expire_all()
+    assert db.session.get(ChatChannel, inbox_owner).scope_id is None
+    connections = requests.get(f"{chat_sandbox.url}/_sandbox/chats", timeout=5).json()[
+        "connections"
+    ]
+    assert connections == []
+    # Messages are not queued for a channel that is not connected.
+    assert intake.from_telegram(inbox_owner, "bot", update(1, "x", 99, 99)) is None
