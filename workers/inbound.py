@@ -1,37 +1,45 @@
-"""Celery tasks for inbound (thin: ids in, service call, retries and logging)."""
+"""Celery tasks for inbound (thin: ids in, service call, logging)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 
 logger = logging.getLogger(__name__)
 
-# After this many Celery retries the request stays queued and inbound.retry_stale takes over,
-# so a long amoCRM outage does not keep a growing pile of countdown messages in the broker.
-MAX_CELERY_RETRIES = 8
+
+@shared_task(name="inbound.batch")
+def run_batch(owner_id: int) -> dict[str, Any]:
+    """Process an owner's due inbound requests in batches (see services/inbound/runner.py)."""
+    from crm_app.services.inbound.runner import run_owner
+
+    result = run_owner(int(owner_id))
+    logger.info("inbound batches for owner %s: %s", owner_id, result)
+    return result
 
 
-@shared_task(name="inbound.process", bind=True, max_retries=None)
-def process_request(self, request_id: int) -> str:
-    """Process one inbound request; transient failures come back with backoff."""
-    from crm_app.services.inbound.processor import process
+@shared_task(name="inbound.process")
+def process_request(request_id: int) -> str:
+    """Process one request (with whatever else of its owner is due); kept for queued messages
+    sent before batching existed, and for callers that name a request."""
+    from crm_app.services.inbound.runner import process
 
-    result = process(int(request_id))
-    if result.retry_in is None:
-        return result.status
-    if self.request.is_eager or self.request.retries >= MAX_CELERY_RETRIES:
-        logger.info(
-            "inbound request %s left to the beat after %d retries", request_id, self.request.retries
-        )
-        return result.status
-    raise self.retry(countdown=result.retry_in)
+    return process(int(request_id)).status
 
 
 @shared_task(name="inbound.retry_stale")
 def retry_stale() -> int:
-    """Beat: re-enqueue queued requests whose run was lost or whose retries ran out."""
-    from crm_app.services.inbound.processor import requeue_stale
+    """Beat: hand queued requests whose run was lost or whose retry is due back to a runner."""
+    from crm_app.services.inbound.runner import requeue_stale
 
     return requeue_stale()
+
+
+@shared_task(name="inbound.refresh_fields")
+def refresh_fields() -> int:
+    """Beat: read again the custom-field catalogues older than INBOUND_FIELDS_TTL."""
+    from crm_app.services.inbound.fields import refresh_stale
+
+    return refresh_stale()

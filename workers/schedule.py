@@ -27,4 +27,8 @@ def beat_schedule(app: Flask) -> dict[str, dict[str, object]]:
             "task": "inbound.retry_stale",
             "schedule": 60.0,
         },
+        "inbound-refresh-fields": {
+            "task": "inbound.refresh_fields",
+            "schedule": 600.0,
+        },
     }

@@ -679,6 +679,7 @@ def after_connect(owner_id: int) -> dict[str, Any]:
 
     steps: list[tuple[str, str, dict[str, Any]]] = [
         ("crm_app.services.sync", "sync_reference_data", {}),
+        ("crm_app.services.inbound.fields", "load_field_map", {}),
         ("crm_app.services.webhooks.subscription", "subscribe", {}),
         ("crm_app.services.sync", "start_sync", {"trigger": "connect"}),
     ]
