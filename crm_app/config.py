@@ -80,7 +80,15 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "BABEL_TRANSLATION_DIRECTORIES": str(ROOT / "translations"),
         "RATELIMIT_STORAGE_URI": os.environ.get("REDIS_URL") or "memory://",
         "RATELIMIT_HEADERS_ENABLED": True,
-        "LOGIN_RATE_LIMIT": os.environ.get("LOGIN_RATE_LIMIT", "10 per 5 minutes"),
+        # A browser session unused this long ends (server-side, whatever the cookie says).
+        "SESSION_IDLE_SECONDS": _int("SESSION_IDLE_SECONDS", 14 * 86400),
+        # Sign-in throttling (docs/deployment.md "Sign-in and sessions"): free failures per
+        # (username, address) and per address, then delays doubling up to the maximum.
+        "LOGIN_FREE_FAILURES": _int("LOGIN_FREE_FAILURES", 5),
+        "LOGIN_ADDRESS_FREE_FAILURES": _int("LOGIN_ADDRESS_FREE_FAILURES", 50),
+        "LOGIN_DELAY_SECONDS": _float("LOGIN_DELAY_SECONDS", 30.0),
+        "LOGIN_MAX_DELAY_SECONDS": _float("LOGIN_MAX_DELAY_SECONDS", 900.0),
+        "LOGIN_FORGET_SECONDS": _float("LOGIN_FORGET_SECONDS", 3600.0),
         # Celery: Redis when configured, otherwise kombu's filesystem transport (no server needed).
         "CELERY_EAGER": _bool("CELERY_EAGER", False),
         "CELERY_QUEUE": os.environ.get("CELERY_QUEUE", "crm"),

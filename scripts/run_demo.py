@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
+DEMO_USER, DEMO_PASSWORD = "admin", "demo-sandbox-42"
 
 
 def wait_http(url: str, seconds: float = 30) -> bool:
@@ -36,7 +37,12 @@ def main() -> int:
     env.pop("REDIS_URL", None) if not os.environ.get("REDIS_URL") else None
     flask = [str(BIN / "flask"), "--app", "wsgi"]
     subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, check=True)
-    subprocess.run([*flask, "demo", "setup"], cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [*flask, "demo", "setup", "--username", DEMO_USER, "--password", DEMO_PASSWORD],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     procs = [
         subprocess.Popen(
             [
@@ -112,7 +118,7 @@ def main() -> int:
     if wait_http(f"{public}/healthz") and wait_http(f"{sandbox}/_sandbox/requests"):
         print("\n" + "=" * 64)
         print(f"  amoCRM integration:  {public}/admin/crm")
-        print("  login:               admin / admin12345")
+        print(f"  login:               {DEMO_USER} / {DEMO_PASSWORD}")
         print(f"  amoCRM sandbox:      {sandbox}  (demo account 'demo')")
         print("  Ctrl-C stops everything.")
         print("=" * 64 + "\n", flush=True)

@@ -225,12 +225,19 @@ def runner(app):
 @pytest.fixture
 def make_user(app):
     """make_user("alice", role="user", owner="acme") → User (password: 'password123')."""
+    from crm_app.auth.passwords import hash_password
     from crm_app.commands.users import create_user
+    from crm_app.extensions import db
 
     def _make(
         username: str, role: str = "admin", owner: str | None = None, password: str = "password123"
     ):
-        return create_user(username, password, role, owner)
+        # Seeded test users keep a short well-known password; the password policy (which
+        # refuses it) is tested on its own in tests/test_auth_security.py.
+        user = create_user(username, "seed-only " + username + " Zq7!", role, owner)
+        user.password_hash = hash_password(password)
+        db.session.commit()
+        return user
 
     return _make
 

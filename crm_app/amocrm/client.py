@@ -625,6 +625,25 @@ class AmoCRMClient:
         """One page of ``GET /api/v4/tasks``."""
         return self._list("tasks", limit=limit, page=page, filter_=filter_, order=order)
 
+    def get_notes(
+        self,
+        entity: str,
+        limit: int = 250,
+        page: int = 1,
+        filter_: Mapping[str, Any] | None = None,
+        order: Mapping[str, str] | None = None,
+    ) -> Page:
+        """One page of ``GET /api/v4/{entity}/notes`` (every note of that entity type)."""
+        if entity not in NOTE_ENTITIES:
+            raise ValueError(f"entity must be one of {', '.join(NOTE_ENTITIES)}")
+        return self._list(f"{entity}/notes", limit=limit, page=page, filter_=filter_, order=order)
+
+    def get_note(self, entity: str, note_id: int) -> dict[str, Any] | None:
+        """One note by id (``GET /api/v4/{entity}/notes/{id}``), or None on 204."""
+        if entity not in NOTE_ENTITIES:
+            raise ValueError(f"entity must be one of {', '.join(NOTE_ENTITIES)}")
+        return self._get_one(f"{entity}/notes", note_id, None)
+
     def _get_one(
         self, entity: str, entity_id: int, with_: str | Sequence[str] | None
     ) -> dict[str, Any] | None:

@@ -47,6 +47,16 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.after_request
     def record(response: Response) -> Response:
+        late = g.get("fault_after")
+        if late is not None:
+            if late.get("delay"):
+                time.sleep(late["delay"])
+            if late["status"] >= 400:
+                response = Response(
+                    f"{late['status']} sandbox fault",
+                    status=late["status"],
+                    content_type="text/html",
+                )
         if g.get("kind") != "admin":
             _log(sandbox, response)
         return response
@@ -113,6 +123,11 @@ def _api_gate(sb: Sandbox) -> Response | None:
     ):
         return errors.problem(402, "Payment required")
     fault = sb.take_fault(request.method, request.path) if sb.faults else None
+    if fault is not None and fault.get("after"):
+        # The write happens; only its answer is lost (slow, or replaced by an error) — the
+        # case where a client cannot know whether its write landed.
+        g.fault_after = fault
+        return None
     if fault is not None:
         if fault.get("delay"):
             time.sleep(fault["delay"])

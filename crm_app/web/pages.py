@@ -28,12 +28,23 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
 
+from crm_app.amocrm.hosts import ALLOWED_DOMAINS
 from crm_app.auth.access import page_login_required
 from crm_app.extensions import csrf, db
+from crm_app.i18n import mark as _n
 from crm_app.logging_setup import mask_secrets
 from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog
 from crm_app.services import connection, stats
-from crm_app.services.connection import ConfigInvalid, ConnectError, _n
+from crm_app.services.connection import ConnectError
+from crm_app.services.settings import (
+    UNSORTED_STATUS_TYPE,
+    ConfigInvalid,
+    config_values,
+    default_redirect_uri,
+    get_or_create_config,
+    parse_config,
+    update_config,
+)
 from crm_app.web.context import RequestContext, request_context
 from crm_app.web.respond import action_done, page_response, respond, to_page, wants_fragment
 
@@ -122,7 +133,7 @@ def _statuses(owner_id: int, pipeline_id: int | None) -> list[PipelineStatus]:
             .where(
                 PipelineStatus.owner_id == owner_id,
                 PipelineStatus.pipeline_id == pipeline_id,
-                PipelineStatus.type != connection.UNSORTED_STATUS_TYPE,
+                PipelineStatus.type != UNSORTED_STATUS_TYPE,
             )
             .order_by(PipelineStatus.sort, PipelineStatus.id)
         )
@@ -142,8 +153,8 @@ def _settings_vm(
     values: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    cfg = connection.get_or_create_config(owner_id)
-    stored = connection.config_values(cfg)
+    cfg = get_or_create_config(owner_id)
+    stored = config_values(cfg)
     form = dict(stored)
     if values:
         form.update({k: v for k, v in values.items() if k != "client_secret"})
@@ -162,8 +173,8 @@ def _settings_vm(
         "pipelines": _pipelines(owner_id),
         "statuses": _statuses(owner_id, pipeline_id),
         "amo_users": users,
-        "domains": connection.ALLOWED_DOMAINS,
-        "default_redirect": connection.default_redirect_uri(),
+        "domains": ALLOWED_DOMAINS,
+        "default_redirect": default_redirect_uri(),
     }
 
 
@@ -216,7 +227,7 @@ def _funnel_geometry(stages: list[stats.FunnelStage]) -> dict[str, Any]:
 
 
 def _stats_vm(owner_id: int, pipeline_id: int | None = None) -> dict[str, Any]:
-    cfg = connection.get_or_create_config(owner_id)
+    cfg = get_or_create_config(owner_id)
     chosen = stats.default_pipeline_id(owner_id, pipeline_id or cfg.lead_pipeline_id)
     stages = stats.funnel(owner_id, chosen) if chosen is not None else []
     return {
@@ -389,9 +400,9 @@ def settings() -> Response:
     ctx = request_context(write=True)
     data = _form_input()
     try:
-        parsed = connection.parse_config(data)
+        parsed = parse_config(data)
         before = connection.status(ctx.owner_id)["status"]
-        connection.update_config(ctx.owner_id, parsed)
+        update_config(ctx.owner_id, parsed)
     except ConfigInvalid as exc:
         db.session.rollback()
         vm = _settings_vm(ctx.owner_id, values=data, errors=exc.errors)

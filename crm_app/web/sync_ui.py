@@ -24,7 +24,13 @@ bp = Blueprint("sync_ui", __name__)
 
 POLL_SECONDS = 2
 EVT_FINISHED = "sync-finished"
-ENTITY_LABELS = {"contacts": "Контакты", "leads": "Сделки", "tasks": "Задачи"}
+ENTITY_LABELS = {
+    "contacts": "Контакты",
+    "leads": "Сделки",
+    "tasks": "Задачи",
+    "lead_notes": "Примечания сделок",
+    "contact_notes": "Примечания контактов",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 

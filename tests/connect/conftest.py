@@ -53,7 +53,7 @@ def owner(make_user):
 @pytest.fixture
 def configure(app, sandbox):
     """configure(owner_id) saves settings that match the sandbox's integration."""
-    from crm_app.services import connection
+    from crm_app.services import settings
 
     def _configure(owner_id: int, **extra: Any):
         cfg = sandbox.config
@@ -64,7 +64,7 @@ def configure(app, sandbox):
             "redirect_uri": app.config["PUBLIC_URL"] + CALLBACK,
             **extra,
         }
-        return connection.update_config(owner_id, connection.parse_config(data))
+        return settings.update_config(owner_id, settings.parse_config(data))
 
     return _configure
 

@@ -11,7 +11,7 @@ import requests
 
 from crm_app.extensions import db
 from crm_app.models import SyncLog
-from crm_app.services import connection
+from crm_app.services import connection, settings
 from crm_app.services.amo import client_for_owner
 from crm_app.services.tokens import load_tokens
 from tests.connect.conftest import HX
@@ -79,9 +79,9 @@ def test_no_secret_in_html_or_logs(
     sandbox.register_integration(
         CANARY_CLIENT, CANARY_SECRET, app.config["PUBLIC_URL"] + "/admin/crm/callback"
     )
-    connection.update_config(
+    settings.update_config(
         owner_id,
-        connection.parse_config(
+        settings.parse_config(
             {
                 "subdomain": sandbox.config.subdomain,
                 "client_id": CANARY_CLIENT,
@@ -98,7 +98,7 @@ def test_no_secret_in_html_or_logs(
     second = load_tokens(owner_id)
     assert second.version == first.version + 1
 
-    cfg = connection.get_or_create_config(owner_id)
+    cfg = settings.get_or_create_config(owner_id)
     cfg.webhook_token = CANARY_WEBHOOK
     cfg.webhook_token_hash = hashlib.sha256(CANARY_WEBHOOK.encode()).hexdigest()
     cfg.telegram_secret = CANARY_TELEGRAM
@@ -146,7 +146,7 @@ def test_no_secret_in_html_or_logs(
     ).get_data(as_text=True)
 
     # Careless writers elsewhere (a raw error text, a log row's details): the page masks them.
-    cfg = connection.get_or_create_config(owner_id)
+    cfg = settings.get_or_create_config(owner_id)
     cfg.last_error = f"refresh failed: refresh_token={second.refresh_token}"
     for i in range(25):
         db.session.add(

@@ -46,7 +46,7 @@ from crm_app.services.sync.runs import (
     save_cursor,
     write_log,
 )
-from crm_app.services.sync.upsert import ENTITIES, entity_table, upsert_rows
+from crm_app.services.sync.upsert import ENTITIES, entity_scope, entity_table, upsert_rows
 from crm_app.services.tokens import NotConnected
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             entity,
             int(state["page"]),
             concurrency,
-            _expected_pages(ctx, table),
+            _expected_pages(ctx, entity, table),
             lambda: ctx.counter.in_flight_for(ctx.rate, ctx.page_seconds),
         )
     else:
@@ -383,11 +383,13 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
     ctx.notify(entity)
 
 
-def _expected_pages(ctx: RunContext, table: Any) -> int | None:
+def _expected_pages(ctx: RunContext, entity: str, table: Any) -> int | None:
     """How many pages the listing should have, judging by the mirror (None when it is empty)."""
     with ctx.conn.begin():
         rows = ctx.conn.execute(
-            select(func.count()).select_from(table).where(table.c.owner_id == ctx.owner_id)
+            select(func.count())
+            .select_from(table)
+            .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         ).scalar()
     return math.ceil(rows / PAGE_LIMIT) if rows else None
 
@@ -440,7 +442,11 @@ def _sweep_unseen(ctx: RunContext, entity: str, state: dict[str, Any]) -> int:
     candidates = list(
         ctx.conn.execute(
             select(table.c.id)
-            .where(table.c.owner_id == ctx.owner_id, table.c.synced_at < since)
+            .where(
+                table.c.owner_id == ctx.owner_id,
+                table.c.synced_at < since,
+                *entity_scope(entity, table),
+            )
             .order_by(table.c.id)
         ).scalars()
     )
@@ -457,7 +463,7 @@ def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
     # A server-side cursor for this one statement (Connection.execution_options would stick).
     result = ctx.conn.execute(
         select(table.c.id)
-        .where(table.c.owner_id == ctx.owner_id)
+        .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         .order_by(table.c.id)
         .execution_options(yield_per=5000)
     )

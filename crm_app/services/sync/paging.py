@@ -17,7 +17,7 @@ from flask import Flask
 
 from crm_app.amocrm.client import AmoCRMClient, Page
 from crm_app.amocrm.errors import AmoCRMRateLimited
-from crm_app.services.sync.mappers import as_int
+from crm_app.services.sync.mappers import NOTE_SCOPES, as_int
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def fetch_page(
     filter_: dict[str, Any] | None = None,
     order: dict[str, str] | None = None,
 ) -> Page:
-    """One page of contacts, leads (``with=contacts``) or tasks."""
+    """One page of contacts, leads (``with=contacts``), tasks, or lead/contact notes."""
     if entity == "contacts":
         return client.get_contacts(limit=PAGE_LIMIT, page=page, filter_=filter_, order=order)
     if entity == "leads":
@@ -130,6 +130,10 @@ def fetch_page(
         )
     if entity == "tasks":
         return client.get_tasks(limit=PAGE_LIMIT, page=page, filter_=filter_, order=order)
+    if entity in NOTE_SCOPES:
+        return client.get_notes(
+            NOTE_SCOPES[entity], limit=PAGE_LIMIT, page=page, filter_=filter_, order=order
+        )
     raise ValueError(f"unknown entity {entity!r}")
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.extensions import db
 from crm_app.services.amo import client_for_owner
-from crm_app.services.sync.mappers import as_int, map_items
+from crm_app.services.sync.mappers import NOTE_SCOPES, as_int, map_items
 from crm_app.services.sync.paging import PAGE_LIMIT, fetch_page, make_patient
 from crm_app.services.sync.upsert import delete_rows, entity_table, upsert_rows
 
@@ -25,6 +25,8 @@ def _get_one(client: AmoCRMClient, entity: str, entity_id: int) -> dict[str, Any
         return client.get_contact(entity_id)
     if entity == "leads":
         return client.get_lead(entity_id, with_="contacts")
+    if entity in NOTE_SCOPES:
+        return client.get_note(NOTE_SCOPES[entity], entity_id)
     return client.get_task(entity_id)
 
 

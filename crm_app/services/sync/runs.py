@@ -49,26 +49,38 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:128]
 
 
+# What callers may name: the mirrored entities, plus `notes` for the notes of both kinds.
+ENTITY_NAMES: tuple[str, ...] = ("contacts", "leads", "tasks", "notes")
+
+
 def enabled_entities(owner_id: int) -> list[str]:
-    """The entities the owner's sync flags switch on (contacts, leads, tasks)."""
+    """The entities the owner's sync flags switch on; notes come with their leads/contacts."""
     cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner_id))
     if cfg is None:
         return []
-    flags = {"contacts": cfg.sync_contacts, "leads": cfg.sync_leads, "tasks": cfg.sync_tasks}
+    flags = {
+        "contacts": cfg.sync_contacts,
+        "leads": cfg.sync_leads,
+        "tasks": cfg.sync_tasks,
+        "lead_notes": cfg.sync_leads,
+        "contact_notes": cfg.sync_contacts,
+    }
     return [e for e in ENTITIES if flags[e]]
 
 
 def normalize_entities(entities: Sequence[str] | None, owner_id: int) -> list[str]:
     if entities is None:
         return enabled_entities(owner_id)
-    wanted = []
+    wanted: list[str] = []
     for entity in entities:
         if entity == "all":
             return list(ENTITIES)
+        if entity == "notes":
+            wanted.extend(("lead_notes", "contact_notes"))
+            continue
         if entity not in ENTITIES:
-            raise SyncError(f"unknown entity {entity!r}: use {', '.join(ENTITIES)} or all")
-        if entity not in wanted:
-            wanted.append(entity)
+            raise SyncError(f"unknown entity {entity!r}: use {', '.join(ENTITY_NAMES)} or all")
+        wanted.append(entity)
     return [e for e in ENTITIES if e in wanted]
 
 

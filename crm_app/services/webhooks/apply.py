@@ -37,9 +37,11 @@ BATCH_DELIVERIES = 500
 MAX_ATTEMPTS = 12
 LOG_MERGE_WINDOW = timedelta(seconds=60)
 
-MIRROR_MODELS: tuple[str, ...] = ("contacts", "leads", "tasks")
+MIRROR_MODELS: tuple[str, ...] = ("contacts", "leads", "tasks", "lead_notes", "contact_notes")
 # Which sync flag of the owner's config lets an entity into the mirror.
 SYNC_FLAGS = {"leads": "sync_leads", "contacts": "sync_contacts", "tasks": "sync_tasks"}
+# `note` events of these entities re-read the note into the notes mirror.
+NOTE_ENTITIES = {"leads": "lead_notes", "contacts": "contact_notes"}
 
 
 class RetryLater(RuntimeError):
@@ -160,7 +162,11 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
                     continue
                 seen_here.add(key)
                 plan.new_keys.append((*key, row.id))
-            if not actionable or event.action == "note":
+            if event.action == "note" and (
+                NOTE_ENTITIES.get(event.entity) is None or event.note_id is None
+            ):
+                actionable = False
+            if not actionable:
                 plan.ignored += 1
                 continue
             if _echo_key(event) in echoes:
@@ -205,6 +211,11 @@ def _own_echoes(
 
 def _add(plan: Plan, event: Event) -> None:
     assert event.entity_id is not None
+    if event.action == "note":
+        note_entity = NOTE_ENTITIES.get(event.entity)
+        if note_entity is not None and event.note_id is not None:
+            plan.refetch.setdefault(note_entity, set()).add(event.note_id)
+        return
     target = plan.deletes if event.is_delete else plan.refetch
     target.setdefault(event.entity, set()).add(event.entity_id)
 
