@@ -5,7 +5,8 @@ from crm_app.web.auth import bp as auth_bp
 from crm_app.web.health import bp as health_bp
 from crm_app.web.inbound import bp as inbound_bp
 from crm_app.web.pages import bp as pages_bp
+from crm_app.web.people import bp as people_bp
 from crm_app.web.sync_ui import bp as sync_ui_bp
 from crm_app.web.webhooks import bp as webhooks_bp
 
-BLUEPRINTS = [auth_bp, health_bp, pages_bp, sync_ui_bp, api_bp, webhooks_bp, inbound_bp]
+BLUEPRINTS = [auth_bp, health_bp, pages_bp, sync_ui_bp, api_bp, webhooks_bp, inbound_bp, people_bp]

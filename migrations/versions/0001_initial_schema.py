@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:00:35.901227
+Create Date: 2026-12-03 10:01:43.217861
 
 """
 

@@ -45,7 +45,7 @@ def _person(n: int) -> dict[str, Any]:
             "phone": f"+7926{n:07d}", "message": f"Вопрос {n}"}  # fmt: skip
 
 
-def test_sixty_people_cost_two_complex_and_two_note_calls(sandbox, owner, worker):  # type: ignore[no-untyped-def]
+def test_sixty_people_cost_two_complex_and_two_note_calls(sandbox, owner, worker):
     warm_fields(owner)
     mark_synced(owner)
     worker()
@@ -74,7 +74,7 @@ def test_sixty_people_cost_two_complex_and_two_note_calls(sandbox, owner, worker
         assert req.payload["message"] in note["params"]["text"]
 
 
-def test_same_human_inside_one_window_is_one_contact_and_one_deal(sandbox, owner, worker):  # type: ignore[no-untyped-def]
+def test_same_human_inside_one_window_is_one_contact_and_one_deal(sandbox, owner, worker):
     warm_fields(owner)
     mark_synced(owner)
     worker()
@@ -113,7 +113,7 @@ def test_same_human_inside_one_window_is_one_contact_and_one_deal(sandbox, owner
     ]
 
 
-def test_one_refused_item_fails_alone_and_the_rest_are_sent_at_once(  # type: ignore[no-untyped-def]
+def test_one_refused_item_fails_alone_and_the_rest_are_sent_at_once(
     client, sandbox, owner, api_key, worker
 ):
     warm_fields(owner)
@@ -149,9 +149,7 @@ def test_one_refused_item_fails_alone_and_the_rest_are_sent_at_once(  # type: ig
     assert resp.json["status"] == "failed" and "_embedded.contacts.0.id" in resp.json["error"]
 
 
-def test_worker_killed_between_call_and_commit_creates_nobody_twice(  # type: ignore[no-untyped-def]
-    sandbox, owner, celery_worker
-):
+def test_worker_killed_between_call_and_commit_creates_nobody_twice(sandbox, owner, celery_worker):
     warm_fields(owner)
     mark_synced(owner)
     env = dict(WORKER_ENV, INBOUND_LOCK_TTL_SECONDS="3", INBOUND_CREATE_GRACE_SECONDS="1")
@@ -205,7 +203,7 @@ def test_worker_killed_between_call_and_commit_creates_nobody_twice(  # type: ig
         assert len(notes_of_lead(sandbox, req.lead_id)) == 1
 
 
-def test_lone_request_through_the_api_is_a_batch_of_one(client, sandbox, owner, api_key, worker):  # type: ignore[no-untyped-def]
+def test_lone_request_through_the_api_is_a_batch_of_one(client, sandbox, owner, api_key, worker):
     warm_fields(owner)
     mark_synced(owner)
     worker()
@@ -221,7 +219,7 @@ def test_lone_request_through_the_api_is_a_batch_of_one(client, sandbox, owner, 
     ]
 
 
-def test_items_merged_by_amocrm_resolve_to_one_contact_and_deal(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_items_merged_by_amocrm_resolve_to_one_contact_and_deal(sandbox, owner):
     """amoCRM's duplicate control (sandbox switches; whether it also merges inside one request
     is UNCONFIRMED) answers one entry naming several request_ids, or merges into an existing
     contact: every unit named gets that contact and deal."""
