@@ -41,6 +41,11 @@ def _pg_statements(table: str) -> list[str]:
     out = [
         f"CREATE INDEX IF NOT EXISTS ix_{table}_fts ON {table} USING gin (({pg_document(table)}))"
     ]
+    if table == "crm_leads":  # a person's deals where they are not the main contact
+        out.append(
+            "CREATE INDEX IF NOT EXISTS ix_crm_leads_contact_ids_gin"
+            " ON crm_leads USING gin (contact_ids jsonb_path_ops)"
+        )
     if table == "crm_contacts":
         out += [
             "CREATE INDEX IF NOT EXISTS ix_crm_contacts_phones_gin"
@@ -53,7 +58,9 @@ def _pg_statements(table: str) -> list[str]:
 
 def _sqlite_statements(table: str) -> list[str]:
     fts = f"{table}_fts"
-    cols = SEARCHED[table]
+    # The owner is indexed as a column too: a query names it, so one owner's matches are all
+    # FTS5 ranks (see crm_app.services.search).
+    cols = ("owner_id", *SEARCHED[table])
     names = ", ".join(cols)
     new = ", ".join(f"new.{c}" for c in cols)
     old = ", ".join(f"old.{c}" for c in cols)
@@ -97,16 +104,24 @@ def uninstall(conn: Connection) -> None:
                 conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_fts_{suffix}")
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}_fts")
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_crm_contacts_phones_gin")
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_crm_contacts_emails_gin")
+        for name in _LOOKUP_INDEXES:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
 
 
 def is_search_object(name: str) -> bool:
     """Names Alembic's comparison must leave alone (FTS5 tables and their shadow tables, the
     tsvector and array indexes): they are not expressible as models."""
-    return any(
-        name == f"ix_{table}_fts" or name.startswith(f"{table}_fts") for table in SEARCHED
-    ) or name in ("ix_crm_contacts_phones_gin", "ix_crm_contacts_emails_gin")
+    return (
+        any(name == f"ix_{table}_fts" or name.startswith(f"{table}_fts") for table in SEARCHED)
+        or name in _LOOKUP_INDEXES
+    )
+
+
+_LOOKUP_INDEXES = (
+    "ix_crm_contacts_phones_gin",
+    "ix_crm_contacts_emails_gin",
+    "ix_crm_leads_contact_ids_gin",
+)
 
 
 def _after_create(target: Any, connection: Connection, **_kw: Any) -> None:

@@ -223,19 +223,32 @@ def person_view(owner_id: int, contact_id: int) -> dict[str, Any] | None:
             .limit(TASKS_LIMIT)
         )
     )
-    note_on = sa.and_(Note.entity_type == "contacts", Note.entity_id == contact_id)
-    if lead_ids:
-        note_on = sa.or_(
-            note_on, sa.and_(Note.entity_type == "leads", Note.entity_id.in_(lead_ids))
-        )
+    # Two index range reads (crm_notes' (owner, entity_type, entity_id, created_at)), merged.
     notes = list(
         db.session.scalars(
             select(Note)
-            .where(Note.owner_id == owner_id, note_on)
+            .where(
+                Note.owner_id == owner_id,
+                Note.entity_type == "contacts",
+                Note.entity_id == contact_id,
+            )
             .order_by(Note.created_at.desc().nulls_last(), Note.id.desc())
             .limit(NOTES_LIMIT)
         )
     )
+    if lead_ids:
+        notes += db.session.scalars(
+            select(Note)
+            .where(
+                Note.owner_id == owner_id,
+                Note.entity_type == "leads",
+                Note.entity_id.in_(lead_ids[:50]),
+            )
+            .order_by(Note.created_at.desc().nulls_last(), Note.id.desc())
+            .limit(NOTES_LIMIT)
+        )
+    notes.sort(key=lambda n: (n.created_at or 0, n.id), reverse=True)
+    notes = notes[:NOTES_LIMIT]
     shown = [*open_leads, *closed[:1]]
     names = _Names(
         owner_id,
