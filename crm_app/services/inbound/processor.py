@@ -236,6 +236,13 @@ class _Batch:
     logs: list[SyncLog] = field(default_factory=list)
     # The note of a request whose deal turned out deleted waits for a new deal (next round).
     again: list[int] = field(default_factory=list)
+    ready: dict[str, bool] = field(default_factory=dict)
+
+    def mirror_ready(self, entity: str) -> bool:
+        """Whether the mirror of `entity` is trusted (asked once per batch)."""
+        if entity not in self.ready:
+            self.ready[entity] = _mirror_ready(self.owner_id, entity)
+        return self.ready[entity]
 
     @property
     def owner_id(self) -> int:
@@ -320,6 +327,10 @@ def process_batch(owner_id: int, requests: Sequence[InboundRequest]) -> list[int
     ctx = _Context(owner_id, cfg)
     ctx.attempts = max([r.attempts or 1 for r in batch_requests] or [1])
     batch = _Batch(ctx, batch_requests, open={r.id: r for r in batch_requests})
+    # The runner holds the owner's lock and writes these rows itself: reloading every request
+    # and person after each of a batch's commits would cost hundreds of queries per batch.
+    session = db.session()
+    expire, session.expire_on_commit = session.expire_on_commit, False
     try:
         _run(batch)
     except _Fail as exc:
@@ -337,16 +348,18 @@ def process_batch(owner_id: int, requests: Sequence[InboundRequest]) -> list[int
             batch.retry(req, _Retry("internal error; it has been logged"))
     finally:
         ctx.close()
+        session.expire_on_commit = expire
     batch.commit()
     return batch.again
 
 
 def _run(batch: _Batch) -> None:
     fresh: list[InboundRequest] = []
+    handled = _handled_copies(batch.requests)
     for req in batch.requests:
         if req.lead_id is not None:
             continue  # an earlier attempt got the deal; only the note is left
-        if _take_duplicate(req):
+        if _take_duplicate(req, handled):
             continue
         fresh.append(req)
     batch.commit()
@@ -372,22 +385,41 @@ def _run(batch: _Batch) -> None:
     batch.commit()
 
 
-def _take_duplicate(req: InboundRequest) -> bool:
+def _handled_copies(requests: Sequence[InboundRequest]) -> list[InboundRequest]:
+    """Earlier requests with a deal that share a person and content with any of `requests`
+    (one query for the batch)."""
+    keys = {(r.person_id, r.fingerprint) for r in requests if r.lead_id is None}
+    if not keys:
+        return []
+    window = timedelta(seconds=setting("INBOUND_DUPLICATE_WINDOW_SECONDS"))
+    oldest = min(r.created_at for r in requests) - window
+    return list(
+        db.session.scalars(
+            select(InboundRequest)
+            .where(
+                sa.tuple_(InboundRequest.person_id, InboundRequest.fingerprint).in_(sorted(keys)),
+                InboundRequest.status != InboundStatus.FAILED,
+                InboundRequest.lead_id.is_not(None),
+                InboundRequest.created_at >= oldest,
+            )
+            .order_by(InboundRequest.id)
+        )
+    )
+
+
+def _take_duplicate(req: InboundRequest, handled: Sequence[InboundRequest]) -> bool:
     """True (and the request filled in) when this very message was already handled."""
     window = timedelta(seconds=setting("INBOUND_DUPLICATE_WINDOW_SECONDS"))
-    other = db.session.scalar(
-        select(InboundRequest)
-        .where(
-            InboundRequest.person_id == req.person_id,
-            InboundRequest.fingerprint == req.fingerprint,
-            InboundRequest.id != req.id,
-            InboundRequest.status != InboundStatus.FAILED,
-            InboundRequest.lead_id.is_not(None),
-            InboundRequest.created_at >= req.created_at - window,
-            InboundRequest.created_at <= req.created_at + window,
-        )
-        .order_by(InboundRequest.id)
-        .limit(1)
+    other = next(
+        (
+            o
+            for o in handled
+            if o.person_id == req.person_id
+            and o.fingerprint == req.fingerprint
+            and o.id != req.id
+            and abs(o.created_at - req.created_at) <= window
+        ),
+        None,
     )
     if other is None:
         return False
@@ -554,7 +586,7 @@ def _match_contact(batch: _Batch, plan: _Plan, matches: dict[tuple[str, str], in
     for key in identities:
         if key in matches:
             return matches[key]
-    if not identities or _mirror_ready(batch.owner_id, "contacts"):
+    if not identities or batch.mirror_ready("contacts"):
         return None
     # Never synced: the mirror proves nothing, so ask amoCRM (each hit verified field by field).
     with _amo(batch.owner_id, batch.ctx.attempts, "contact search"):
@@ -609,7 +641,7 @@ def _open_deal_of(batch: _Batch, contact_id: int) -> int | None:
     open_ids = [int(r.id) for r in rows if r.status_id not in CLOSED_STATUSES]
     if open_ids:
         return open_ids[0]
-    if rows or _mirror_ready(owner_id, "leads"):
+    if rows or batch.mirror_ready("leads"):
         return None
     with _amo(owner_id, batch.ctx.attempts, "deal lookup"):
         client = batch.ctx.client()
