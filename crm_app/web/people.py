@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from flask import Blueprint, abort, current_app, request
@@ -44,7 +45,10 @@ def _limit_key() -> str:
 
 
 def _rate_limit() -> str:
-    return str(current_app.config.get("CRM_READ_RATE_LIMIT") or "600 per minute")
+    configured = current_app.config.get("CRM_READ_RATE_LIMIT") or os.environ.get(
+        "CRM_READ_RATE_LIMIT"
+    )
+    return str(configured or "600 per minute")
 
 
 @bp.get("/api/crm/people")
