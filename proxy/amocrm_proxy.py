@@ -1,7 +1,8 @@
 """Outbound proxy for amoCRM traffic: HTTPS tunnels to allowlisted amoCRM hosts only."""
 
 # Run as a script (`python proxy/amocrm_proxy.py`), never imported as `proxy.…`: the proxy.py
-# library owns the top-level package name `proxy` (see PITFALLS.md).
+# library owns the top-level package name `proxy`, and a package of ours by that name would
+# shadow it.
 
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ class Policy:
             return self.resolve[host]
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         for *_, sockaddr in infos:
-            ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+            ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
             if not is_local_address(ip):
                 return str(ip)
         raise LookupError("resolves only to local addresses")

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -284,6 +285,30 @@ def auth_header(client):
 
 
 sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def make_sandbox():
+    """make_sandbox(**options) → an amoCRM sandbox started on a free port.
+
+    Takes any `SandboxConfig` option; contacts, leads and tasks default to 60, 40 and 30. Every
+    sandbox started in the test is stopped after it.
+    """
+    from crm_app.sandbox import SandboxServer
+
+    started: list[SandboxServer] = []
+
+    def start(**options: Any) -> SandboxServer:
+        options.setdefault("contacts", 60)
+        options.setdefault("leads", 40)
+        options.setdefault("tasks", 30)
+        server = SandboxServer(port=0, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 def app_env(app) -> dict[str, str]:

@@ -42,7 +42,7 @@ def eager(app: Flask) -> Iterator[None]:
 
 
 @pytest.mark.worker
-def test_worker_runs_enqueued_task(app: Flask, owner: Owner, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_worker_runs_enqueued_task(app: Flask, owner: Owner, celery_worker) -> None:
     celery_worker("smoke", concurrency=1)
     enqueue("tests.ping", owner.id)
     deadline = time.monotonic() + 20

@@ -1,6 +1,7 @@
 """All models, imported here so Alembic and create_all see every table."""
 
 from crm_app.models import search as _search  # noqa: F401  (search DDL on the mirror tables)
+from crm_app.models.chats import ChatChannel, ChatMessage, Conversation
 from crm_app.models.echo import OwnWrite
 from crm_app.models.inbound import InboundPerson, InboundRequest, InboundStatus
 from crm_app.models.integration import AmoConfig, AmoToken, ConnectionStatus, OAuthState
@@ -23,8 +24,11 @@ __all__ = [
     "AmoToken",
     "AmoUser",
     "ApiKey",
+    "ChatChannel",
+    "ChatMessage",
     "ConnectionStatus",
     "Contact",
+    "Conversation",
     "InboundPerson",
     "InboundRequest",
     "InboundStatus",

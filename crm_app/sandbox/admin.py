@@ -133,7 +133,7 @@ def register() -> Response:
 
 @bp.post("/auth-code")
 def auth_code() -> Response:
-    """A private integration's code: 20 minutes, single use (INTERFACES.md)."""
+    """A private integration's code: 20 minutes, single use."""
     sb = common.sandbox()
     body = _body()
     integration = _integration(body)

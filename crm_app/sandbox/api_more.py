@@ -261,7 +261,8 @@ def _hook_public(hook: dict[str, Any]) -> dict[str, Any]:
 def _admin_only() -> Response | None:
     user = common.account().user(common.user_id())
     if user is None or not user.is_admin:
-        return errors.problem(403, "Access denied")  # webhooks need admin rights (§4.12)
+        # Webhooks need admin rights (https://www.amocrm.ru/developers/content/crm_platform/webhooks-api).
+        return errors.problem(403, "Access denied")
     return None
 
 

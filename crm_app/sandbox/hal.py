@@ -53,7 +53,8 @@ class Renderer:
         if enum_id is not None:
             enum = meta.enum_by_id(enum_id)
             code = enum.code if enum else None
-        # Docs show `enum`, the official library reads `enum_code` (facts §4.3): both by default.
+        # The docs show `enum` (https://www.amocrm.ru/developers/content/crm_platform/contacts-api), the official PHP
+        # library reads `enum_code`: both by default.
         if self.enum_keys in ("both", "code"):
             item["enum_code"] = code
         if self.enum_keys in ("both", "enum") and meta.type == "multitext":

@@ -14,7 +14,7 @@ NOTE_TYPES = (
     "common", "call_in", "call_out", "service_message", "extended_service_message",
     "message_cashier", "geolocation", "sms_in", "sms_out", "attachment",
 )  # fmt: skip
-# Which entity types each kind may link to (facts §4.10).
+# Which entity types each kind may link to (https://www.amocrm.ru/developers/content/crm_platform/entity-links-api).
 LINKABLE = {
     "leads": ("contacts", "companies", "catalog_elements"),
     "contacts": ("companies", "catalog_elements", "customers"),
@@ -27,7 +27,8 @@ class Relations(Writer):
     def complex(self, items: list[Any]) -> list[dict[str, Any]]:
         acc = self.acc
         with acc.lock:
-            # Duplicate control compares with data that existed before the call only (§4.5).
+            # Duplicate control compares with data that existed before the call only
+            # (https://www.amocrm.ru/developers/content/crm_platform/leads-api, complex add).
             known = self._contact_index() if self.sb.config.duplicate_control else None
             plans, problems = [], []
             for index, item in enumerate(items):

@@ -20,7 +20,7 @@ SETTINGS = frozenset(
 )  # fmt: skip
 
 # Body key and singular setting name per entity kind: tasks arrive under `task`, companies
-# under `contacts` with type=company (facts §5.1).
+# under `contacts` with type=company (https://www.amocrm.ru/developers/content/crm_platform/webhooks-format).
 BODY_KEY = {"leads": "leads", "contacts": "contacts", "companies": "contacts", "tasks": "task"}
 SINGULAR = {"leads": "lead", "contacts": "contact", "companies": "company", "tasks": "task"}
 ELEMENT_TYPE = {"contacts": "1", "leads": "2", "companies": "3", "customers": "12"}
@@ -91,7 +91,7 @@ class ItemBuilder:
         self.text_values = text_values
 
     def when(self, ts: int | None) -> str:
-        """Task dates are account-local "YYYY-MM-DD HH:MM:SS" strings (facts §5.1)."""
+        """Task dates are account-local "YYYY-MM-DD HH:MM:SS" strings."""
         if ts is None:
             return ""
         return dt.datetime.fromtimestamp(ts, self.tz).strftime("%Y-%m-%d %H:%M:%S")
@@ -105,7 +105,7 @@ class ItemBuilder:
             if meta is None:
                 continue
             if meta.enums is not None:
-                # Inside webhooks `enum` is the enum id, not its code (facts §5.1).
+                # Inside webhooks `enum` is the enum id, not its code.
                 shaped: list[Any] = [
                     {"value": _text(v), "enum": "" if e is None else str(e)} for v, e in values
                 ]

@@ -222,7 +222,7 @@ class Writer:
         company = self._company_ref(item, errs)
         if company is not ...:
             record["company_id"] = company
-        record.setdefault("name", "")  # nothing is required on create (§4.4)
+        record.setdefault("name", "")  # nothing is required on create
         return self._stamp(record, old, changes)
 
     def _lead_status(
@@ -304,7 +304,7 @@ class Writer:
         if till is not None:
             changes["complete_till"] = till
         if old is None:
-            # A task must have a text and a due date (facts §4.6).
+            # A task must have a text and a due date (https://www.amocrm.ru/developers/content/crm_platform/tasks-api).
             if not text:
                 fx.err(errs, "NotBlank", "text", fx.NOT_BLANK)
             if till is None and "complete_till" not in item:

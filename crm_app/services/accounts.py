@@ -16,7 +16,7 @@ class UnknownUser(LookupError):
 
 
 def find_user(username: str) -> User:
-    user = db.session.scalar(select(User).where(User.username == username.strip()))
+    user: User | None = db.session.scalar(select(User).where(User.username == username.strip()))
     if user is None:
         raise UnknownUser(f"no user {username.strip()!r}")
     return user

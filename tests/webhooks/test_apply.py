@@ -124,10 +124,9 @@ def test_task_update_sample_with_extra_nesting(owner: Owner) -> None:
     assert mirror(owner.id, "tasks", task_id).text == "Позвонить клиенту"
 
 
-def test_task_add_raw_sample_from_the_fact_sheet(owner: Owner) -> None:
+def test_task_add_raw_sample_reaches_the_mirror(owner: Owner) -> None:
     task_id = owner.ids("tasks")[1]
-    text = (SAMPLES.parent / "api-facts.md").read_text()
-    raw = next(line for line in text.splitlines() if line.startswith("task%5Badd%5D"))
+    raw = (SAMPLES / "webhook_task_add_kommo.form.txt").read_text().strip()
     raw = raw.replace(
         "task%5Badd%5D%5B0%5D%5Bid%5D=1564671", f"task%5Badd%5D%5B0%5D%5Bid%5D={task_id}"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,26 +19,9 @@ HOOK_SETTINGS = [
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
-    servers: list[SandboxServer] = []
-
-    def start(**options: Any) -> SandboxServer:
-        options.setdefault("quiet", True)
-        options.setdefault("contacts", 20)
-        options.setdefault("leads", 20)
-        options.setdefault("tasks", 10)
-        server = SandboxServer(port=0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
-    return make_sandbox()
+def sandbox(make_sandbox) -> SandboxServer:
+    server: SandboxServer = make_sandbox(contacts=20, leads=20, tasks=10)
+    return server
 
 
 class Owner:
@@ -107,8 +89,39 @@ class Owner:
 @pytest.fixture
 def owner(app, client, sandbox, make_user) -> Owner:  # type: ignore[no-untyped-def]
     from crm_app.commands.users import get_or_create_owner
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     owner_id = get_or_create_owner("acme").id
     connect_owner_to_sandbox(owner_id, sandbox)
     return Owner(app, client, sandbox, owner_id)
+
+
+@pytest.fixture
+def synced(owner: Owner) -> Owner:
+    """The owner with a full sync done (mirror and reference data filled)."""
+    from crm_app.services.sync import run_sync, start_sync
+
+    run = start_sync(owner.id, full=True, enqueue=False)
+    run_sync(run.id)
+    owner.server.clear_requests()
+    return owner
+
+
+@pytest.fixture
+def kicks(monkeypatch) -> list[tuple[int, float | None]]:  # type: ignore[no-untyped-def]
+    """Outbox drains the services ask for, recorded instead of sent to a broker."""
+    sent: list[tuple[int, float | None]] = []
+    monkeypatch.setattr(
+        "crm_app.services.workspace.outbox.kick",
+        lambda owner_id, countdown=None: sent.append((owner_id, countdown)),
+    )
+    return sent
+
+
+def fault(server: SandboxServer, **body: Any) -> None:
+    resp = requests.post(f"{server.url}/_sandbox/faults", json=body, timeout=5)
+    assert resp.status_code == 201, resp.text
+
+
+def heal(server: SandboxServer) -> None:
+    requests.delete(f"{server.url}/_sandbox/faults", timeout=5)

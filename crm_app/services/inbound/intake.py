@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
@@ -157,7 +158,24 @@ def enqueue(request_id: int, owner_id: int | None = None) -> bool:
         )
         if owner_id is None:
             return False
-    return kick(owner_id)
+    if kick(owner_id):
+        return True
+    mark_due(request_id)
+    return False
+
+
+def mark_due(request_id: int, delay: float = 0.0) -> None:
+    """Let the next inbound.retry_stale pass after `delay` hand it over (no task was sent)."""
+    try:
+        db.session.execute(
+            sa_update(InboundRequest)
+            .where(InboundRequest.id == request_id, InboundRequest.status == InboundStatus.QUEUED)
+            .values(next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
+        )
+        db.session.commit()
+    except Exception as exc:  # the stale sweep still finds it, only later
+        db.session.rollback()
+        logger.warning("could not mark inbound request %s due: %s", request_id, type(exc).__name__)
 
 
 def is_eager() -> bool:

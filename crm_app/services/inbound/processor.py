@@ -45,6 +45,7 @@ from crm_app.amocrm.errors import (
     AmoCRMTokenExpired,
     AmoCRMUnavailable,
     AmoCRMValidationError,
+    ThrottleUnavailable,
 )
 from crm_app.amocrm.fields import field_value, get_emails, normalize_email, normalize_phone
 from crm_app.extensions import db
@@ -206,8 +207,9 @@ def _amo(owner_id: int, attempts: int, what: str) -> Iterator[None]:
         raise _Retry(f"{what}: {exc.message}", _backoff(attempts)) from exc
 
 
-# 429/403/402 are refused before amoCRM stores anything: a create that got one did not happen.
-_REFUSED = (AmoCRMRateLimited, AmoCRMBlocked, AmoCRMPaymentRequired)
+# 429/403/402 are refused before amoCRM stores anything, and without a rate-limit slot (Redis
+# down) nothing was sent: a create that got one of these did not happen.
+_REFUSED = (AmoCRMRateLimited, AmoCRMBlocked, AmoCRMPaymentRequired, ThrottleUnavailable)
 
 
 # -- one batch ------------------------------------------------------------------------------------
@@ -331,6 +333,7 @@ def process_batch(owner_id: int, requests: Sequence[InboundRequest]) -> list[int
     # and person after each of a batch's commits would cost hundreds of queries per batch.
     session = db.session()
     expire, session.expire_on_commit = session.expire_on_commit, False
+    began = _now()
     try:
         _run(batch)
     except _Fail as exc:
@@ -350,6 +353,10 @@ def process_batch(owner_id: int, requests: Sequence[InboundRequest]) -> list[int
         ctx.close()
         session.expire_on_commit = expire
     batch.commit()
+    if any(r.status == InboundStatus.CREATED for r in batch_requests):
+        from crm_app.services.amo import record_api_success
+
+        record_api_success(owner_id, began)  # clears a badge error older than this batch
     return batch.again
 
 

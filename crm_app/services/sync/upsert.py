@@ -275,9 +275,6 @@ def upsert_notes(
     return _upsert_entity(entity, owner_id, items, conn, commit)
 
 
-UPSERTERS = {"contacts": upsert_contacts, "leads": upsert_leads, "tasks": upsert_tasks}
-
-
 def delete_entities(
     owner_id: int,
     entity: str,

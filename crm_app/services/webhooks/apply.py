@@ -22,11 +22,12 @@ from crm_app.extensions import db
 from crm_app.models import (
     AmoConfig,
     InboxStatus,
+    Note,
     SyncLog,
     WebhookDelivery,
     WebhookEventKey,
 )
-from crm_app.services.echo import own_echoes, unix_version
+from crm_app.services.echo import is_own_echo, own_echoes, unix_version
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.webhooks import inbox
 from crm_app.services.webhooks.parse import Event, MalformedBody, parse_delivery
@@ -169,7 +170,7 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
             if not actionable:
                 plan.ignored += 1
                 continue
-            if _echo_key(event) in echoes:
+            if _echo_key(event) in echoes or _own_note_echo(owner_id, event):
                 # The mirror was written when we made this change; amoCRM only confirms it.
                 plan.echoes += 1
                 continue
@@ -192,6 +193,18 @@ def _echo_key(event: Event) -> tuple[str, int, int] | None:
     if event.entity_id is None or version is None or event.is_delete:
         return None
     return (event.entity, event.entity_id, version)
+
+
+def _own_note_echo(owner_id: int, event: Event) -> bool:
+    """A note we added ourselves, still as we wrote it: the webhook carries no version we could
+    match (amoCRM's answer to a note POST has no updated_at), so the text is compared."""
+    note_id = event.note_id
+    if note_id is None or not is_own_echo(owner_id, "notes", note_id, 0):
+        return False
+    note = db.session.get(Note, (owner_id, note_id))
+    raw = event.data.get("note")
+    sent: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    return note is not None and (note.text or "") == str(sent.get("text") or "")
 
 
 def _own_echoes(
@@ -436,13 +449,3 @@ def process_owner(
     except LockTimeout:
         # Another pass holds the owner for longer than we waited; it will see our rows.
         return {**totals, "more": True}
-
-
-def retry_delivery(delivery_id: int) -> None:
-    """Make one failed delivery pending again (admin action)."""
-    db.session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id)
-        .values(status=InboxStatus.PENDING, next_attempt_at=None, error=None)
-    )
-    db.session.commit()
