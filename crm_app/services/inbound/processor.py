@@ -59,7 +59,9 @@ from crm_app.models import (
     SyncCursor,
     SyncLog,
 )
+from crm_app.models.chats import ChatMode
 from crm_app.models.inbound import InboundOutcome
+from crm_app.services.chats.channel import mode_for
 from crm_app.services.echo import remember_own_writes
 from crm_app.services.inbound import items as build
 from crm_app.services.inbound.fields import forget_field_map, get_field_map
@@ -377,6 +379,11 @@ def _run(batch: _Batch) -> None:
         _create_chunk(batch, plans[start : start + size])
     notes = [r for r in batch.open.values() if r.lead_id is not None and not r.note_added]
     notes.sort(key=lambda r: r.id)
+    if notes and mode_for(batch.owner_id) == ChatMode.CHAT:
+        # The owner reads the conversation in amoCRM's chat: no copy of it as notes.
+        for req in notes:
+            req.note_added = True
+        notes = []
     for start in range(0, len(notes), size):
         _notes_chunk(batch, notes[start : start + size])
     for req in list(batch.open.values()):
