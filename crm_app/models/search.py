@@ -1,7 +1,7 @@
 """Full-text search objects over the mirror: plain DDL, attached to the mirror tables.
 
-PostgreSQL: GIN indexes on ``to_tsvector('russian', …) || to_tsvector('english', …)`` of each
-searchable table (Russian stems for Cyrillic words, English for Latin ones; amoCRM accounts mix
+PostgreSQL: a stored generated ``search_doc`` column holding
+``to_tsvector('russian', …) || to_tsvector('english', …)`` of each searchable table, GIN-indexed (Russian stems for Cyrillic words, English for Latin ones; amoCRM accounts mix
 both), plus GIN indexes on the contacts' phone and e-mail arrays for the people lookup. The
 rows are the mirror rows themselves, so the sync and the webhooks keep the search current with no
 extra writes. SQLite (the embedded default): an FTS5 table per searchable table, external
@@ -37,9 +37,16 @@ def pg_document(table: str, alias: str | None = None) -> str:
     return " || ".join(f"to_tsvector('{config}', {text})" for config in CONFIGS)
 
 
+# The stored tsvector column of each searchable table (PostgreSQL). Ranking reads it instead of
+# parsing every candidate row's text again, and the index recheck is a plain column read.
+DOC_COLUMN = "search_doc"
+
+
 def _pg_statements(table: str) -> list[str]:
     out = [
-        f"CREATE INDEX IF NOT EXISTS ix_{table}_fts ON {table} USING gin (({pg_document(table)}))"
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {DOC_COLUMN} tsvector"
+        f" GENERATED ALWAYS AS ({pg_document(table)}) STORED",
+        f"CREATE INDEX IF NOT EXISTS ix_{table}_fts ON {table} USING gin ({DOC_COLUMN})",
     ]
     if table == "crm_leads":  # a person's deals where they are not the main contact
         out.append(
@@ -99,6 +106,7 @@ def uninstall(conn: Connection) -> None:
     for table in SEARCHED:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_{table}_fts")
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN IF EXISTS {DOC_COLUMN}")
         elif conn.dialect.name == "sqlite":
             for suffix in ("ai", "ad", "au"):
                 conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_fts_{suffix}")
@@ -114,6 +122,7 @@ def is_search_object(name: str) -> bool:
     return (
         any(name == f"ix_{table}_fts" or name.startswith(f"{table}_fts") for table in SEARCHED)
         or name in _LOOKUP_INDEXES
+        or name == DOC_COLUMN
     )
 
 
@@ -122,6 +131,21 @@ _LOOKUP_INDEXES = (
     "ix_crm_contacts_emails_gin",
     "ix_crm_leads_contact_ids_gin",
 )
+
+
+def upgrade_documents(conn: Connection) -> None:
+    """PostgreSQL databases made before the stored documents: replace the expression indexes
+    with the column and its index (migration 0003)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table in SEARCHED:
+        exists = conn.exec_driver_sql(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = %(t)s AND column_name = %(c)s",
+            {"t": table, "c": DOC_COLUMN},
+        ).first()
+        if exists is None:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_{table}_fts")
+    install(conn)
 
 
 def _after_create(target: Any, connection: Connection, **_kw: Any) -> None:

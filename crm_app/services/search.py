@@ -1,6 +1,6 @@
 """Full-text search over one owner's mirrored contacts, deals and notes.
 
-PostgreSQL: the tsvector documents of ``crm_app.models.search`` (Russian and English
+PostgreSQL: the stored tsvector documents of ``crm_app.models.search`` (Russian and English
 configurations) matched against the words of the query, any of them, ranked by ``ts_rank``.
 SQLite: the FTS5 tables, each word as a prefix (no stemming there), ranked by bm25. Both are kept
 current by the mirror's own writes (sync, webhooks, inbound), nothing in memory.
@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 
 from crm_app.extensions import db
-from crm_app.models.search import pg_document
+from crm_app.models.search import DOC_COLUMN
 
 TYPES = ("contacts", "leads", "notes")
 TABLES = {"contacts": "crm_contacts", "leads": "crm_leads", "notes": "crm_notes"}
@@ -55,14 +55,15 @@ def _pg(owner_id: int, words: list[str], kinds: list[str], limit: int) -> list[d
     selects = []
     for kind in kinds:
         table = TABLES[kind]
-        doc = pg_document(table, "t")
-        # `owner_id + 0`: keeps the planner on the GIN index. With the owner's btree index it
-        # would read every row of a big owner and compute its tsvector on the fly.
+        # The stored document (`search_doc`, GIN-indexed): the match and the rank read it, no
+        # text is parsed at query time. `owner_id + 0` keeps the planner on the GIN index (with
+        # the owner's btree it would read every row of a big owner); LIMIT :cand cuts the
+        # matches before they are ranked.
         selects.append(
             f"(SELECT '{kind}' AS type, c.id, c.title, ts_rank(c.doc, {tsquery}) AS rank,"
             f" c.e_type, c.e_id, c.updated_at FROM (SELECT t.id, {_title(kind, 't')},"
-            f" {doc}, {_extra(kind, 't')}, t.updated_at FROM {table} t"
-            f" WHERE {doc} @@ ({tsquery}) AND t.owner_id + 0 = :owner LIMIT :cand)"
+            f" t.{DOC_COLUMN}, {_extra(kind, 't')}, t.updated_at FROM {table} t"
+            f" WHERE t.{DOC_COLUMN} @@ ({tsquery}) AND t.owner_id + 0 = :owner LIMIT :cand)"
             f" AS c(id, title, doc, e_type, e_id, updated_at) ORDER BY rank DESC LIMIT :limit)"
         )
     sql = (
