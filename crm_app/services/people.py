@@ -51,7 +51,7 @@ def _postgres() -> bool:
     return db.engine.dialect.name == "postgresql"
 
 
-def find_contact_id(
+def find_contact(
     owner_id: int,
     *,
     telegram_id: str | None = None,
@@ -59,20 +59,27 @@ def find_contact_id(
     email: str | None = None,
     external_id: str | None = None,
     channel: str | None = None,
-) -> int | None:
-    """The mirrored contact named by one identity, or None."""
+) -> Contact | None:
+    """The mirrored contact named by one identity, or None (one indexed query, rarely two)."""
     if external_id is not None or telegram_id is not None:
         chan, ext = ("telegram", telegram_id) if telegram_id is not None else (channel, external_id)
         via_person = db.session.scalar(
-            select(InboundPerson.contact_id).where(
+            select(Contact)
+            .join(
+                InboundPerson,
+                sa.and_(
+                    InboundPerson.owner_id == Contact.owner_id,
+                    InboundPerson.contact_id == Contact.id,
+                ),
+            )
+            .where(
                 InboundPerson.owner_id == owner_id,
                 InboundPerson.channel == chan,
                 InboundPerson.external_id == ext,
-                InboundPerson.contact_id.is_not(None),
             )
         )
         if via_person is not None or telegram_id is None:
-            return int(via_person) if via_person is not None else None
+            return via_person
         return _first(owner_id, Contact.telegram_id == telegram_id)
     if phone is not None:
         value = normalize_phone(phone)
@@ -93,23 +100,25 @@ def find_contact_id(
     return None
 
 
-def _first(owner_id: int, condition: Any) -> int | None:
-    found = db.session.scalar(
-        select(Contact.id)
-        .where(Contact.owner_id == owner_id, condition)
-        .order_by(Contact.id)
-        .limit(1)
+def find_contact_id(owner_id: int, **identity: str | None) -> int | None:
+    """The id of the mirrored contact named by one identity, or None."""
+    found = find_contact(owner_id, **identity)
+    return int(found.id) if found is not None else None
+
+
+def _first(owner_id: int, condition: Any) -> Contact | None:
+    return db.session.scalar(
+        select(Contact).where(Contact.owner_id == owner_id, condition).order_by(Contact.id).limit(1)
     )
-    return int(found) if found is not None else None
+
+
+_WEBHOOK = " webhook"  # not an entity name: marks the webhook row of freshness()'s query
 
 
 def freshness(owner_id: int, row_synced_at: datetime | None = None) -> dict[str, Any]:
     """When the mirror last heard from amoCRM, per entity and by webhook."""
-    cursors = {
-        c.entity: c.last_success_at
-        for c in db.session.scalars(select(SyncCursor).where(SyncCursor.owner_id == owner_id))
-    }
-    last_hook = db.session.scalar(
+    # One round trip: the cursors, plus the latest processed webhook as one more row.
+    last_hook = (
         select(WebhookDelivery.processed_at)
         .where(
             WebhookDelivery.owner_id == owner_id,
@@ -117,7 +126,15 @@ def freshness(owner_id: int, row_synced_at: datetime | None = None) -> dict[str,
         )
         .order_by(WebhookDelivery.id.desc())
         .limit(1)
+        .scalar_subquery()
     )
+    rows = db.session.execute(
+        select(SyncCursor.entity, SyncCursor.last_success_at)
+        .where(SyncCursor.owner_id == owner_id)
+        .union_all(select(sa.literal(_WEBHOOK, sa.String), last_hook))
+    ).all()
+    cursors = {entity: at for entity, at in rows}
+    last_hook_at = cursors.pop(_WEBHOOK, None)
     return {
         "as_of": datetime.now(UTC).isoformat(),
         "contact_synced_at": _iso(row_synced_at),
@@ -125,7 +142,7 @@ def freshness(owner_id: int, row_synced_at: datetime | None = None) -> dict[str,
         "leads_synced_at": _iso(cursors.get("leads")),
         "tasks_synced_at": _iso(cursors.get("tasks")),
         "notes_synced_at": _iso(cursors.get("notes")),
-        "last_webhook_at": _iso(last_hook),
+        "last_webhook_at": _iso(last_hook_at),
     }
 
 
@@ -134,33 +151,42 @@ class _Names:
 
     def __init__(self, owner_id: int, user_ids: set[int], pipeline_ids: set[int]) -> None:
         self.users: dict[int, str | None] = {}
+        self.pipelines: dict[int, str | None] = {}
+        self.stages: dict[tuple[int, int], str | None] = {}
+        parts = []
         if user_ids:
-            self.users = {
-                int(uid): name
-                for uid, name in db.session.execute(
-                    select(AmoUser.id, AmoUser.name).where(
-                        AmoUser.owner_id == owner_id, AmoUser.id.in_(user_ids)
-                    )
+            parts.append(
+                select(sa.literal("u"), AmoUser.id, sa.literal(0), AmoUser.name).where(
+                    AmoUser.owner_id == owner_id, AmoUser.id.in_(user_ids)
                 )
-            }
-        self.pipelines: dict[int, str] = {}
-        self.stages: dict[tuple[int, int], str] = {}
+            )
         if pipeline_ids:
-            self.pipelines = {
-                int(pid): name
-                for pid, name in db.session.execute(
-                    select(Pipeline.id, Pipeline.name).where(
-                        Pipeline.owner_id == owner_id, Pipeline.id.in_(pipeline_ids)
-                    )
+            parts.append(
+                select(sa.literal("p"), Pipeline.id, sa.literal(0), Pipeline.name).where(
+                    Pipeline.owner_id == owner_id, Pipeline.id.in_(pipeline_ids)
                 )
-            }
-            for pid, sid, name in db.session.execute(
-                select(PipelineStatus.pipeline_id, PipelineStatus.id, PipelineStatus.name).where(
+            )
+            parts.append(
+                select(
+                    sa.literal("s"),
+                    PipelineStatus.pipeline_id,
+                    PipelineStatus.id,
+                    PipelineStatus.name,
+                ).where(
                     PipelineStatus.owner_id == owner_id,
                     PipelineStatus.pipeline_id.in_(pipeline_ids),
                 )
-            ):
-                self.stages[(int(pid), int(sid))] = name
+            )
+        if not parts:
+            return
+        # One round trip for all three kinds of names.
+        for kind, first, second, name in db.session.execute(sa.union_all(*parts)):
+            if kind == "u":
+                self.users[int(first)] = name
+            elif kind == "p":
+                self.pipelines[int(first)] = name
+            else:
+                self.stages[(int(first), int(second))] = name
 
     def user(self, user_id: int | None) -> dict[str, Any] | None:
         if not user_id:
@@ -192,6 +218,11 @@ def person_view(owner_id: int, contact_id: int) -> dict[str, Any] | None:
     contact = db.session.get(Contact, (owner_id, contact_id))
     if contact is None:
         return None
+    return _view(owner_id, contact)
+
+
+def _view(owner_id: int, contact: Contact) -> dict[str, Any]:
+    contact_id = int(contact.id)
     linked = Lead.main_contact_id == contact_id
     if _postgres():
         linked = sa.or_(linked, _jsonb_has(Lead.contact_ids, contact_id))
@@ -223,30 +254,20 @@ def person_view(owner_id: int, contact_id: int) -> dict[str, Any] | None:
             .limit(TASKS_LIMIT)
         )
     )
-    # Two index range reads (crm_notes' (owner, entity_type, entity_id, created_at)), merged.
+    on_note = sa.and_(Note.entity_type == "contacts", Note.entity_id == contact_id)
+    if lead_ids:
+        on_note = sa.or_(
+            on_note, sa.and_(Note.entity_type == "leads", Note.entity_id.in_(lead_ids[:50]))
+        )
+    # One query; crm_notes' (owner, entity_type, entity_id, created_at) index finds each part.
     notes = list(
         db.session.scalars(
             select(Note)
-            .where(
-                Note.owner_id == owner_id,
-                Note.entity_type == "contacts",
-                Note.entity_id == contact_id,
-            )
+            .where(Note.owner_id == owner_id, on_note)
             .order_by(Note.created_at.desc().nulls_last(), Note.id.desc())
             .limit(NOTES_LIMIT)
         )
     )
-    if lead_ids:
-        notes += db.session.scalars(
-            select(Note)
-            .where(
-                Note.owner_id == owner_id,
-                Note.entity_type == "leads",
-                Note.entity_id.in_(lead_ids[:50]),
-            )
-            .order_by(Note.created_at.desc().nulls_last(), Note.id.desc())
-            .limit(NOTES_LIMIT)
-        )
     notes.sort(key=lambda n: (n.created_at or 0, n.id), reverse=True)
     notes = notes[:NOTES_LIMIT]
     shown = [*open_leads, *closed[:1]]
@@ -306,7 +327,7 @@ def person_view(owner_id: int, contact_id: int) -> dict[str, Any] | None:
 
 def lookup(owner_id: int, **identity: str | None) -> dict[str, Any] | None:
     """Find the person by one identity and build their view; None when the mirror has nobody."""
-    contact_id = find_contact_id(owner_id, **identity)
-    if contact_id is None:
+    contact = find_contact(owner_id, **identity)
+    if contact is None:
         return None
-    return person_view(owner_id, contact_id)
+    return _view(owner_id, contact)
