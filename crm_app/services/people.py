@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from crm_app.amocrm.fields import normalize_email, normalize_phone
 from crm_app.extensions import db
@@ -107,8 +108,13 @@ def find_contact_id(owner_id: int, **identity: str | None) -> int | None:
 
 
 def _first(owner_id: int, condition: Any) -> Contact | None:
+    # `id + 0`: SQLite (no statistics) would otherwise walk the owner's primary key in id order,
+    # every contact of the owner, to skip sorting the one or two rows the identity index finds.
     return db.session.scalar(
-        select(Contact).where(Contact.owner_id == owner_id, condition).order_by(Contact.id).limit(1)
+        select(Contact)
+        .where(Contact.owner_id == owner_id, condition)
+        .order_by(Contact.id + 0)
+        .limit(1)
     )
 
 
@@ -221,16 +227,48 @@ def person_view(owner_id: int, contact_id: int) -> dict[str, Any] | None:
     return _view(owner_id, contact)
 
 
+def _by_entity(
+    model: Any,
+    owner_id: int,
+    contact_id: int,
+    lead_ids: list[int],
+    order: list[Any],
+    limit: int,
+    *extra: Any,
+) -> list[Any]:
+    """Rows of `model` on the contact or on its deals, the first `limit` of each part by `order`,
+    in one round trip: a UNION ALL of two index range reads over (owner, entity_type, entity_id),
+    which both databases plan the same way (an OR of the two lets SQLite walk every row of the
+    owner)."""
+    branches = [sa.and_(model.entity_type == "contacts", model.entity_id == contact_id)]
+    if lead_ids:
+        branches.append(sa.and_(model.entity_type == "leads", model.entity_id.in_(lead_ids)))
+    parts = [
+        select(model)
+        .where(model.owner_id == owner_id, branch, *extra)
+        .order_by(*order)
+        .limit(limit)
+        .subquery()
+        for branch in branches
+    ]
+    if len(parts) == 1:
+        return list(db.session.scalars(select(aliased(model, parts[0]))))
+    union = sa.union_all(*(select(part) for part in parts)).subquery()
+    return list(db.session.scalars(select(aliased(model, union))))
+
+
 def _view(owner_id: int, contact: Contact) -> dict[str, Any]:
     contact_id = int(contact.id)
     linked = Lead.main_contact_id == contact_id
     if _postgres():
         linked = sa.or_(linked, _jsonb_has(Lead.contact_ids, contact_id))
+    # `updated_at + 0`: an expression, so SQLite (no statistics) takes the contact's index
+    # instead of walking the owner's (owner_id, updated_at) index to skip the sort.
     leads = list(
         db.session.scalars(
             select(Lead)
             .where(Lead.owner_id == owner_id, linked)
-            .order_by(Lead.updated_at.desc().nulls_last(), Lead.id.desc())
+            .order_by((Lead.updated_at + 0).desc().nulls_last(), Lead.id.desc())
             .limit(200)
         )
     )
@@ -241,32 +279,24 @@ def _view(owner_id: int, contact: Contact) -> dict[str, Any]:
         reverse=True,
     )
     lead_ids = [int(lead.id) for lead in leads]
-    on_entity = sa.and_(Task.entity_type == "contacts", Task.entity_id == contact_id)
-    if lead_ids:
-        on_entity = sa.or_(
-            on_entity, sa.and_(Task.entity_type == "leads", Task.entity_id.in_(lead_ids))
-        )
-    tasks = list(
-        db.session.scalars(
-            select(Task)
-            .where(Task.owner_id == owner_id, Task.is_completed.is_(False), on_entity)
-            .order_by(Task.complete_till.asc().nulls_last(), Task.id)
-            .limit(TASKS_LIMIT)
-        )
+    tasks = _by_entity(
+        Task,
+        owner_id,
+        contact_id,
+        lead_ids,
+        [Task.complete_till.asc().nulls_last(), Task.id],
+        TASKS_LIMIT,
+        Task.is_completed.is_(False),
     )
-    on_note = sa.and_(Note.entity_type == "contacts", Note.entity_id == contact_id)
-    if lead_ids:
-        on_note = sa.or_(
-            on_note, sa.and_(Note.entity_type == "leads", Note.entity_id.in_(lead_ids[:50]))
-        )
-    # One query; crm_notes' (owner, entity_type, entity_id, created_at) index finds each part.
-    notes = list(
-        db.session.scalars(
-            select(Note)
-            .where(Note.owner_id == owner_id, on_note)
-            .order_by(Note.created_at.desc().nulls_last(), Note.id.desc())
-            .limit(NOTES_LIMIT)
-        )
+    tasks.sort(key=lambda t: (t.complete_till is None, t.complete_till or 0, t.id))
+    tasks = tasks[:TASKS_LIMIT]
+    notes = _by_entity(
+        Note,
+        owner_id,
+        contact_id,
+        lead_ids[:50],
+        [Note.created_at.desc().nulls_last(), Note.id.desc()],
+        NOTES_LIMIT,
     )
     notes.sort(key=lambda n: (n.created_at or 0, n.id), reverse=True)
     notes = notes[:NOTES_LIMIT]
