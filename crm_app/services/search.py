@@ -19,7 +19,8 @@ from crm_app.models.search import DOC_COLUMN
 TYPES = ("contacts", "leads", "notes")
 TABLES = {"contacts": "crm_contacts", "leads": "crm_leads", "notes": "crm_notes"}
 MAX_WORDS = 8
-# Matches ranked per type: a very common word ranks the first this many matches, not all of them.
+# Matches ranked per type: a very common word ranks this many matches (on SQLite the newest),
+# not all of them.
 CANDIDATES = 500
 # An e-mail address stays whole (PostgreSQL's parser keeps it as one token); else runs of letters
 # and digits.
@@ -84,15 +85,21 @@ def _sqlite(owner_id: int, words: list[str], kinds: list[str], limit: int) -> li
     for kind in kinds:
         table = TABLES[kind]
         fts = f"{table}_fts"
+        # bm25 costs a read of every ranked row's positions: rank only the newest CANDIDATES
+        # matches (those above the rowid floor; FTS5 walks rowids backwards for free), as the
+        # PostgreSQL query ranks CANDIDATES matches.
+        floor = (
+            f"coalesce((SELECT rowid FROM {fts} WHERE {fts} MATCH :match"
+            f" ORDER BY rowid DESC LIMIT 1 OFFSET :cand - 1), 0)"
+        )
         sql = (
             f"SELECT t.id, {_title(kind, 't')} AS title, f.rank, {_extra(kind, 't')},"
             f" t.updated_at FROM (SELECT rowid, rank FROM {fts} WHERE {fts} MATCH :match"
-            f" ORDER BY rank LIMIT :limit) AS f JOIN {table} t ON t.rowid = f.rowid"
-            f" WHERE t.owner_id = :owner ORDER BY f.rank"
+            f" AND rowid >= {floor} ORDER BY rank LIMIT :limit) AS f"
+            f" JOIN {table} t ON t.rowid = f.rowid WHERE t.owner_id = :owner ORDER BY f.rank"
         )
-        for row in db.session.execute(
-            text(sql), {"match": match, "owner": owner_id, "limit": limit}
-        ).all():
+        params = {"match": match, "owner": owner_id, "limit": limit, "cand": CANDIDATES}
+        for row in db.session.execute(text(sql), params).all():
             # bm25 is lower-is-better and negative; the API's rank is higher-is-better.
             hits.append(_hit(kind, row[0], row[1], -float(row[2]), row[3], row[4], row[5]))
     hits.sort(key=lambda h: (h["rank"], h["updated_at"] or 0), reverse=True)
