@@ -108,8 +108,10 @@ def submit_inbound() -> Response:
             "The request body has invalid fields.",
             errors=svc.field_errors(exc),
         )
-    req = svc.submit(key.owner_id, payload, idempotency_key=idem, api_key_id=key.id)
-    chats_intake.from_widget(key.owner_id, payload.model_dump(), req.public_id)
+    # Read once: the key row expires at submit's commit, and reading it again costs a query.
+    owner_id, key_id = int(key.owner_id), int(key.id)
+    req = svc.submit(owner_id, payload, idempotency_key=idem, api_key_id=key_id)
+    chats_intake.from_widget(owner_id, payload.model_dump(), req.public_id)
     resp = jsonify({"id": req.public_id, "status": req.status})
     resp.status_code = 202
     resp.headers["Location"] = url_for("inbound.inbound_status", public_id=req.public_id)

@@ -14,6 +14,8 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 from sqlalchemy import update as sa_update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
@@ -50,44 +52,50 @@ def fingerprint(data: Mapping[str, Any], extra: str | None = None) -> str:
 
 def get_or_create_person(owner_id: int, channel: str, external_id: str) -> InboundPerson:
     """The person row, created at most once even under concurrent inserts (unique constraint)."""
-    query = select(InboundPerson).where(
+    person_id = person_id_for(owner_id, channel, external_id)
+    db.session.commit()
+    person = db.session.get(InboundPerson, person_id)
+    if person is None:  # pragma: no cover - the insert above either made it or lost to another
+        raise RuntimeError("inbound person could not be stored")
+    return person
+
+
+def person_id_for(owner_id: int, channel: str, external_id: str) -> int:
+    """The person's id, inserting the row in the current transaction when it is new (one round
+    trip for a known person, two for a new one). A concurrent insert of the same person waits on
+    the unique constraint and then reads the winner's row."""
+    query = select(InboundPerson.id).where(
         InboundPerson.owner_id == owner_id,
         InboundPerson.channel == channel,
         InboundPerson.external_id == external_id,
     )
-    person = db.session.scalar(query)
-    if person is not None:
-        return person
-    dialect = db.engine.dialect.name
+    found = db.session.scalar(query)
+    if found is not None:
+        return int(found)
+    now = datetime.now(UTC)
     values = {
         "owner_id": owner_id,
         "channel": channel,
         "external_id": external_id,
         "ref": new_ref(),
-        "created_at": datetime.now(UTC),
-        "updated_at": datetime.now(UTC),
+        "created_at": now,
+        "updated_at": now,
     }
-    if dialect in ("postgresql", "sqlite"):
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(InboundPerson).values(**values)
-        # Only the (owner, channel, external_id) conflict is expected; a clash of the random
-        # ref would surface as an error instead of silently dropping the person.
-        stmt = stmt.on_conflict_do_nothing(index_elements=["owner_id", "channel", "external_id"])
-        db.session.execute(stmt)
-        db.session.commit()
-    else:  # pragma: no cover - other databases are not supported targets
-        try:
-            db.session.add(InboundPerson(**values))
-            db.session.commit()
-        except IntegrityError:
-            db.session.rollback()
-    person = db.session.scalar(query)
-    if person is None:  # pragma: no cover - the insert above either made it or lost to another
+    insert: Any = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
+    # Only the (owner, channel, external_id) conflict is expected; a clash of the random ref
+    # would surface as an error instead of silently dropping the person.
+    stmt = (
+        insert(InboundPerson)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["owner_id", "channel", "external_id"])
+        .returning(InboundPerson.id)
+    )
+    made = db.session.scalar(stmt)
+    if made is None:
+        made = db.session.scalar(query)
+    if made is None:  # pragma: no cover - the insert above either made it or lost to another
         raise RuntimeError("inbound person could not be stored")
-    return person
+    return int(made)
 
 
 def find_by_idempotency_key(owner_id: int, key: str) -> InboundRequest | None:
@@ -118,12 +126,13 @@ def submit(
         existing = find_by_idempotency_key(owner_id, key)
         if existing is not None:
             return existing
-    person = get_or_create_person(owner_id, data.channel, data.external_id)
+    # The person and the request are written in one transaction (one commit per intake).
+    person_id = person_id_for(owner_id, data.channel, data.external_id)
     stored = data.stored()
     req = InboundRequest(
         public_id=str(uuid.uuid4()),
         owner_id=owner_id,
-        person_id=person.id,
+        person_id=person_id,
         api_key_id=api_key_id,
         channel=data.channel,
         external_id=data.external_id,
@@ -136,6 +145,10 @@ def submit(
     )
     db.session.add(req)
     try:
+        db.session.flush()
+        # Kept out of commit()'s expiry: the row was just written, reading it back (req.id for
+        # the kick, public_id and status for the answer) would cost a query each time.
+        db.session.expunge(req)
         db.session.commit()
     except IntegrityError:
         # Two copies with one idempotency key raced: the other one was stored first.
@@ -144,6 +157,7 @@ def submit(
         if existing is None:
             raise
         return existing
+    db.session.add(req)
     if enqueue_now:
         enqueue(req.id, owner_id)
     return req
