@@ -9,7 +9,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import current_app, has_request_context
@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.amocrm.errors import (
@@ -76,7 +76,7 @@ def _t(message: str, **params: Any) -> str:
     if has_request_context():
         from flask_babel import gettext
 
-        return gettext(message, **params)
+        return str(gettext(message, **params))
     return message % params if params else message
 
 
@@ -444,10 +444,13 @@ def _claim_state(state: str, session_nonce: str, user_id: int | None) -> OAuthSt
     if row.expires_at <= now:
         raise CallbackError(_t("Срок действия ссылки истёк: получите URL авторизации заново"))
     # Atomic claim: of two simultaneous callbacks with the same state only one wins.
-    claimed = db.session.execute(
-        update(OAuthState)
-        .where(OAuthState.id == row.id, OAuthState.used_at.is_(None))
-        .values(used_at=now)
+    claimed = cast(
+        "CursorResult[Any]",
+        db.session.execute(
+            update(OAuthState)
+            .where(OAuthState.id == row.id, OAuthState.used_at.is_(None))
+            .values(used_at=now)
+        ),
     )
     db.session.commit()
     if claimed.rowcount != 1:
@@ -619,7 +622,8 @@ def _optional(module: str, name: str) -> Callable[..., Any] | None:
     import importlib
 
     try:
-        return getattr(importlib.import_module(module), name)
+        found: Callable[..., Any] = getattr(importlib.import_module(module), name)
+        return found
     except (ImportError, AttributeError):
         return None
 

@@ -32,10 +32,11 @@ class FunnelStage(NamedTuple):
 
     name: str
     color: str
-    count: int
+    # Shadows tuple.count on purpose: templates and callers read `stage.count`.
+    count: int  # type: ignore[assignment]
 
 
-def _count(model: type, owner_id: int) -> int:
+def _count(model: type[Contact | Lead | Task], owner_id: int) -> int:
     return int(db.session.scalar(select(func.count()).where(model.owner_id == owner_id)) or 0)
 
 

@@ -63,11 +63,13 @@ def get_or_create_person(owner_id: int, channel: str, external_id: str) -> Inbou
         "updated_at": datetime.now(UTC),
     }
     if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        stmt: postgresql.Insert | sqlite.Insert
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            stmt = postgresql.insert(InboundPerson).values(**values)
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(InboundPerson).values(**values)
+            stmt = sqlite.insert(InboundPerson).values(**values)
         # Only the (owner, channel, external_id) conflict is expected; a clash of the random
         # ref would surface as an error instead of silently dropping the person.
         stmt = stmt.on_conflict_do_nothing(index_elements=["owner_id", "channel", "external_id"])
@@ -153,7 +155,7 @@ def enqueue(request_id: int) -> bool:
         if celery.conf.task_always_eager:
             from workers.inbound import process_request
 
-            process_request.apply(args=[request_id])
+            process_request.apply(args=(request_id,))
         else:
             celery.send_task(PROCESS_TASK, args=[request_id])
     except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later

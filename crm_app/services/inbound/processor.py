@@ -336,11 +336,11 @@ def _resolve(req: InboundRequest, person: InboundPerson, ctx: _Context) -> None:
     if person.create_started_at is not None:
         found = _find_by_ref(req, person, ctx)
         if found is not None:
-            lead_id, contact_id = found
+            found_lead, found_contact = found
             logger.info(
-                "inbound person %s: unanswered create did happen (lead %s)", person.id, lead_id
+                "inbound person %s: unanswered create did happen (lead %s)", person.id, found_lead
             )
-            _assign(req, person, contact_id, lead_id, InboundOutcome.NEW, created=True)
+            _assign(req, person, found_contact, found_lead, InboundOutcome.NEW, created=True)
             return
         grace = timedelta(seconds=setting("INBOUND_CREATE_GRACE_SECONDS"))
         if _now() - person.create_started_at < grace:
@@ -483,7 +483,7 @@ def _open_deal_of(req: InboundRequest, contact_id: int, ctx: _Context) -> int | 
         .where(Lead.owner_id == owner_id, linked)
         .order_by(Lead.id.desc())
     ).all()
-    open_ids = [r.id for r in rows if r.status_id not in CLOSED_STATUSES]
+    open_ids: list[int] = [r.id for r in rows if r.status_id not in CLOSED_STATUSES]
     if open_ids:
         return open_ids[0]
     if rows or _mirror_ready(owner_id, "leads"):
@@ -492,7 +492,7 @@ def _open_deal_of(req: InboundRequest, contact_id: int, ctx: _Context) -> int | 
         client = ctx.client()
         contact = client.get_contact(contact_id, with_="leads") or {}
         embedded = contact.get("_embedded") or {}
-        lead_ids = sorted(
+        lead_ids: list[int] = sorted(
             (i["id"] for i in embedded.get("leads") or () if isinstance(i.get("id"), int)),
             reverse=True,
         )
@@ -745,10 +745,9 @@ def _mirror_created(
         )
     )
     for model, values in rows:
-        if _is_postgres():
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = postgresql.insert if _is_postgres() else sqlite.insert
         db.session.execute(insert(model).values(**values).on_conflict_do_nothing())
 
 

@@ -123,6 +123,8 @@ def call_set_webhook(setup: WebhookSetup, timeout: float = 15.0) -> dict[str, An
         data = response.json()
     except ValueError:
         data = {}
+    if not isinstance(data, dict):
+        data = {}
     if response.status_code != 200 or not data.get("ok"):
         detail = str(data.get("description") or f"HTTP {response.status_code}")[:200]
         raise TelegramError(f"setWebhook refused: {detail}")
@@ -141,7 +143,7 @@ def set_webhook(cfg: AmoConfig, bot_token: str) -> str:
     call_set_webhook(setup)
     # Stored only after Telegram accepted it: a failed call leaves the old webhook working.
     store_secret(cfg, setup.secret)
-    return setup.body["url"]
+    return str(setup.body["url"])
 
 
 def owner_webhook_url(cfg: AmoConfig | None) -> str | None:

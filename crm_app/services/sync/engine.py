@@ -124,7 +124,7 @@ class RunContext:
         self.started = row["started_at"] or datetime.now(UTC)
         self.base_requests = int(row["requests"] or 0)
         self.base_rate_limited = int(row["rate_limited"] or 0)
-        self.app = current_app._get_current_object()  # type: ignore[attr-defined]
+        self.app = current_app._get_current_object()  # type: ignore[attr-defined]  # the proxy is typed as Flask
         self.overlap = int(current_app.config.get("SYNC_CURSOR_OVERLAP_SECONDS", 300))
         self.region = str(current_app.config.get("SYNC_PHONE_REGION", "RU"))
         self.rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
@@ -399,16 +399,14 @@ def _changed_only(
     ids = [i["id"] for i in items if isinstance(i.get("id"), int)]
     if not ids:
         return []
-    known = dict(
+    known: dict[int, int | None] = dict(
         conn.execute(
             select(table.c.id, table.c.updated_at).where(
                 table.c.owner_id == owner_id, table.c.id.in_(ids)
             )
         ).all()
     )
-    return [
-        i for i in items if i.get("id") not in known or known[i.get("id")] != i.get("updated_at")
-    ]
+    return [i for i in items if i.get("id") not in known or known[i["id"]] != i.get("updated_at")]
 
 
 def _confirm_and_delete(ctx: RunContext, entity: str, candidates: list[int]) -> int:
@@ -448,7 +446,7 @@ def _sweep_unseen(ctx: RunContext, entity: str, state: dict[str, Any]) -> int:
     return _confirm_and_delete(ctx, entity, candidates)
 
 
-def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
+def _sweep_missing(ctx: RunContext, entity: str, seen: array[int]) -> int:
     """After a reconcile scan: mirror ids amoCRM did not list (sorted merge, 8 bytes an id)."""
     table = entity_table(entity)
     ordered = sorted(seen)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask
 
@@ -20,6 +20,8 @@ from crm_app.amocrm.errors import AmoCRMRateLimited
 from crm_app.services.sync.mappers import as_int
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PAGE_LIMIT = 250
 # Documented order fields (api-facts §3): tasks have no order[updated_at], see docs/sync.md.
@@ -39,19 +41,19 @@ def backoff_delay(attempt: int, retry_after: float | None, max_wait: float) -> f
     its ``retry_after`` (Kommo documents 300 s) is honoured, capped at ``max_wait``, and the
     wait doubles each time; never hammering matters, since repeated 429s earn a sticky block.
     """
-    delay = 1.5 * 2 ** (attempt - 1)
+    delay = 1.5 * 2.0 ** (attempt - 1)
     if attempt >= 2 and retry_after:
         delay = max(delay, float(retry_after))
     return min(delay, max_wait)
 
 
 def fetch_with_backoff(
-    fetch: Callable[[], Page],
+    fetch: Callable[[], T],
     *,
     retries: int = 3,
     max_wait: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
-) -> Page:
+) -> T:
     """Call ``fetch``; after a 429 the client gave up on, wait (with jitter) and try again.
 
     The client already retries short 429s itself. It gives up at once when amoCRM asks for a
@@ -85,7 +87,7 @@ def make_patient(client: AmoCRMClient, *, retries: int = 3, max_wait: float = 60
             lambda: original(method, path, **kwargs), retries=retries, max_wait=max_wait
         )
 
-    client.request = request  # type: ignore[method-assign]
+    client.request = request  # type: ignore[method-assign]  # wraps this one client in place
 
 
 class SpacedThrottle:
