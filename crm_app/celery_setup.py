@@ -42,7 +42,7 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app: Celery = Celery(app.name, task_cls=FlaskTask)
     celery_app.conf.update(
         task_default_queue=app.config["CELERY_QUEUE"],
         task_ignore_result=True,  # job state lives in our own tables

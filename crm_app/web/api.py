@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
+from typing import cast as typed_cast
 
 from flask import (
     Blueprint,
@@ -132,7 +133,7 @@ def _guard(view: F, *, write: bool) -> F:
             _read_json_body()
         return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return typed_cast(F, wrapper)
 
 
 def operation(

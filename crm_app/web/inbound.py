@@ -82,7 +82,7 @@ def _request_json(req: InboundRequest) -> dict[str, Any]:
         "outcome": req.outcome,
         "error": req.error,
         "attempts": req.attempts,
-        "created_at": req.created_at.isoformat() if req.created_at else None,
+        "created_at": req.created_at.isoformat() if req.created_at is not None else None,
         "processed_at": req.processed_at.isoformat() if req.processed_at else None,
     }
 

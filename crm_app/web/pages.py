@@ -28,7 +28,9 @@ from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
+from werkzeug.wrappers import Response as BaseResponse
 
+from crm_app.amocrm.hosts import ALLOWED_DOMAINS
 from crm_app.auth.access import (
     OwnerContext,
     owner_context,
@@ -169,7 +171,7 @@ def _settings_vm(
         "pipelines": _pipelines(owner_id),
         "statuses": _statuses(owner_id, pipeline_id),
         "amo_users": users,
-        "domains": connection.ALLOWED_DOMAINS,
+        "domains": ALLOWED_DOMAINS,
         "default_redirect": connection.default_redirect_uri(),
     }
 
@@ -312,7 +314,7 @@ def _flash_fragment(message: str, category: str = "success") -> str:
 
 def _action_done(
     ctx: OwnerContext, message: str, event: str, category: str = "success"
-) -> Response:
+) -> BaseResponse:
     """After a change: HTMX gets a flash (out of band) and an event; a plain form gets PRG."""
     if _fragment_wanted():
         resp = make_response(_flash_fragment(message, category))
@@ -483,7 +485,7 @@ def auth_url():
     return _partial(ctx, "_connect_panel.html", **vm)
 
 
-def _connect_action(field: str, run: Callable[[int, str], Any], ok_message: str) -> Response:
+def _connect_action(field: str, run: Callable[[int, str], Any], ok_message: str) -> BaseResponse:
     ctx = owner_context(write=True)
     value = request.form.get(field, "")
     try:

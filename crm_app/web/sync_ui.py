@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, abort, make_response, redirect, render_template, request
 from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
 
 from crm_app.auth.access import (
     OwnerContext,
@@ -102,7 +103,7 @@ def _card(view: OwnerContext, status: int = 200, **kwargs: Any) -> Response:
     return _respond(render_template("crm/partials/_sync.html", **_card_vm(view, **kwargs)), status)
 
 
-def _to_page(view: OwnerContext) -> Response:
+def _to_page(view: OwnerContext) -> BaseResponse:
     return redirect(view.url("pages.crm_page"), code=303)
 
 
