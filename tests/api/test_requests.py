@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.api.conftest import World
 
-WRITES = (
+WRITES: tuple[tuple[str, str, dict[str, Any], int], ...] = (
     ("PUT", "/admin/crm/config", {"sync_tasks": False}, 200),
     ("POST", "/admin/crm/sync", {"entities": ["contacts"]}, 202),
     ("POST", "/admin/crm/disconnect", {}, 200),
