@@ -8,7 +8,13 @@ from celery import Celery, Task
 from flask import Flask
 
 # Task modules; each holds thin tasks that call services.
-TASK_MODULES = ["workers.tokens", "workers.sync", "workers.webhooks", "workers.inbound"]
+TASK_MODULES = [
+    "workers.tokens",
+    "workers.sync",
+    "workers.webhooks",
+    "workers.inbound",
+    "workers.workspace",
+]
 
 
 def broker_settings(app: Flask) -> dict[str, object]:
@@ -17,6 +23,9 @@ def broker_settings(app: Flask) -> dict[str, object]:
     if redis_url:
         return {
             "broker_url": redis_url,
+            # kombu's Redis transport, minus the AttributeError that ended the worker when
+            # Redis died under it (see crm_app/broker.py).
+            "broker_transport": "crm_app.broker:Transport",
             # Above the longest task (a full sync of a big account), so no redelivery mid-run.
             "broker_transport_options": {"visibility_timeout": 4 * 3600},
         }

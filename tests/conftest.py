@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -225,12 +226,19 @@ def runner(app):
 @pytest.fixture
 def make_user(app):
     """make_user("alice", role="user", owner="acme") → User (password: 'password123')."""
+    from crm_app.auth.passwords import hash_password
     from crm_app.commands.users import create_user
+    from crm_app.extensions import db
 
     def _make(
         username: str, role: str = "admin", owner: str | None = None, password: str = "password123"
     ):
-        return create_user(username, password, role, owner)
+        # Seeded test users keep a short well-known password; the password policy (which
+        # refuses it) is tested on its own in tests/test_auth_security.py.
+        user = create_user(username, "seed-only " + username + " Zq7!", role, owner)
+        user.password_hash = hash_password(password)
+        db.session.commit()
+        return user
 
     return _make
 
@@ -279,6 +287,30 @@ def auth_header(client):
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture
+def make_sandbox():
+    """make_sandbox(**options) → an amoCRM sandbox started on a free port.
+
+    Takes any `SandboxConfig` option; contacts, leads and tasks default to 60, 40 and 30. Every
+    sandbox started in the test is stopped after it.
+    """
+    from crm_app.sandbox import SandboxServer
+
+    started: list[SandboxServer] = []
+
+    def start(**options: Any) -> SandboxServer:
+        options.setdefault("contacts", 60)
+        options.setdefault("leads", 40)
+        options.setdefault("tasks", 30)
+        server = SandboxServer(port=0, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def app_env(app) -> dict[str, str]:
     """Environment that makes a child process (worker, gunicorn) build the same app as `app`."""
     cfg = app.config
@@ -305,7 +337,8 @@ def celery_worker(app, tmp_path):
     """start_worker(name="w1", concurrency=2, env={...}) → a real `celery worker` subprocess.
 
     Uses the test session's Redis broker and queue; call after setting app.config (e.g.
-    AMOCRM_BASE_URL) so the worker builds the same app. All workers are stopped afterwards.
+    AMOCRM_BASE_URL) so the worker builds the same app. Besides the app's tasks the worker
+    knows the probes in `tests/worker_tasks.py`. All workers are stopped afterwards.
     """
     import subprocess
     import time
@@ -338,6 +371,8 @@ def celery_worker(app, tmp_path):
                 "INFO",
                 "--without-gossip",
                 "--without-mingle",
+                "--include",
+                "tests.worker_tasks",
                 "--logfile",
                 str(log),
             ],

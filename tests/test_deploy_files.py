@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("web", "worker", "beat", "migrate")
 REQUIRED_SERVICES = {*APP_SERVICES, "postgres", "redis"}
-# The Environment table of INTERFACES.md.
+# The environment variables the README documents as the deployment's interface.
 INTERFACE_VARS = {
     "DATABASE_URL",
     "REDIS_URL",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -124,44 +123,3 @@ def page_login_required(view: F) -> F:
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
-
-
-@dataclass(frozen=True)
-class OwnerContext:
-    """Who is looking at which owner's integration (pages and their partials)."""
-
-    actor: User
-    owner_id: int
-
-    @property
-    def can_write(self) -> bool:
-        return bool(self.actor.can_write)
-
-    @property
-    def is_admin(self) -> bool:
-        return bool(self.actor.is_admin)
-
-    @property
-    def foreign(self) -> bool:
-        """An admin looking at another owner: every URL must carry ?owner_id=."""
-        return self.owner_id != self.actor.owner_id
-
-    def url(self, endpoint: str, **values: Any) -> str:
-        from flask import url_for
-
-        if self.foreign:
-            values.setdefault("owner_id", self.owner_id)
-        return url_for(endpoint, **values)
-
-    def slot_url(self, path: str) -> str:
-        return f"{path}?owner_id={self.owner_id}" if self.foreign else path
-
-
-def owner_context(write: bool = False) -> OwnerContext:
-    """The signed-in user and the owner named by `?owner_id=` (404 for another's; 403 if `write`
-    and the user is a guest)."""
-    actor: User = current_user._get_current_object()
-    owner_id = resolve_owner_id(actor, request.values.get("owner_id"))
-    if write:
-        require_write(actor)
-    return OwnerContext(actor, owner_id)

@@ -23,8 +23,8 @@ group = click.Group("telegram", help="Telegram bot set-up.")
 def set_webhook(owner_name: str, bot_token: str, dry_run: bool) -> None:
     """Create the owner's webhook secret and register it with the Bot API (setWebhook)."""
     from crm_app.commands.keys import owner_by_name
-    from crm_app.services.connection import get_or_create_config
     from crm_app.services.inbound import telegram
+    from crm_app.services.settings import get_or_create_config
 
     owner = owner_by_name(owner_name)
     if ":" not in bot_token.strip():

@@ -81,6 +81,33 @@ class Task(_Mirrored, Model):
     result_text: Mapped[str | None] = mapped_column(Text)
 
 
+class Note(Model):
+    """A note of a lead or contact. Note ids are unique per account across entity types."""
+
+    __tablename__ = "crm_notes"
+    __table_args__ = (
+        # The card timeline: one entity's notes, newest first.
+        Index("ix_crm_notes_entity", "owner_id", "entity_type", "entity_id", "created_at"),
+        Index("ix_crm_notes_owner_updated", "owner_id", "updated_at"),
+    )
+
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entity_type: Mapped[str] = mapped_column(String(16))  # leads | contacts
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    note_type: Mapped[str | None] = mapped_column(String(64))
+    # params.text when the type has one (common, sms, service messages), for search and lists.
+    text: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int | None] = mapped_column()  # amoCRM unix seconds
+    updated_at: Mapped[int | None] = mapped_column()
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Pipeline(Model):
     __tablename__ = "crm_pipelines"
 

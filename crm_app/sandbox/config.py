@@ -82,6 +82,11 @@ class SandboxConfig:
     webhook_old_pipeline_id: bool = False
     webhook_disable_threshold: int = 100
     # Server.
+    # Workspace writes (UNCONFIRMED points, defaults documented in docs/sandbox.md).
+    loss_reasons_api: bool = True  # GET /api/v4/leads/loss_reasons (Kommo-documented)
+    loss_reason_only_lost: bool = False  # refuse loss_reason_id unless the lead is lost (143)
+    note_update_webhook: bool = True  # a PATCHed note fires note_* like an added one
+
     request_log_size: int = 100_000
     quiet: bool = True
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,5 +1,6 @@
 """Blueprints, registered by create_app() in this order."""
 
+from crm_app.web import workspace_api  # noqa: F401  (adds the write routes to the API blueprint)
 from crm_app.web.api import bp as api_bp
 from crm_app.web.auth import bp as auth_bp
 from crm_app.web.health import bp as health_bp

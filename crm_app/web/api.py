@@ -72,9 +72,10 @@ from crm_app.schemas.sync import (
     SyncRequest,
     SyncRunOut,
 )
-from crm_app.services import connection
+from crm_app.services import connection, settings
 from crm_app.services.amo import NotConfigured
-from crm_app.services.connection import ConfigInvalid, ConnectError
+from crm_app.services.connection import ConnectError
+from crm_app.services.settings import ConfigInvalid
 from crm_app.services.stats import get_stats
 from crm_app.web.errors import problem
 
@@ -145,11 +146,12 @@ def operation(
     body: bool = False,
     amo: bool = False,
     optional_body: bool = False,
+    also: dict[int, type] | None = None,
 ) -> Callable[[F], F]:
     """Declare an API operation: its schemas (validated by SpecTree), roles and error codes.
 
     `write`: Admin and User only (Guest → 403). `body`: takes a JSON body. `amo`: may call
-    amoCRM. The view's `query` / `json` annotations name its request models; its return value
+    amoCRM. `also`: more documented answers, status → model. The view's `query` / `json` annotations name its request models; its return value
     is validated against `response` and serialised by it (ISO dates, `_embedded`).
     """
     codes = set(_BASE_ERRORS)
@@ -158,6 +160,8 @@ def operation(
     codes.update(_AMO_ERRORS if amo else ())
     models: dict[str, Any] = {f"HTTP_{status}": response}
     models.update({f"HTTP_{code}": Problem for code in sorted(codes)})
+    # Other answers an operation documents (202 pending, a 409 with both versions).
+    models.update({f"HTTP_{code}": model for code, model in (also or {}).items()})
 
     def decorate(view: F) -> F:
         if optional_body:
@@ -243,14 +247,14 @@ def _not_configured(exc: NotConfigured) -> Response:
 
 
 def _config_out(owner_id: int, actor: User) -> dict[str, Any]:
-    cfg = connection.get_or_create_config(owner_id)
+    cfg = settings.get_or_create_config(owner_id)
     hook: str | None = None
     if actor.can_write:
         # The URL carries the webhook secret: shown to those who may configure amoCRM.
         from crm_app.services.webhooks.subscription import webhook_url
 
         hook = webhook_url(owner_id)
-    return connection.config_values(cfg) | {"webhook_url": hook, "status": cfg.status}
+    return settings.config_values(cfg) | {"webhook_url": hook, "status": cfg.status}
 
 
 @bp.get("/admin/crm/config")
@@ -271,9 +275,9 @@ def put_config(query: OwnerQuery, json: ConfigUpdate) -> dict[str, Any]:
     owner_id = g.owner_id
     sent = json.settings()
     if sent:
-        current = connection.config_values(connection.get_or_create_config(owner_id))
+        current = settings.config_values(settings.get_or_create_config(owner_id))
         # The service validates the whole settings object (lead target, responsible user...).
-        connection.update_config(owner_id, connection.parse_config(current | sent))
+        settings.update_config(owner_id, settings.parse_config(current | sent))
     if json.authorization_code is not None:
         connection.connect_with_code(owner_id, json.authorization_code)
     elif json.long_lived_token is not None:

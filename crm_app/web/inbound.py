@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from datetime import datetime
 from typing import Any
 
 from flask import (
@@ -14,22 +13,22 @@ from flask import (
     abort,
     current_app,
     jsonify,
-    make_response,
-    render_template,
     request,
     url_for,
 )
-from flask_login import current_user
+from flask_babel import gettext as _
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from crm_app.auth.access import page_login_required, require_write, resolve_owner_id
-from crm_app.extensions import csrf, db, htmx, limiter
-from crm_app.models import ApiKey, InboundRequest, InboundStatus, User
+from crm_app.auth.access import page_login_required
+from crm_app.extensions import csrf, db, limiter
+from crm_app.models import ApiKey, InboundRequest, InboundStatus
 from crm_app.services import inbound as svc
 from crm_app.services.inbound import telegram
 from crm_app.services.inbound.processor import retry_request
+from crm_app.web.context import request_context
 from crm_app.web.errors import problem
+from crm_app.web.respond import respond
 
 logger = logging.getLogger(__name__)
 
@@ -162,22 +161,11 @@ def telegram_webhook(secret: str) -> Response:
 # -- the admin card ----------------------------------------------------------------------------------
 
 
-def _owner_id(write: bool = False) -> int:
-    actor: User = current_user._get_current_object()
-    owner_id = resolve_owner_id(actor, request.values.get("owner_id"))
-    if write:
-        require_write(actor)
-    return owner_id
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
-
-
-def _card(owner_id: int, *, new_key: str | None = None, error: str | None = None) -> Response:
+def _card(*, new_key: str | None = None, error: str | None = None, status: int = 200) -> Response:
     from crm_app.services.amo import get_config
 
-    actor: User = current_user._get_current_object()
+    ctx = request_context()
+    owner_id = ctx.owner_id
     cfg = get_config(owner_id)
     requests = list(
         db.session.scalars(
@@ -194,13 +182,11 @@ def _card(owner_id: int, *, new_key: str | None = None, error: str | None = None
             .group_by(InboundRequest.status)
         ).all()
     )
-    foreign = owner_id != actor.owner_id
-    html = render_template(
+    # The fresh key is in this response only: respond() keeps it out of every cache.
+    return respond(
         "crm/partials/_inbound.html",
-        owner_id=owner_id,
-        owner_query={"owner_id": owner_id} if foreign else {},
-        foreign=foreign,
-        can_write=actor.can_write,
+        status=status,
+        title=_("Входящие заявки"),
         keys=svc.list_api_keys(owner_id),
         requests=requests,
         counts={s: counts.get(s, 0) for s in ("queued", "created", "failed")},
@@ -210,57 +196,47 @@ def _card(owner_id: int, *, new_key: str | None = None, error: str | None = None
         api_url=url_for("inbound.submit_inbound", _external=False),
         new_key=new_key,
         error=error,
-        when=_when,
         statuses=InboundStatus,
     )
-    if htmx:
-        resp = make_response(html)
-    else:
-        # Without JavaScript the card is shown on a page of its own.
-        resp = make_response(render_template("crm/partials/_inbound_page.html", card=html))
-    resp.headers["Vary"] = "HX-Request"
-    # The fresh key is in this response only: keep it out of every cache.
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
 
 
 @bp.get("/admin/crm/ui/inbound")
 @page_login_required
 def inbound_card() -> Response:
-    return _card(_owner_id())
+    return _card()
 
 
 @bp.post("/admin/crm/ui/inbound/keys")
 @page_login_required
 def create_key() -> Response:
-    owner_id = _owner_id(write=True)
+    ctx = request_context(write=True)
     name = (request.form.get("name") or "").strip()
     try:
-        plain, _row = svc.create_api_key(owner_id, name)
+        plain, _row = svc.create_api_key(ctx.owner_id, name)
     except ValueError as exc:
-        return _card(owner_id, error=str(exc))
-    return _card(owner_id, new_key=plain)
+        return _card(error=str(exc), status=422)
+    return _card(new_key=plain)
 
 
 @bp.post("/admin/crm/ui/inbound/keys/<int:key_id>/revoke")
 @page_login_required
 def revoke_key(key_id: int) -> Response:
-    owner_id = _owner_id(write=True)
-    if svc.revoke_api_key(owner_id, key_id) is None:
+    ctx = request_context(write=True)
+    if svc.revoke_api_key(ctx.owner_id, key_id) is None:
         abort(404, description="No such key.")
-    return _card(owner_id)
+    return _card()
 
 
 @bp.post("/admin/crm/ui/inbound/requests/<public_id>/retry")
 @page_login_required
 def retry(public_id: str) -> Response:
-    owner_id = _owner_id(write=True)
+    ctx = request_context(write=True)
     req = db.session.scalar(
         select(InboundRequest).where(
-            InboundRequest.public_id == public_id, InboundRequest.owner_id == owner_id
+            InboundRequest.public_id == public_id, InboundRequest.owner_id == ctx.owner_id
         )
     )
     if req is None:
         abort(404, description="No such inbound request.")
     retry_request(req)
-    return _card(owner_id)
+    return _card()

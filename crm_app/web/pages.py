@@ -14,7 +14,6 @@ from flask import (
     Blueprint,
     Response,
     abort,
-    flash,
     get_flashed_messages,
     jsonify,
     make_response,
@@ -28,19 +27,26 @@ from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
-from werkzeug.wrappers import Response as BaseResponse
 
 from crm_app.amocrm.hosts import ALLOWED_DOMAINS
-from crm_app.auth.access import (
-    OwnerContext,
-    owner_context,
-    page_login_required,
-)
-from crm_app.extensions import csrf, db, htmx
+from crm_app.auth.access import page_login_required
+from crm_app.extensions import csrf, db
+from crm_app.i18n import mark as _n
 from crm_app.logging_setup import mask_secrets
 from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog
 from crm_app.services import connection, stats
-from crm_app.services.connection import ConfigInvalid, ConnectError, _n
+from crm_app.services.connection import ConnectError
+from crm_app.services.settings import (
+    UNSORTED_STATUS_TYPE,
+    ConfigInvalid,
+    config_values,
+    default_redirect_uri,
+    get_or_create_config,
+    parse_config,
+    update_config,
+)
+from crm_app.web.context import RequestContext, request_context
+from crm_app.web.respond import action_done, page_response, respond, to_page, wants_fragment
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +63,17 @@ EVT_SETTINGS = "crm-settings-saved"
 EVT_STATUS = "crm-status-changed"  # only the badge: e.g. a failed connect put a reason there
 # Slots filled by other areas, loaded lazily; they degrade quietly while their routes are missing.
 SLOTS = (
-    ("sync-panel", "/admin/crm/ui/sync"),
-    ("webhooks-panel", "/admin/crm/ui/webhooks"),
-    ("inbound-panel", "/admin/crm/ui/inbound"),
+    ("sync-panel", "sync_ui.sync_card"),
+    ("webhooks-panel", "webhooks.panel"),
+    ("inbound-panel", "inbound.inbound_card"),
 )
+# Which override of the whole page a panel's view model is (the page shows that state).
+PANEL_KEYS = {
+    "_settings_form.html": "settings",
+    "_connect_panel.html": "connect",
+    "_stats.html": "stats",
+    "_sync_log.html": "log",
+}
 OPERATION_LABELS = {
     "sync_contacts": _n("Синхронизация контактов"),
     "sync_leads": _n("Синхронизация сделок"),
@@ -85,17 +98,6 @@ def _session_nonce() -> str:
         nonce = prefix + secrets.token_urlsafe(24)
         session[NONCE_KEY] = nonce
     return nonce
-
-
-def _fragment_wanted() -> bool:
-    """HTMX asked for a piece (not a boosted navigation, not a history restore)."""
-    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
-
-
-def _vary(resp: Response) -> Response:
-    resp.vary.add("HX-Request")
-    resp.headers.setdefault("Cache-Control", "no-store")
-    return resp
 
 
 # -- view models ----------------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def _statuses(owner_id: int, pipeline_id: int | None) -> list[PipelineStatus]:
             .where(
                 PipelineStatus.owner_id == owner_id,
                 PipelineStatus.pipeline_id == pipeline_id,
-                PipelineStatus.type != connection.UNSORTED_STATUS_TYPE,
+                PipelineStatus.type != UNSORTED_STATUS_TYPE,
             )
             .order_by(PipelineStatus.sort, PipelineStatus.id)
         )
@@ -151,8 +153,8 @@ def _settings_vm(
     values: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    cfg = connection.get_or_create_config(owner_id)
-    stored = connection.config_values(cfg)
+    cfg = get_or_create_config(owner_id)
+    stored = config_values(cfg)
     form = dict(stored)
     if values:
         form.update({k: v for k, v in values.items() if k != "client_secret"})
@@ -172,7 +174,7 @@ def _settings_vm(
         "statuses": _statuses(owner_id, pipeline_id),
         "amo_users": users,
         "domains": ALLOWED_DOMAINS,
-        "default_redirect": connection.default_redirect_uri(),
+        "default_redirect": default_redirect_uri(),
     }
 
 
@@ -225,7 +227,7 @@ def _funnel_geometry(stages: list[stats.FunnelStage]) -> dict[str, Any]:
 
 
 def _stats_vm(owner_id: int, pipeline_id: int | None = None) -> dict[str, Any]:
-    cfg = connection.get_or_create_config(owner_id)
+    cfg = get_or_create_config(owner_id)
     chosen = stats.default_pipeline_id(owner_id, pipeline_id or cfg.lead_pipeline_id)
     stages = stats.funnel(owner_id, chosen) if chosen is not None else []
     return {
@@ -276,14 +278,15 @@ def _account_vm(owner_id: int) -> dict[str, Any]:
     return {"account": connection.account_info(owner_id), "st": connection.status(owner_id)}
 
 
-def _owners_for(ctx: OwnerContext) -> list[Owner]:
+def _owners_for(ctx: RequestContext) -> list[Owner]:
     if not ctx.is_admin:
         return []
     return list(db.session.scalars(select(Owner).order_by(Owner.name)))
 
 
-def _page(ctx: OwnerContext, status: int = 200, **overrides: Any) -> Response:
+def _page_html(**overrides: Any) -> str:
     """The whole page; ``overrides`` replace one panel's view model (errors, a shown auth URL)."""
+    ctx = request_context()
     vm: dict[str, Any] = {}
     vm |= _badge_vm(ctx.owner_id)
     vm |= overrides.pop("settings", None) or _settings_vm(ctx.owner_id)
@@ -292,37 +295,30 @@ def _page(ctx: OwnerContext, status: int = 200, **overrides: Any) -> Response:
     vm |= overrides.pop("stats", None) or _stats_vm(ctx.owner_id)
     vm |= overrides.pop("log", None) or _log_vm(ctx.owner_id)
     owner = db.session.get(Owner, ctx.owner_id)
-    html = render_template(
+    return render_template(
         "crm/page.html",
         ctx=ctx,
         owner=owner,
         owners=_owners_for(ctx),
-        slots=[(sid, ctx.slot_url(path)) for sid, path in SLOTS],
+        slots=[(sid, ctx.url(endpoint)) for sid, endpoint in SLOTS],
         **vm,
     )
-    return _vary(make_response(html, status))
 
 
-def _partial(ctx: OwnerContext, template: str, status: int = 200, **vm: Any) -> Response:
-    html = render_template(f"crm/partials/{template}", ctx=ctx, **vm)
-    return _vary(make_response(html, status))
+def full_page(**overrides: Any) -> Callable[[], str]:
+    """The CRM page as `respond(page=...)` wants it: rendered only when no fragment is asked."""
+    return lambda: _page_html(**overrides)
 
 
-def _flash_fragment(message: str, category: str = "success") -> str:
-    return render_template("crm/partials/_flash.html", oob=True, messages=[(category, message)])
-
-
-def _action_done(
-    ctx: OwnerContext, message: str, event: str, category: str = "success"
-) -> BaseResponse:
-    """After a change: HTMX gets a flash (out of band) and an event; a plain form gets PRG."""
-    if _fragment_wanted():
-        resp = make_response(_flash_fragment(message, category))
-        resp.headers["HX-Reswap"] = "none"
-        resp.headers["HX-Trigger"] = event
-        return _vary(resp)
-    flash(message, category)
-    return redirect(ctx.url(".crm_page"), code=303)
+def _panel(template: str, status: int = 200, **vm: Any) -> Response:
+    """One of this page's panels: the partial for htmx, the page with this state otherwise."""
+    key = PANEL_KEYS.get(template)
+    return respond(
+        f"crm/partials/{template}",
+        status=status,
+        page=full_page(**({key: vm} if key else {})),
+        **vm,
+    )
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -330,47 +326,40 @@ def _action_done(
 
 @bp.get("/admin/crm")
 @page_login_required
-def crm_page():
-    ctx = owner_context()
-    return _page(ctx)
+def crm_page() -> Response:
+    return page_response(_page_html())
 
 
 @bp.get("/admin/crm/ui/status")
 @page_login_required
-def status_badge():
-    ctx = owner_context()
-    if not _fragment_wanted():
-        return _page(ctx)
-    return _partial(ctx, "_status_badge.html", **_badge_vm(ctx.owner_id))
+def status_badge() -> Response:
+    ctx = request_context()
+    return _panel("_status_badge.html", **_badge_vm(ctx.owner_id))
 
 
 @bp.get("/admin/crm/ui/account")
 @page_login_required
-def account_card():
-    ctx = owner_context()
-    if not _fragment_wanted():
-        return _page(ctx)
-    return _partial(ctx, "_account_card.html", **_account_vm(ctx.owner_id))
+def account_card() -> Response:
+    ctx = request_context()
+    return _panel("_account_card.html", **_account_vm(ctx.owner_id))
 
 
 @bp.get("/admin/crm/ui/stats")
 @page_login_required
-def stats_panel():
-    ctx = owner_context()
-    vm = _stats_vm(ctx.owner_id, _int_or_none(request.args.get("pipeline_id")))
-    if not _fragment_wanted():
-        return _page(ctx, stats=vm)
-    return _partial(ctx, "_stats.html", **vm)
+def stats_panel() -> Response:
+    ctx = request_context()
+    return _panel(
+        "_stats.html", **_stats_vm(ctx.owner_id, _int_or_none(request.args.get("pipeline_id")))
+    )
 
 
 @bp.get("/admin/crm/ui/log")
 @page_login_required
-def sync_log():
-    ctx = owner_context()
-    vm = _log_vm(ctx.owner_id, _int_or_none(request.args.get("page")) or 1)
-    if not _fragment_wanted():
-        return _page(ctx, log=vm)
-    return _partial(ctx, "_sync_log.html", **vm)
+def sync_log() -> Response:
+    ctx = request_context()
+    return _panel(
+        "_sync_log.html", **_log_vm(ctx.owner_id, _int_or_none(request.args.get("page")) or 1)
+    )
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -404,49 +393,43 @@ def _form_input() -> dict[str, Any]:
 
 @bp.route("/admin/crm/ui/settings", methods=["GET", "POST"])
 @page_login_required
-def settings():
+def settings() -> Response:
     if request.method == "GET":
-        ctx = owner_context()
-        if not _fragment_wanted():
-            return _page(ctx)
-        return _partial(ctx, "_settings_form.html", **_settings_vm(ctx.owner_id))
-    ctx = owner_context(write=True)
+        ctx = request_context()
+        return _panel("_settings_form.html", **_settings_vm(ctx.owner_id))
+    ctx = request_context(write=True)
     data = _form_input()
     try:
-        parsed = connection.parse_config(data)
+        parsed = parse_config(data)
         before = connection.status(ctx.owner_id)["status"]
-        connection.update_config(ctx.owner_id, parsed)
+        update_config(ctx.owner_id, parsed)
     except ConfigInvalid as exc:
         db.session.rollback()
         vm = _settings_vm(ctx.owner_id, values=data, errors=exc.errors)
-        if not _fragment_wanted():
-            return _page(ctx, status=422, settings=vm)
-        return _partial(ctx, "_settings_form.html", status=422, **vm)
+        return _panel("_settings_form.html", status=422, **vm)
     after = connection.status(ctx.owner_id)["status"]
-    event = EVT_CONNECTION if before != after else EVT_SETTINGS
     message = _("Настройки сохранены")
-    if not _fragment_wanted():
-        flash(message, "success")
-        return redirect(ctx.url(".crm_page"), code=303)
-    html = render_template(
-        "crm/partials/_settings_form.html", ctx=ctx, saved=True, **_settings_vm(ctx.owner_id)
-    ) + _flash_fragment(message)
-    resp = make_response(html)
-    resp.headers["HX-Trigger"] = event
-    return _vary(resp)
+    if not wants_fragment():
+        return action_done(message)
+    return respond(
+        "crm/partials/_settings_form.html",
+        trigger=EVT_CONNECTION if before != after else EVT_SETTINGS,
+        message=message,
+        saved=True,
+        **_settings_vm(ctx.owner_id),
+    )
 
 
 @bp.get("/admin/crm/ui/settings/statuses")
 @page_login_required
-def status_options():
+def status_options() -> Response:
     """The status <option>s of the chosen pipeline (the dropdown follows the pipeline)."""
-    ctx = owner_context()
-    if not _fragment_wanted():
-        return redirect(ctx.url(".crm_page"))
+    ctx = request_context()
+    if not wants_fragment():
+        return to_page()
     pipeline_id = _int_or_none(request.args.get("lead_pipeline_id"))
-    return _partial(
-        ctx,
-        "_status_options.html",
+    return respond(
+        "crm/partials/_status_options.html",
         statuses=_statuses(ctx.owner_id, pipeline_id),
         selected=None,
         pipeline_chosen=pipeline_id is not None,
@@ -458,70 +441,61 @@ def status_options():
 
 @bp.get("/admin/crm/ui/connect")
 @page_login_required
-def connect_panel():
-    ctx = owner_context()
-    if not _fragment_wanted():
-        return _page(ctx)
-    return _partial(ctx, "_connect_panel.html", **_connect_vm(ctx.owner_id))
+def connect_panel() -> Response:
+    ctx = request_context()
+    return _panel("_connect_panel.html", **_connect_vm(ctx.owner_id))
 
 
 @bp.post("/admin/crm/ui/auth-url")
 @page_login_required
-def auth_url():
+def auth_url() -> Response:
     """ "Получить URL авторизации": a fresh consent URL behind the "Подключить amoCRM" button."""
-    ctx = owner_context(write=True)
+    ctx = request_context(write=True)
     try:
         url = connection.build_auth_url(
-            ctx.owner_id, current_user.id, _session_nonce(), mode="post_message"
+            ctx.owner_id, ctx.actor.id, _session_nonce(), mode="post_message"
         )
     except ConnectError as exc:
         vm = _connect_vm(ctx.owner_id, errors={"auth": exc.message})
-        if not _fragment_wanted():
-            return _page(ctx, status=exc.status, connect=vm)
-        return _partial(ctx, "_connect_panel.html", status=422, **vm)
-    vm = _connect_vm(ctx.owner_id, auth_url=url)
-    if not _fragment_wanted():
-        return _page(ctx, connect=vm)
-    return _partial(ctx, "_connect_panel.html", **vm)
+        return _panel("_connect_panel.html", status=422, **vm)
+    return _panel("_connect_panel.html", **_connect_vm(ctx.owner_id, auth_url=url))
 
 
-def _connect_action(field: str, run: Callable[[int, str], Any], ok_message: str) -> BaseResponse:
-    ctx = owner_context(write=True)
+def _connect_action(field: str, run: Callable[[int, str], Any], ok_message: str) -> Response:
+    ctx = request_context(write=True)
     value = request.form.get(field, "")
     try:
         run(ctx.owner_id, value)
     except ConnectError as exc:
         db.session.rollback()
         vm = _connect_vm(ctx.owner_id, errors={field: exc.message}, open_private=True)
-        if not _fragment_wanted():
-            return _page(ctx, status=422, connect=vm)
-        resp = _partial(ctx, "_connect_panel.html", status=422, **vm)
+        resp = _panel("_connect_panel.html", status=422, **vm)
         # The badge may now carry the reason (last_error).
         resp.headers["HX-Trigger"] = EVT_STATUS
         return resp
-    return _action_done(ctx, ok_message, EVT_CONNECTION)
+    return action_done(ok_message, event=EVT_CONNECTION)
 
 
 @bp.post("/admin/crm/ui/code")
 @page_login_required
-def connect_code():
+def connect_code() -> Response:
     """A private integration's authorization code, pasted and exchanged at once."""
     return _connect_action("code", connection.connect_with_code, _("amoCRM подключён"))
 
 
 @bp.post("/admin/crm/ui/token")
 @page_login_required
-def connect_token():
+def connect_token() -> Response:
     """A long-lived token, checked against the account and stored."""
     return _connect_action("token", connection.connect_with_long_lived_token, _("amoCRM подключён"))
 
 
 @bp.post("/admin/crm/ui/disconnect")
 @page_login_required
-def disconnect():
-    ctx = owner_context(write=True)
+def disconnect() -> Response:
+    ctx = request_context(write=True)
     connection.disconnect(ctx.owner_id)
-    return _action_done(ctx, _("amoCRM отключён"), EVT_CONNECTION)
+    return action_done(_("amoCRM отключён"), event=EVT_CONNECTION)
 
 
 @bp.get("/admin/crm/callback")

@@ -7,41 +7,32 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, abort, make_response, redirect, render_template, request
+from flask import Blueprint, Response, abort, request
+from flask_babel import gettext as _
 from sqlalchemy import select
-from werkzeug.wrappers import Response as BaseResponse
 
-from crm_app.auth.access import (
-    OwnerContext,
-    owner_context,
-    page_login_required,
-    require_write,
-)
-from crm_app.extensions import db, htmx
+from crm_app.auth.access import page_login_required
+from crm_app.extensions import db
 from crm_app.models import AmoConfig, AmoToken, ConnectionStatus, RunStatus, SyncRun
 from crm_app.services.sync import SyncError, start_sync
+from crm_app.web.context import request_context
+from crm_app.web.respond import respond
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("sync_ui", __name__)
 
 POLL_SECONDS = 2
-STOP_POLLING = 286  # htmx: stop the `every 2s` trigger, still swap this response
 EVT_FINISHED = "sync-finished"
-ENTITY_LABELS = {"contacts": "Контакты", "leads": "Сделки", "tasks": "Задачи"}
+ENTITY_LABELS = {
+    "contacts": "Контакты",
+    "leads": "Сделки",
+    "tasks": "Задачи",
+    "lead_notes": "Примечания сделок",
+    "contact_notes": "Примечания контактов",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fragment_wanted() -> bool:
-    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
-
-
-def _respond(html: str, status: int = 200) -> Response:
-    resp = make_response(html, status)
-    resp.vary.add("HX-Request")
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
 
 
 def _connected(owner_id: int) -> bool:
@@ -76,12 +67,10 @@ def run_progress(run: SyncRun) -> dict[str, Any]:
     }
 
 
-def _card_vm(
-    view: OwnerContext, message: str | None = None, error: str | None = None
-) -> dict[str, Any]:
+def _card_vm(owner_id: int) -> dict[str, Any]:
     runs = db.session.scalars(
         select(SyncRun)
-        .where(SyncRun.owner_id == view.owner_id)
+        .where(SyncRun.owner_id == owner_id)
         .order_by(SyncRun.id.desc())
         .limit(5)
         .execution_options(populate_existing=True)
@@ -89,78 +78,65 @@ def _card_vm(
     active = next((r for r in runs if r.status in RunStatus.ACTIVE), None)
     last = next((r for r in runs if r.status not in RunStatus.ACTIVE), None)
     return {
-        "view": view,
-        "connected": _connected(view.owner_id),
+        "connected": _connected(owner_id),
         "active": run_progress(active) if active else None,
         "last": run_progress(last) if last else None,
-        "message": message,
-        "error": error,
         "poll_seconds": POLL_SECONDS,
     }
 
 
-def _card(view: OwnerContext, status: int = 200, **kwargs: Any) -> Response:
-    return _respond(render_template("crm/partials/_sync.html", **_card_vm(view, **kwargs)), status)
-
-
-def _to_page(view: OwnerContext) -> BaseResponse:
-    return redirect(view.url("pages.crm_page"), code=303)
+def _card(status: int = 200, message: str | None = None, error: str | None = None) -> Response:
+    ctx = request_context()
+    return respond(
+        "crm/partials/_sync.html",
+        status=status,
+        title=_("Синхронизация"),
+        message_text=message,
+        error=error,
+        **_card_vm(ctx.owner_id),
+    )
 
 
 @bp.get("/admin/crm/ui/sync")
 @page_login_required
-def sync_card():
-    """The card (HTMX); a plain browser request goes to the page that embeds it."""
-    view = owner_context()
-    if not _fragment_wanted():
-        return _to_page(view)
-    return _card(view)
+def sync_card() -> Response:
+    """The sync card (for htmx; a browser gets it on a page of its own)."""
+    return _card()
 
 
 @bp.post("/admin/crm/ui/sync")
 @page_login_required
-def start():
+def start() -> Response:
     """Синхронизировать / Полная синхронизация: queue a run and show its progress."""
-    view = owner_context()
-    require_write(view.actor)  # guests: 403
+    ctx = request_context(write=True)
     full = request.form.get("full") in ("1", "true", "on")
-    if not _connected(view.owner_id):
-        html = render_template(
-            "crm/partials/_sync.html",
-            **_card_vm(view, error="Сначала подключите аккаунт amoCRM."),
-        )
-        return _respond(html, 422) if _fragment_wanted() else _to_page(view)
+    if not _connected(ctx.owner_id):
+        return _card(409, error=_("Сначала подключите аккаунт amoCRM."))
     try:
-        run = start_sync(view.owner_id, full=full, trigger="manual")
+        run = start_sync(ctx.owner_id, full=full, trigger="manual")
     except SyncError as exc:
-        if not _fragment_wanted():
-            return _to_page(view)
-        return _card(view, 422, error=str(exc))
+        return _card(409, error=str(exc))
     except Exception:
-        logger.exception("could not start a sync for owner %s", view.owner_id)
-        if not _fragment_wanted():
-            return _to_page(view)
-        return _card(view, 503, error="Не удалось поставить синхронизацию в очередь.")
-    logger.info("owner %s: sync run %s started from the page", view.owner_id, run.id)
-    if not _fragment_wanted():
-        return _to_page(view)
-    return _card(view, message="Синхронизация запущена." if run.status == "queued" else None)
+        logger.exception("could not start a sync for owner %s", ctx.owner_id)
+        return _card(503, error=_("Не удалось поставить синхронизацию в очередь."))
+    logger.info("owner %s: sync run %s started from the page", ctx.owner_id, run.id)
+    return _card(message=_("Синхронизация запущена.") if run.status == "queued" else None)
 
 
 @bp.get("/admin/crm/ui/sync/runs/<int:run_id>")
 @page_login_required
-def run_status(run_id: int):
+def run_status(run_id: int) -> Response:
     """The progress fragment polled every 2 s; the final one stops polling (286)."""
-    view = owner_context()
+    ctx = request_context()
     run = db.session.get(SyncRun, run_id, populate_existing=True)
-    if run is None or run.owner_id != view.owner_id:
+    if run is None or run.owner_id != ctx.owner_id:
         abort(404, description="Not found.")
     progress = run_progress(run)
-    html = render_template(
-        "crm/partials/_sync_progress.html", view=view, p=progress, poll_seconds=POLL_SECONDS
+    return respond(
+        "crm/partials/_sync_progress.html",
+        title=_("Синхронизация"),
+        p=progress,
+        poll_seconds=POLL_SECONDS,
+        stop_polling=not progress["active"],
+        trigger=None if progress["active"] else EVT_FINISHED,
     )
-    if progress["active"]:
-        return _respond(html)
-    resp = _respond(html, STOP_POLLING)
-    resp.headers["HX-Trigger"] = EVT_FINISHED
-    return resp

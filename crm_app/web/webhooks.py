@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -13,19 +14,19 @@ from flask import (
     Response,
     abort,
     current_app,
-    redirect,
-    render_template,
     request,
-    url_for,
 )
+from flask_babel import gettext as _
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_input_stream
 
-from crm_app.auth.access import current_actor, page_login_required, require_write, resolve_owner_id
+from crm_app.auth.access import page_login_required
 from crm_app.extensions import csrf, limiter
 from crm_app.security import HSTS_VALUE, PERMISSIONS_POLICY, REFERRER_POLICY, is_https_deployment
-from crm_app.services.webhooks import inbox
+from crm_app.services.webhooks import inbox, spool
 from crm_app.services.webhooks import receive as receive_service
+from crm_app.web.context import request_context
+from crm_app.web.respond import respond, to_page, wants_fragment
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class WebhookFastPath:
     def __init__(self, app: Flask, wsgi_app: Any) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
+        self.swept_in: int | None = None
         https = is_https_deployment(app)
         self.headers = [
             ("X-Content-Type-Options", "nosniff"),
@@ -108,6 +110,10 @@ class WebhookFastPath:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.swept_in != os.getpid():
+            # Startup sweep: deliveries a previous process spooled during a database outage.
+            self.swept_in = os.getpid()
+            spool.sweep_leftovers(self.app)
         if environ.get("REQUEST_METHOD") != "POST" or not self.app.config["WEBHOOK_FAST_PATH"]:
             return self.wsgi_app(environ, start_response)
         token = self._token(environ)
@@ -154,54 +160,43 @@ def _install_fast_path(state: Any) -> None:
 # -- the admin card ---------------------------------------------------------------------------------
 
 
-def _card(owner_id: int, can_write: bool, message: str | None = None) -> str:
+def _card(message: str | None = None) -> Response:
     from crm_app.services.webhooks.subscription import subscription_state
+    from crm_app.services.webhooks.watchdog import last_event
 
-    state = subscription_state(owner_id, reveal=can_write)
-    return render_template(
+    ctx = request_context()
+    return respond(
         "crm/partials/_webhooks.html",
-        state=state,
-        counts=inbox.counts(owner_id),
-        recent=inbox.recent(owner_id, 5),
-        last_error=inbox.last_error(owner_id),
-        can_write=can_write,
-        owner_id=owner_id,
-        owner_param=request.args.get("owner_id") or None,
-        message=message,
+        title=_("Вебхуки amoCRM"),
+        state=subscription_state(ctx.owner_id, reveal=ctx.can_write),
+        counts=inbox.counts(ctx.owner_id),
+        recent=inbox.recent(ctx.owner_id, 5),
+        last_error=inbox.last_error(ctx.owner_id),
+        watchdog=last_event(ctx.owner_id),
+        outcome=message,
     )
 
 
 @bp.get("/admin/crm/ui/webhooks")
 @page_login_required
 def panel() -> Response:
-    actor = current_actor()
-    assert actor is not None
-    owner_id = resolve_owner_id(actor, request.args.get("owner_id"))
-    resp = current_app.make_response(_card(owner_id, actor.can_write))
-    resp.headers["Vary"] = "HX-Request"
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return _card()
 
 
 @bp.post("/admin/crm/ui/webhooks/subscribe")
 @page_login_required
-def subscribe_view() -> Any:
-    actor = current_actor()
-    assert actor is not None
-    owner_id = resolve_owner_id(actor, request.args.get("owner_id"))
-    require_write(actor)
+def subscribe_view() -> Response:
     from crm_app.services.webhooks.subscription import subscribe
 
-    result = subscribe(owner_id)
+    ctx = request_context(write=True)
+    result = subscribe(ctx.owner_id)
     if result.get("subscribed"):
-        message = "subscribed"
+        outcome = "subscribed"
     elif result.get("manual"):
-        message = "manual"
+        outcome = "manual"
     else:
-        message = "error"
-    if not request.headers.get("HX-Request"):
-        # Without JavaScript the form posts here; go back to the page.
-        return redirect(url_for("pages.crm_page"), code=303)
-    resp = current_app.make_response(_card(owner_id, True, message))
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+        outcome = "error"
+    if not wants_fragment():
+        # Without JavaScript the form posts here; back to the page of the same owner.
+        return to_page()
+    return _card(outcome)

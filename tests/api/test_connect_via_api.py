@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,15 +10,10 @@ from tests.api.conftest import World
 
 
 @pytest.fixture
-def sandbox(app) -> Iterator[Any]:
-    from crm_app.sandbox import SandboxServer
-
-    server = SandboxServer(port=0, contacts=5, leads=5, tasks=5, rate_limit=0).start()
+def sandbox(app, make_sandbox) -> Any:
+    server = make_sandbox(contacts=5, leads=5, tasks=5, rate_limit=0)
     app.config["AMOCRM_BASE_URL"] = server.url
-    try:
-        yield server
-    finally:
-        server.stop()
+    return server
 
 
 def _settings(sandbox: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def _claims(app: Any, user_id: int, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": str(user_id),
+        "ver": 0,
         "iat": now,
         "nbf": now,
         "exp": now + 300,
@@ -139,6 +140,9 @@ ATTACKS: dict[str, Callable[[Any, int], str]] = {
     "non-numeric sub": lambda app, uid: _good(app, uid, sub="admin"),
     "integer sub": lambda app, uid: _good(app, uid, sub=uid),
     "sub of a user that never existed": lambda app, uid: _good(app, uid, sub="987654"),
+    "no session version": lambda app, uid: _good(app, uid, ver=_DROP),
+    "a signed-out session version": lambda app, uid: _good(app, uid, ver=-1),
+    "session version as a string": lambda app, uid: _good(app, uid, ver="0"),
     "garbage": lambda app, uid: "not-a-jwt",
     "three garbage parts": lambda app, uid: "a.b.c",
     "empty": lambda app, uid: "",

@@ -66,6 +66,55 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/admin/crm/stats"): Case(owned_by=lambda d, tag: d["contacts_count"] == 3),
 }
 
+# Workspace writes. These owners are not connected to amoCRM, so an allowed write ends in
+# 409 "not connected" after every access check passed; tests/workspace/test_api.py runs the
+# same matrix against a connected sandbox for the success answers.
+_ID = "<int(min=1, max=9223372036854775807):{}>"
+
+
+def _entity_path(prefix: str, base: int, suffix: str = "") -> Callable[[World, bool], str]:
+    return lambda w, own: f"{prefix}{base * (w.own if own else w.other) + 1}{suffix}"
+
+
+CASES.update(
+    {
+        ("PATCH", "/admin/crm/leads/" + _ID.format("lead_id")): Case(
+            write=True,
+            ok=409,
+            body={"price": 5, "updated_at": 1_700_000_001},
+            path=_entity_path("/admin/crm/leads/", 2000),
+        ),
+        ("POST", "/admin/crm/leads"): Case(write=True, ok=409, body={"name": "New deal"}),
+        ("POST", "/admin/crm/leads/" + _ID.format("lead_id") + "/notes"): Case(
+            write=True,
+            ok=409,
+            body={"text": "hi"},
+            path=_entity_path("/admin/crm/leads/", 2000, "/notes"),
+        ),
+        ("PATCH", "/admin/crm/contacts/" + _ID.format("contact_id")): Case(
+            write=True,
+            ok=409,
+            body={"name": "X", "updated_at": 1_700_000_001},
+            path=_entity_path("/admin/crm/contacts/", 1000),
+        ),
+        ("POST", "/admin/crm/contacts/" + _ID.format("contact_id") + "/notes"): Case(
+            write=True,
+            ok=409,
+            body={"text": "hi"},
+            path=_entity_path("/admin/crm/contacts/", 1000, "/notes"),
+        ),
+        ("POST", "/admin/crm/tasks"): Case(
+            write=True, ok=409, body={"text": "call", "complete_till": 1_800_000_000}
+        ),
+        ("PATCH", "/admin/crm/tasks/" + _ID.format("task_id")): Case(
+            write=True,
+            ok=409,
+            body={"is_completed": True, "result": "done"},
+            path=_entity_path("/admin/crm/tasks/", 3000),
+        ),
+    }
+)
+
 
 def api_routes(app: Any) -> set[tuple[str, str]]:
     """(method, rule) of every route the api blueprint serves under /admin/crm."""

@@ -8,7 +8,7 @@ its schema and media type. Bounded: a few dozen examples per operation.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,16 +39,11 @@ def _per_request_context(app: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def sandbox_url(app) -> Iterator[str]:
+def sandbox_url(app, make_sandbox) -> str:
     """amoCRM calls (code exchange, long-lived token probe) go to a local sandbox."""
-    from crm_app.sandbox import SandboxServer
-
-    server = SandboxServer(port=0, contacts=5, leads=5, tasks=5, rate_limit=0).start()
+    server = make_sandbox(contacts=5, leads=5, tasks=5, rate_limit=0)
     app.config["AMOCRM_BASE_URL"] = server.url
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    return str(server.url)
 
 
 def _operations() -> list[tuple[str, str]]:

@@ -1,9 +1,9 @@
-"""Fixtures for the connect area: a sandbox amoCRM, a configured owner, signed-in users."""
+"""Fixtures for the connection tests: a sandbox amoCRM, a configured owner, signed-in users."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,25 +14,21 @@ CALLBACK = "/admin/crm/callback"
 
 
 @pytest.fixture
-def sandbox(app) -> Iterator[SandboxServer]:
+def sandbox(app, make_sandbox) -> SandboxServer:
     """A sandbox amoCRM on a free port; the app sends every amoCRM request there.
 
     The sandbox's integration is registered with the app's own Redirect URI, as an admin would
     do in amoCRM's integration settings.
     """
-    server = SandboxServer(
-        port=0,
+    server: SandboxServer = make_sandbox(
         contacts=30,
         leads=25,
         tasks=15,
         rate_limit=0,
         redirect_uri=app.config["PUBLIC_URL"] + CALLBACK,
-    ).start()
+    )
     app.config["AMOCRM_BASE_URL"] = server.url
-    try:
-        yield server
-    finally:
-        server.stop()
+    return server
 
 
 def token_requests(server: SandboxServer) -> list[dict[str, Any]]:
@@ -53,7 +49,7 @@ def owner(make_user):
 @pytest.fixture
 def configure(app, sandbox):
     """configure(owner_id) saves settings that match the sandbox's integration."""
-    from crm_app.services import connection
+    from crm_app.services import settings
 
     def _configure(owner_id: int, **extra: Any):
         cfg = sandbox.config
@@ -64,7 +60,7 @@ def configure(app, sandbox):
             "redirect_uri": app.config["PUBLIC_URL"] + CALLBACK,
             **extra,
         }
-        return connection.update_config(owner_id, connection.parse_config(data))
+        return settings.update_config(owner_id, settings.parse_config(data))
 
     return _configure
 

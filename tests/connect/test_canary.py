@@ -12,7 +12,7 @@ import requests
 
 from crm_app.extensions import db
 from crm_app.models import SyncLog
-from crm_app.services import connection
+from crm_app.services import connection, settings
 from crm_app.services.amo import client_for_owner
 from crm_app.services.tokens import load_tokens
 from tests.connect.conftest import HX
@@ -22,8 +22,8 @@ CANARY_SECRET = f"{CANARY}clientsecret0123456789abcdef"
 CANARY_WEBHOOK = f"{CANARY}webhooktoken"
 CANARY_TELEGRAM = f"{CANARY}telegramsecret"
 CANARY_CLIENT = "canary-client-0001"
-# The webhooks area shows the owner's webhook URL (which embeds its token) to those who may
-# change the integration, by design: INTERFACES.md has GET /admin/crm/config return webhook_url.
+# The webhooks panel shows the owner's webhook URL (which embeds its token) to those who may
+# change the integration, by design: GET /admin/crm/config returns webhook_url (docs/api.md).
 # Everything else, and every page a guest sees, must not contain it.
 SHOWS_WEBHOOK_URL = ("/admin/crm/ui/webhooks", "/admin/crm/config")
 
@@ -47,7 +47,7 @@ def _pages(ctx: dict[str, int]) -> list[tuple[str, str, dict[str, str]]]:
         "/admin/crm/does-not-exist",
         f"/admin/crm?owner_id={ctx['other_owner']}",
         "/admin/crm?owner_id=not-a-number",
-        # Other areas' slots and the JSON API: they must not leak either (404 while missing).
+        # The lazily loaded panels and the JSON API must not leak either.
         "/admin/crm/ui/sync",
         "/admin/crm/ui/webhooks",
         "/admin/crm/ui/inbound",
@@ -80,9 +80,9 @@ def test_no_secret_in_html_or_logs(
     sandbox.register_integration(
         CANARY_CLIENT, CANARY_SECRET, app.config["PUBLIC_URL"] + "/admin/crm/callback"
     )
-    connection.update_config(
+    settings.update_config(
         owner_id,
-        connection.parse_config(
+        settings.parse_config(
             {
                 "subdomain": sandbox.config.subdomain,
                 "client_id": CANARY_CLIENT,
@@ -99,7 +99,7 @@ def test_no_secret_in_html_or_logs(
     second = load_tokens(owner_id)
     assert second.version == first.version + 1
 
-    cfg = connection.get_or_create_config(owner_id)
+    cfg = settings.get_or_create_config(owner_id)
     cfg.webhook_token = CANARY_WEBHOOK
     cfg.webhook_token_hash = hashlib.sha256(CANARY_WEBHOOK.encode()).hexdigest()
     cfg.telegram_secret = CANARY_TELEGRAM
@@ -147,7 +147,7 @@ def test_no_secret_in_html_or_logs(
     ).get_data(as_text=True)
 
     # Careless writers elsewhere (a raw error text, a log row's details): the page masks them.
-    cfg = connection.get_or_create_config(owner_id)
+    cfg = settings.get_or_create_config(owner_id)
     cfg.last_error = f"refresh failed: refresh_token={second.refresh_token}"
     for i in range(25):
         db.session.add(

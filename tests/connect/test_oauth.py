@@ -12,7 +12,7 @@ import requests
 
 from crm_app.extensions import db
 from crm_app.models import OAuthState
-from crm_app.services import connection
+from crm_app.services import connection, settings
 from crm_app.services.tokens import load_tokens
 from tests.connect.conftest import HX, token_requests
 
@@ -193,14 +193,14 @@ def test_subdomain_unset_is_adopted_from_referer(
 ) -> None:
     """Settings may leave the subdomain empty: the referer of a valid callback fills it in."""
     login("alice")
-    cfg = connection.get_or_create_config(owner.owner_id)
+    cfg = settings.get_or_create_config(owner.owner_id)
     cfg.client_id = sandbox.config.client_id
     cfg.client_secret = sandbox.config.client_secret
     cfg.redirect_uri = app.config["PUBLIC_URL"] + "/admin/crm/callback"
     db.session.commit()
     location = _consent(_auth_url(client, page_csrf))
     assert client.get(_local(location)).status_code == 303
-    cfg = connection.get_or_create_config(owner.owner_id)
+    cfg = settings.get_or_create_config(owner.owner_id)
     assert (cfg.subdomain, cfg.domain) == (sandbox.config.subdomain, "amocrm.ru")
     assert connection.status(owner.owner_id)["status"] == "connected"
 

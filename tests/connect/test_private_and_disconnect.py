@@ -10,7 +10,7 @@ import requests
 
 from crm_app.extensions import db
 from crm_app.models import Pipeline, SyncLog
-from crm_app.services import connection
+from crm_app.services import connection, settings
 from crm_app.services.tokens import load_tokens
 from tests.connect.conftest import HX, token_requests
 
@@ -101,7 +101,7 @@ def test_disconnect_forgets_tokens_keeps_settings(app, client, admin, connected,
     assert resp.status_code == 200
     assert resp.headers["HX-Trigger"] == "crm-connection-changed"
     assert load_tokens(admin.owner_id) is None
-    cfg = connection.get_or_create_config(admin.owner_id)
+    cfg = settings.get_or_create_config(admin.owner_id)
     assert cfg.status == "disconnected" and cfg.client_secret and cfg.subdomain
     badge = client.get("/admin/crm/ui/status", headers=HX).get_data(as_text=True)
     assert 'data-status="disconnected"' in badge and "Не подключено" in badge
@@ -139,7 +139,7 @@ def test_disconnect_hook_signed_by_the_sandbox(app, client, admin, connected, sa
 
 def test_disconnect_hook_bad_or_missing_signature(app, client, admin, connected, sandbox) -> None:
     connected(admin.owner_id)
-    cfg = connection.get_or_create_config(admin.owner_id)
+    cfg = settings.get_or_create_config(admin.owner_id)
     uuid, account = cfg.client_id, str(cfg.account_id)
     good = _signed(cfg.client_secret, uuid, account)
     cases = {

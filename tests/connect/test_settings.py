@@ -6,8 +6,8 @@ import pytest
 
 from crm_app.extensions import db
 from crm_app.models import AmoConfig, ConnectionStatus, Pipeline, PipelineStatus
-from crm_app.services import connection
-from crm_app.services.connection import ConfigInvalid
+from crm_app.services import connection, settings
+from crm_app.services.settings import ConfigInvalid
 
 
 def _owner_id(make_user) -> int:
@@ -15,11 +15,11 @@ def _owner_id(make_user) -> int:
 
 
 def test_pasted_account_address_sets_subdomain_and_domain() -> None:
-    data = connection.parse_config({"subdomain": "https://MyCompany.kommo.com/leads/"})
+    data = settings.parse_config({"subdomain": "https://MyCompany.kommo.com/leads/"})
     assert (data.subdomain, data.domain) == ("mycompany", "kommo.com")
-    data = connection.parse_config({"subdomain": "shop.amocrm.ru", "domain": "kommo.com"})
+    data = settings.parse_config({"subdomain": "shop.amocrm.ru", "domain": "kommo.com"})
     assert (data.subdomain, data.domain) == ("shop", "amocrm.ru")
-    assert connection.parse_config({"subdomain": "plain"}).domain == "amocrm.ru"
+    assert settings.parse_config({"subdomain": "plain"}).domain == "amocrm.ru"
 
 
 @pytest.mark.parametrize(
@@ -40,14 +40,14 @@ def test_pasted_account_address_sets_subdomain_and_domain() -> None:
 )
 def test_bad_input_names_the_field(data: dict, field: str) -> None:
     with pytest.raises(ConfigInvalid) as info:
-        connection.parse_config(data)
+        settings.parse_config(data)
     assert field in info.value.errors, info.value.errors
 
 
 def test_privileged_fields_are_ignored(app, make_user) -> None:
     owner_id = _owner_id(make_user)
     other = make_user("eve", role="user", owner="other").owner_id
-    data = connection.parse_config(
+    data = settings.parse_config(
         {
             "subdomain": "acme",
             "owner_id": other,
@@ -58,7 +58,7 @@ def test_privileged_fields_are_ignored(app, make_user) -> None:
             "webhook_token": "y",
         }
     )
-    cfg = connection.update_config(owner_id, data)
+    cfg = settings.update_config(owner_id, data)
     assert cfg.owner_id == owner_id
     assert cfg.status == ConnectionStatus.DISCONNECTED
     assert cfg.account_id is None and cfg.webhook_token is None
@@ -67,16 +67,16 @@ def test_privileged_fields_are_ignored(app, make_user) -> None:
 
 def test_empty_secret_keeps_the_stored_one_and_redirect_defaults(app, make_user) -> None:
     owner_id = _owner_id(make_user)
-    connection.update_config(
-        owner_id, connection.parse_config({"subdomain": "acme", "client_secret": "s3cret-1"})
+    settings.update_config(
+        owner_id, settings.parse_config({"subdomain": "acme", "client_secret": "s3cret-1"})
     )
-    cfg = connection.update_config(
-        owner_id, connection.parse_config({"subdomain": "acme", "client_secret": "  "})
+    cfg = settings.update_config(
+        owner_id, settings.parse_config({"subdomain": "acme", "client_secret": "  "})
     )
     assert cfg.client_secret == "s3cret-1"
     assert cfg.redirect_uri == app.config["PUBLIC_URL"] + "/admin/crm/callback"
-    assert connection.config_values(cfg)["client_secret_set"] is True
-    assert "s3cret-1" not in repr(connection.config_values(cfg))
+    assert settings.config_values(cfg)["client_secret_set"] is True
+    assert "s3cret-1" not in repr(settings.config_values(cfg))
 
 
 def test_status_must_belong_to_the_pipeline(app, make_user) -> None:
@@ -93,9 +93,7 @@ def test_status_must_belong_to_the_pipeline(app, make_user) -> None:
     db.session.commit()
 
     def save(**ids: int):
-        return connection.update_config(
-            owner_id, connection.parse_config({"subdomain": "acme", **ids})
-        )
+        return settings.update_config(owner_id, settings.parse_config({"subdomain": "acme", **ids}))
 
     with pytest.raises(ConfigInvalid) as info:
         save(lead_pipeline_id=10, lead_status_id=201)
@@ -115,9 +113,9 @@ def test_status_must_belong_to_the_pipeline(app, make_user) -> None:
 
 def test_unknown_mirror_accepts_ids(app, make_user) -> None:
     owner_id = _owner_id(make_user)
-    cfg = connection.update_config(
+    cfg = settings.update_config(
         owner_id,
-        connection.parse_config({"subdomain": "acme", "lead_pipeline_id": 7, "lead_status_id": 8}),
+        settings.parse_config({"subdomain": "acme", "lead_pipeline_id": 7, "lead_status_id": 8}),
     )
     assert (cfg.lead_pipeline_id, cfg.lead_status_id) == (7, 8)
 
@@ -155,7 +153,7 @@ def test_settings_form_round_trip(app, client, make_user, login, page_csrf) -> N
     html = resp.get_data(as_text=True)
     assert 'id="settings-saved"' in html and "very-secret-value" not in html
     assert resp.headers["HX-Trigger"] == "crm-settings-saved"
-    cfg = connection.get_or_create_config(connection_owner(client))
+    cfg = settings.get_or_create_config(connection_owner(client))
     assert (cfg.subdomain, cfg.domain) == ("acme", "amocrm.com")
     assert (cfg.sync_contacts, cfg.sync_leads, cfg.sync_tasks) == (True, False, False)
     assert cfg.auto_create_lead is True
@@ -166,7 +164,7 @@ def test_settings_form_round_trip(app, client, make_user, login, page_csrf) -> N
     html = resp.get_data(as_text=True)
     assert 'id="err-subdomain"' in html and 'aria-invalid="true"' in html
     assert "another-secret" not in html
-    assert connection.get_or_create_config(connection_owner(client)).client_secret == (
+    assert settings.get_or_create_config(connection_owner(client)).client_secret == (
         "very-secret-value"
     )
 

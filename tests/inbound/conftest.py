@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,16 +23,15 @@ WORKER_ENV = {
 
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
+def sandbox(make_sandbox) -> SandboxServer:
     """A small seeded account served in-process on a free port."""
-    server = SandboxServer(port=0, contacts=30, leads=20, tasks=0, quiet=True).start()
-    yield server
-    server.stop()
+    server: SandboxServer = make_sandbox(contacts=30, leads=20, tasks=0)
+    return server
 
 
 def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values: Any) -> int:
     """An admin user + owner connected to the sandbox, Auto Create Lead on in its first stage."""
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     owner_id = make_user(f"{name}-admin", role="admin", owner=name).owner_id
     pipeline = server.account.main_pipeline

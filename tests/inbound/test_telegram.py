@@ -43,7 +43,7 @@ def _update(
 
 def secrets_for(owner_id: int) -> dict[str, str]:
     """Set the owner's webhook secret as `telegram set-webhook` would; returns path and header."""
-    from crm_app.services.connection import get_or_create_config
+    from crm_app.services.settings import get_or_create_config
 
     cfg = get_or_create_config(owner_id)
     telegram.store_secret(cfg, "test-secret-value-0123456789abcdef")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,22 +20,6 @@ MODELS: dict[str, type[Contact | Lead | Task]] = {
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
-    """make_sandbox(contacts=.., leads=.., tasks=.., rate_limit=.., api_filter=..) → started."""
-    servers: list[SandboxServer] = []
-
-    def start(**options: Any) -> SandboxServer:
-        options.setdefault("quiet", True)
-        server = SandboxServer(port=0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
 def sandbox(make_sandbox) -> SandboxServer:
     """A small seeded account (60 contacts, 40 leads, 30 tasks), 7 rps like amoCRM."""
     return make_sandbox(contacts=60, leads=40, tasks=30)
@@ -51,7 +34,7 @@ def connect_owner(
     user_id: int | None = None,
 ) -> int:
     """An admin user + owner connected to the sandbox account by a real code exchange."""
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     owner_id = make_user(f"{name}-admin", role="admin", owner=name).owner_id
     connect_owner_to_sandbox(owner_id, server, account=account, user_id=user_id)

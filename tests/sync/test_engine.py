@@ -116,7 +116,8 @@ def test_full_sync_mirrors_the_account(app, make_sandbox, connected):
     assert all("limit=250" in c["path"] and "order%5Bid%5D=asc" in c["path"] for c in contact_calls)
     assert all("with=contacts" in c["path"] for c in _api_requests(server, "/api/v4/leads?"))
     assert run.records == 600 + 300 + 260
-    assert run.pages == 3 + 2 + 2
+    # Plus one (empty, 204) page each for the lead and contact notes: the seed has none.
+    assert run.pages == 3 + 2 + 2 + 1 + 1
     assert run.rate_limited == 0
     # Reference data came along.
     assert db.session.scalar(select(Pipeline).where(Pipeline.owner_id == owner_id)) is not None
@@ -238,7 +239,13 @@ def test_sync_log_and_badge_on_403_block(app, sandbox, connected):
     errors = db.session.scalars(
         select(SyncLog).where(SyncLog.owner_id == owner_id, SyncLog.status == "error")
     ).all()
-    assert {e.operation for e in errors} == {"sync_contacts", "sync_leads", "sync_tasks"}
+    assert {e.operation for e in errors} == {
+        "sync_contacts",
+        "sync_leads",
+        "sync_tasks",
+        "sync_lead_notes",
+        "sync_contact_notes",
+    }
 
 
 def test_reconcile_finds_deletions_without_rewriting_unchanged_rows(app, make_sandbox, connected):
@@ -274,7 +281,10 @@ def test_reconcile_finds_deletions_without_rewriting_unchanged_rows(app, make_sa
     assert all(after[i] == synced[i] for i in after)
     # The deletions were confirmed one by one (204), after one filtered re-read.
     singles = [
-        e for e in server.requests_log(kind="api") if e["path"].startswith("/api/v4/contacts/")
+        e
+        for e in server.requests_log(kind="api")
+        if e["path"].startswith("/api/v4/contacts/")
+        and not e["path"].startswith("/api/v4/contacts/notes")
     ]
     assert sorted(e["status"] for e in singles) == [204, 204]
     cursor = db.session.get(SyncCursor, (owner_id, "contacts"))

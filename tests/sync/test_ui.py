@@ -48,7 +48,7 @@ def test_not_connected_owner_gets_a_clear_message(
     html = client.get("/admin/crm/ui/sync", headers=HX).get_data(as_text=True)
     assert re.search(r'id="sync-start"[^>]*disabled', html)
     resp = client.post("/admin/crm/ui/sync", data={"csrf_token": csrf_token()}, headers=HX)
-    assert resp.status_code == 422
+    assert resp.status_code == 409
     assert "подключите аккаунт" in resp.get_data(as_text=True)
     assert no_enqueue == []
 

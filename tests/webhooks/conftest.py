@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import threading
@@ -30,7 +29,7 @@ from crm_app.models import (
 from crm_app.sandbox.server import SandboxServer
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = Path(os.environ.get("AMOCRM_SAMPLES", "/work/shared/amocrm/samples"))
+SAMPLES = ROOT / "tests" / "fixtures" / "amocrm"  # documented examples, see its README
 MODELS = {"contacts": Contact, "leads": Lead, "tasks": Task}
 
 
@@ -78,26 +77,8 @@ def sample_bytes(name: str) -> bytes:
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
-    servers: list[SandboxServer] = []
-
-    def start(**options: Any) -> SandboxServer:
-        options.setdefault("quiet", True)
-        options.setdefault("contacts", 30)
-        options.setdefault("leads", 30)
-        options.setdefault("tasks", 20)
-        server = SandboxServer(port=0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
 def sandbox(make_sandbox) -> SandboxServer:
-    return make_sandbox()
+    return make_sandbox(contacts=30, leads=30, tasks=20)
 
 
 def connect_owner(

@@ -32,7 +32,7 @@ SENDERS = 8
 
 @pytest.fixture
 def sandbox(make_sandbox):
-    return make_sandbox(leads=LEADS + 10)
+    return make_sandbox(contacts=30, leads=LEADS + 10, tasks=20)
 
 
 def _send_all(base: str, path: str, bodies: Iterable[bytes]) -> list[int]:

@@ -1,4 +1,4 @@
-"""Connect an owner to a running amoCRM sandbox account without a browser (tests, benchmarks)."""
+"""Connect an owner to a running amoCRM sandbox account without a browser."""
 
 from __future__ import annotations
 
