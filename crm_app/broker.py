@@ -27,7 +27,8 @@ class Channel(kombu_redis.Channel):
             raise redis.exceptions.ConnectionError(
                 "the broker connection was closed (Redis went away); reconnecting"
             )
-        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]  # private, unstubbed
+        parent: Any = super()
+        return parent._connparams(asynchronous=asynchronous)
 
 
 class Transport(kombu_redis.Transport):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = Path(os.environ.get("CRM_INSTANCE_PATH", ROOT / "instance"))
@@ -27,10 +28,28 @@ def _float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _postgres_url() -> str:
+    """A URL from POSTGRES_HOST/PORT/USER/PASSWORD/DB (compose's database), or "" without a host.
+
+    Compose passes the parts: it cannot nest a default inside DATABASE_URL's default, and the
+    password may hold characters that must be escaped in a URL.
+    """
+    host = os.environ.get("POSTGRES_HOST", "")
+    if not host:
+        return ""
+    user = quote(os.environ.get("POSTGRES_USER") or "crm", safe="")
+    password = quote(os.environ.get("POSTGRES_PASSWORD", ""), safe="")
+    port = os.environ.get("POSTGRES_PORT") or "5432"
+    name = quote(os.environ.get("POSTGRES_DB") or "crm", safe="")
+    return f"postgresql+psycopg://{user}:{password}@{host}:{port}/{name}"
+
+
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the Flask config dict from environment variables, then apply overrides."""
     instance = Path(os.environ.get("CRM_INSTANCE_PATH", INSTANCE))
-    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'crm.sqlite3'}"
+    database_url = (
+        os.environ.get("DATABASE_URL") or _postgres_url() or f"sqlite:///{instance / 'crm.sqlite3'}"
+    )
     # Heroku-style URLs name the old driver; we ship psycopg 3.
     if database_url.startswith("postgres://"):
         database_url = "postgresql+psycopg://" + database_url[len("postgres://") :]

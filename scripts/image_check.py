@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -22,12 +24,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +49,15 @@ DOCKERD_FLAGS = (
 APP_SERVICES = ("migrate", "web", "worker", "beat")
 HEALTHY_SERVICES = ("web", "worker", "beat")
 ADMIN_USER = "admin"
+WHEELS_PORT = int(os.environ.get("IMAGE_CHECK_WHEELS_PORT", "38717"))
 
 
 class StepFailed(Exception):
     """A step's own, readable reason for failing."""
+
+
+class GiveUp(StepFailed):
+    """Raised by a probe of `wait_for` when waiting longer cannot help."""
 
 
 class EngineUnavailable(StepFailed):
@@ -92,6 +102,8 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: floa
             result = probe()
             if result:
                 return result
+        except GiveUp:
+            raise
         except StepFailed as exc:
             last_error = str(exc)
         if time.monotonic() > deadline:
@@ -103,6 +115,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve_directory(path: Path, port: int) -> ThreadingHTTPServer:
+    """Serve `path` on loopback in a thread (the build's --network=host reaches it).
+
+    A fixed port keeps the build argument, and so Docker's layer cache, the same between runs;
+    a free one is taken if it is busy.
+    """
+    handler = functools.partial(QuietHandler, directory=str(path))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def read_pins() -> dict[str, str]:
@@ -195,7 +227,8 @@ class Check:
             log(f"  {'ok  ' if r.ok else 'FAIL'} {r.name:<26} {r.seconds:7.1f} s  {first[:90]}")
         total = sum(r.seconds for r in self.results)
         passed = sum(r.ok for r in self.results)
-        log(f"image-check: {passed} passed, {len(self.results) - passed} failed ({total:.0f} s)")
+        log(f"image-check took {total:.0f} s")
+        log(f"image-check: {passed} passed, {len(self.results) - passed} failed")
 
     # -- tools and engine --
 
@@ -242,14 +275,20 @@ class Check:
         logfile = self.args.cache / "dockerd.log"
         log(f"starting dockerd {' '.join(DOCKERD_FLAGS)} (log: {logfile})")
         with logfile.open("ab") as out:
-            subprocess.Popen(
+            daemon = subprocess.Popen(
                 ["dockerd", *DOCKERD_FLAGS],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+        def answering() -> bool:
+            if daemon.poll() is not None:
+                raise GiveUp(f"dockerd exited with {daemon.returncode}")
+            return self._engine_up()
+
         try:
-            wait_for("dockerd to answer", self._engine_up, timeout=60, interval=1)
+            wait_for("dockerd to answer", answering, timeout=60, interval=1)
         except StepFailed:
             tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-15:])
             raise EngineUnavailable(
@@ -267,40 +306,32 @@ class Check:
     # -- stand-in bases --
 
     def base(self, name: str) -> str:
-        """Build (or reuse) one stand-in base image; its tag carries a hash of its recipe."""
+        """Build (or reuse) one stand-in base image; tags and tarballs carry a hash of the recipe.
+
+        The Debian tree (mmdebstrap, the slow part) is cached as a tarball keyed by the suite,
+        packages and hooks; the entrypoint and CA bundle are added when importing, so editing
+        them costs an import, not a new tree.
+        """
         suite = self.pins["DEBIAN_SUITE"]
         packages = self.pins[f"{name.upper()}_BASE_PACKAGES"]
         recipe = BASES[name]
-        entrypoint = HERE / f"{name}-entrypoint.sh" if name != "python" else None
-        ca_bundle = Path(self.args.ca_bundle) if name == "python" else None
-        key = hashlib.sha256(
-            json.dumps([suite, packages, recipe]).encode()
-            + (entrypoint.read_bytes() if entrypoint else b"")
-            + (ca_bundle.read_bytes() if ca_bundle and ca_bundle.is_file() else b"")
+        extra = self._base_files(name)
+        tree_key = hashlib.sha256(
+            json.dumps([suite, packages, recipe["essential"], recipe["customize"]]).encode()
         ).hexdigest()[:12]
-        tag = f"crm-stand-in/{name}:{suite}-{key}"
+        image_key = hashlib.sha256(
+            json.dumps([tree_key, recipe["changes"]]).encode()
+            + b"".join(path.encode() + data for path, (data, _) in sorted(extra.items()))
+        ).hexdigest()[:12]
+        tag = f"crm-stand-in/{name}:{suite}-{image_key}"
         self.images[name] = tag
         if run(["docker", "image", "inspect", tag], check=False).returncode == 0:
             return f"{tag} (image cached)"
-        tarball = self.args.cache / "bases" / f"{name}-{suite}-{key}.tar"
-        how = "tarball cached"
+        tarball = self.args.cache / "bases" / f"{name}-{suite}-{tree_key}.tar"
+        how = "tree cached"
         if not tarball.is_file():
             tarball.parent.mkdir(parents=True, exist_ok=True)
             partial = tarball.with_name(tarball.stem + ".partial.tar")
-            hooks: list[str] = []
-            for hook in recipe["customize"]:
-                hooks.append(f"--customize-hook={hook}")
-            for hook in recipe.get("essential", []):
-                hooks.append(f"--essential-hook={hook}")
-            if entrypoint:
-                hooks.append(
-                    f"--customize-hook=upload {entrypoint} /usr/local/bin/docker-entrypoint.sh"
-                )
-                hooks.append('--customize-hook=chmod 755 "$1/usr/local/bin/docker-entrypoint.sh"')
-            if ca_bundle:
-                if not ca_bundle.is_file():
-                    raise StepFailed(f"CA bundle {ca_bundle} not found (--ca-bundle)")
-                hooks.append(f"--customize-hook=upload {ca_bundle} /etc/ssl/certs/build-ca.pem")
             run(
                 [
                     "mmdebstrap",
@@ -312,31 +343,110 @@ class Check:
                     "--dpkgopt=path-exclude=/usr/share/man/*",
                     "--dpkgopt=path-exclude=/usr/share/locale/*",
                     "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*",
-                    *hooks,
+                    *(f"--essential-hook={hook}" for hook in recipe["essential"]),
+                    *(f"--customize-hook={hook}" for hook in recipe["customize"]),
                     suite,
                     str(partial),
                 ],
                 timeout=900,
             )
             partial.rename(tarball)
-            how = "built with mmdebstrap"
-        changes: list[str] = []
-        for change in recipe["changes"]:
-            changes += ["--change", change]
-        run(["docker", "import", *changes, str(tarball), tag], timeout=600)
+            how = "tree built with mmdebstrap"
+        with tempfile.TemporaryDirectory(dir=tarball.parent) as tmp:
+            image_tar = Path(tmp) / "image.tar"
+            replaced = {path.lstrip("/") for path in extra}
+            with (
+                tarfile.open(tarball) as src,
+                tarfile.open(image_tar, "w", format=src.format) as tar,
+            ):
+                for member in src:
+                    if os.path.normpath(member.name).lstrip("/") in replaced:
+                        continue  # `docker import` refuses a path twice
+                    tar.addfile(member, src.extractfile(member) if member.isfile() else None)
+                for path, (data, mode) in extra.items():
+                    info = tarfile.TarInfo(path.lstrip("/"))
+                    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+                    tar.addfile(info, io.BytesIO(data))
+            changes: list[str] = []
+            for change in recipe["changes"]:
+                changes += ["--change", change]
+            run(["docker", "import", *changes, str(image_tar), tag], timeout=600)
         return f"{tag} ({how}, imported)"
 
+    def _base_files(self, name: str) -> dict[str, tuple[bytes, int]]:
+        """Files added to a base at import: path -> (content, mode)."""
+        if name == "python":
+            ca_bundle = Path(self.args.ca_bundle)
+            if not ca_bundle.is_file():
+                raise StepFailed(f"CA bundle {ca_bundle} not found (--ca-bundle)")
+            # pip inside `docker build` reaches the package registry with the machine's CA bundle.
+            return {
+                "/etc/ssl/certs/build-ca.pem": (ca_bundle.read_bytes(), 0o644),
+                "/etc/pip.conf": (b"[global]\ncert = /etc/ssl/certs/build-ca.pem\n", 0o644),
+            }
+        entrypoint = HERE / f"{name}-entrypoint.sh"
+        return {"/usr/local/bin/docker-entrypoint.sh": (entrypoint.read_bytes(), 0o755)}
+
     # -- the app image --
+
+    def wheels(self) -> str:
+        """Fill the wheel cache for requirements.txt on the host (same Debian, same CPython)."""
+        wheels = self.args.cache / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        requirements = (ROOT / "requirements.txt").read_bytes()
+        stamp = wheels / f".complete-{hashlib.sha256(requirements).hexdigest()[:16]}"
+        before = {p.name for p in wheels.glob("*.whl")}
+        if stamp.is_file():
+            return f"{len(before)} wheels in {wheels} (complete for this requirements.txt)"
+        # In the python base itself: environment markers (python_full_version) must match.
+        script = (
+            "python -m venv /tmp/venv && /tmp/venv/bin/pip install --quiet --upgrade wheel && "
+            "/tmp/venv/bin/pip wheel --quiet --find-links /wheels --wheel-dir /wheels "
+            "--requirement /src/requirements.txt"
+        )
+        run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network=host",
+                "--volume",
+                f"{wheels}:/wheels",
+                "--volume",
+                f"{ROOT / 'requirements.txt'}:/src/requirements.txt:ro",
+                self.images["python"],
+                "sh",
+                "-c",
+                script,
+            ],
+            timeout=900,
+        )
+        after = {p.name for p in wheels.glob("*.whl")}
+        stamp.touch()
+        return f"{len(after)} wheels in {wheels}, {len(after - before)} new"
 
     def app_image(self) -> str:
         tag = self.args.app_tag
         self.images["app"] = tag
+        if self.args.no_build:
+            run(["docker", "image", "inspect", tag])
+            return f"{tag} as it is (--no-build)"
+        server = serve_directory(self.args.cache / "wheels", WHEELS_PORT)
+        try:
+            return self._build(tag, f"http://127.0.0.1:{server.server_address[1]}/")
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    def _build(self, tag: str, wheels_url: str) -> str:
         cmd = [
             "docker",
             "build",
             "--network=host",
             "--build-arg",
             f"PYTHON_IMAGE={self.images['python']}",
+            "--build-arg",
+            f"WHEELS_URL={wheels_url}",
             "--file",
             str(self.args.dockerfile),
             "--tag",
@@ -387,13 +497,11 @@ class Check:
             "POSTGRES_PASSWORD": pg_password,
             "SECRET_KEY": secrets.token_urlsafe(48),
             "CRM_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-            "CHECK_POSTGRES_PORT": str(self.ports["postgres"]),
             "CHECK_REDIS_PORT": str(self.ports["redis"]),
             "CHECK_WEB_PORT": str(self.ports["web"]),
             "CHECK_SANDBOX_PORT": str(self.ports["sandbox"]),
-            "DATABASE_URL": (
-                f"postgresql+psycopg://crm:{pg_password}@127.0.0.1:{self.ports['postgres']}/crm"
-            ),
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(self.ports["postgres"]),
             "REDIS_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
             "PUBLIC_URL": f"http://127.0.0.1:{self.ports['web']}",
             "AMOCRM_BASE_URL": f"http://127.0.0.1:{self.ports['sandbox']}",
@@ -469,7 +577,7 @@ class Check:
             for service, health in current.items():
                 if health != ["healthy"]:
                     if any(h == "unhealthy" for h in health):
-                        raise StepFailed(f"{service} is unhealthy\n{self._logs(service)}")
+                        raise GiveUp(f"{service} is unhealthy\n{self._logs(service)}")
                     return False
             return True
 
@@ -587,7 +695,7 @@ class Check:
         def done() -> dict[str, Any] | None:
             body = self.poll_run(run_id)
             if body["status"] in {"error", "cancelled"}:
-                raise StepFailed(f"run {run_id} ended {body['status']}: {body.get('error')}")
+                raise GiveUp(f"run {run_id} ended {body['status']}: {body.get('error')}")
             return body if body["status"] == "success" else None
 
         return wait_for(f"sync run {run_id} to succeed", done, timeout=timeout, interval=2)
@@ -620,7 +728,7 @@ class Check:
         def midway() -> dict[str, Any] | None:
             body = self.poll_run(run_id)
             if body["status"] == "success":
-                raise StepFailed(f"run {run_id} finished before the worker could be restarted")
+                raise GiveUp(f"run {run_id} finished before the worker could be restarted")
             return body if body["status"] == "running" and body["pages"] >= 2 else None
 
         before = wait_for(f"run {run_id} to be under way", midway, timeout=120, interval=0.5)
@@ -669,28 +777,27 @@ class Check:
 # How each stand-in base is made: mmdebstrap hooks, then `docker import --change` lines.
 BASES: dict[str, dict[str, list[str]]] = {
     "python": {
-        "customize": [
-            'ln -sf python3 "$1/usr/bin/python"',
-            # pip inside `docker build` reaches the package registry with the machine's CA bundle.
-            'printf "[global]\\ncert = /etc/ssl/certs/build-ca.pem\\n" > "$1/etc/pip.conf"',
-        ],
+        "essential": [],
+        "customize": ['ln -sf python3 "$1/usr/bin/python"'],
         "changes": [
             "ENV LANG=C.UTF-8",
             'CMD ["python3"]',
         ],
     },
     "postgres": {
+        # Only the server: no cluster of the package's own.
         "essential": [
             'mkdir -p "$1/etc/postgresql-common/createcluster.d"',
             'echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.d/check.conf"',
         ],
         "customize": [
             'chroot "$1" install -d -o postgres -g postgres -m 700 /var/lib/postgresql/data',
-            'chroot "$1" install -d -o postgres -g postgres -m 2775 /var/run/postgresql',
         ],
         "changes": [
             "ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "ENV PGDATA=/var/lib/postgresql/data",
+            # The socket's directory: /run is emptied in the tree, and /tmp is the postgres user's.
+            "ENV PGHOST=/tmp",
             "ENV LANG=C.UTF-8",
             "USER postgres",
             "VOLUME /var/lib/postgresql/data",
@@ -699,6 +806,7 @@ BASES: dict[str, dict[str, list[str]]] = {
         ],
     },
     "redis": {
+        "essential": [],
         "customize": [
             'chroot "$1" install -d -o redis -g redis -m 750 /data',
         ],
@@ -724,9 +832,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt",
         help="CA bundle pip uses inside the build (the machine's)",
     )
-    p.add_argument("--rate-limit", type=float, default=3, help="AMOCRM_RATE_LIMIT for the stack")
+    p.add_argument("--rate-limit", type=float, default=2, help="AMOCRM_RATE_LIMIT for the stack")
     p.add_argument("--no-install", action="store_true", help="never apt-get install the tools")
     p.add_argument("--no-start-dockerd", action="store_true", help="fail if no engine answers")
+    p.add_argument("--no-build", action="store_true", help="use the app image already built")
     p.add_argument("--keep", action="store_true", help="leave the stack up after a failure")
     p.add_argument(
         "--only",
@@ -747,6 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("base-python", lambda: check.base("python")),
         ("base-postgres", lambda: check.base("postgres")),
         ("base-redis", lambda: check.base("redis")),
+        ("wheels", lambda: "skipped (--no-build)" if args.no_build else check.wheels()),
         ("app-image", check.app_image),
         ("compose-config", check.write_env),
         ("stack-up", check.up),

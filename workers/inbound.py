@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def process_request(self, request_id: int) -> str:
     return _retry(self, int(request_id), result.retry_in, result.status)
 
 
-def _retry(task, request_id: int, countdown: float, status: str) -> str:
+def _retry(task: Any, request_id: int, countdown: float, status: str) -> str:
     """Send the retry; if the broker is down too, the beat's sweep sends it when it is due."""
     from crm_app.services import availability
     from crm_app.services.inbound.intake import mark_due
@@ -53,7 +54,9 @@ def _retry(task, request_id: int, countdown: float, status: str) -> str:
     except Retry:
         raise
     except Exception as exc:
-        if not availability.broker_unavailable(exc):
+        # Celery wraps a failed retry publish in Reject(requeue=False): the message is dropped.
+        cause = getattr(exc, "reason", None) if isinstance(exc, Reject) else exc
+        if not isinstance(cause, BaseException) or not availability.broker_unavailable(cause):
             raise
         mark_due(request_id, countdown)
         return status

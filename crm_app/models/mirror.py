@@ -52,7 +52,9 @@ class Contact(_Mirrored, Model):
 class Lead(_Mirrored, Model):
     __tablename__ = "crm_leads"
     __table_args__ = (
-        Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id"),
+        # A board column, newest change first, keyset-paged: (owner, pipeline, stage) equal,
+        # then (updated_at, id) descending straight off the index.
+        Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id", "updated_at", "id"),
         Index("ix_crm_leads_owner_updated", "owner_id", "updated_at"),
     )
 
@@ -69,7 +71,12 @@ class Lead(_Mirrored, Model):
 
 class Task(_Mirrored, Model):
     __tablename__ = "crm_tasks"
-    __table_args__ = (Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),)
+    __table_args__ = (
+        Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),
+        # A deal's or contact's tasks; the task lists (open first, by due time).
+        Index("ix_crm_tasks_entity", "owner_id", "entity_type", "entity_id"),
+        Index("ix_crm_tasks_due", "owner_id", "is_completed", "complete_till"),
+    )
 
     text: Mapped[str | None] = mapped_column(Text)
     task_type_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -92,14 +92,16 @@ def client_for_owner(owner_id: int, *, retry: RetryPolicy | None = None) -> AmoC
 def sync_retry_policy() -> RetryPolicy:
     """The policy of background reads (sync, re-fetches): wait out a long 429 pause, bounded.
 
-    A sync only reads and nobody waits on it, so it rather waits up to
-    SYNC_RATE_LIMIT_MAX_WAIT seconds at a time than fails the run; after five 429s in a row the
-    run stops and the next one resumes from its checkpoint.
+    A sync only reads and nobody waits on it, so it rather waits than fails the run: a lone 429
+    (jitter past our pacing) 1.5 s, a second one in a row amoCRM's ``retry_after`` capped at
+    SYNC_RATE_LIMIT_MAX_WAIT, and so on; after a fourth 429 in a row the run stops and the next
+    one resumes from its checkpoint.
     """
     return RetryPolicy(
-        rate_limit_retries=5,
+        rate_limit_retries=3,
         max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)),
         wait_out_long_pauses=True,
+        retry_after_from=2,
     )
 
 

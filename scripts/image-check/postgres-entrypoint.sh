@@ -37,4 +37,4 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
   echo "postgres stand-in: initialised $PGDATA (user $POSTGRES_USER, database $POSTGRES_DB)"
 fi
-exec postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql "$@"
+exec postgres -c listen_addresses="*" -c unix_socket_directories="${PGHOST:-/tmp}" "$@"

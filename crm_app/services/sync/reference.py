@@ -91,8 +91,8 @@ def fetch_choices(client: AmoCRMClient) -> tuple[list[dict[str, Any]], list[dict
     except AmoCRMNotFound:
         reasons = []
     account = client.get_account(with_="task_types")
-    raw_embedded = account.get("_embedded")
-    embedded = raw_embedded if isinstance(raw_embedded, dict) else {}
+    raw = account.get("_embedded")
+    embedded: dict[str, Any] = raw if isinstance(raw, dict) else {}
     types = embedded.get("task_types") or []
     return [r for r in reasons if isinstance(r, dict)], [t for t in types if isinstance(t, dict)]
 

@@ -120,10 +120,9 @@ def _write(
         return Applied("notes", int(sent.extra["note_id"]), view)
     if sent.updated_at is not None and target_id is not None:
         remember_own_write(owner_id, target_type, int(target_id), sent.updated_at)
-    stored = db.session.get(MODELS[target_type], (owner_id, target_id))
-    return Applied(
-        target_type, int(target_id or 0), entity_view(target_type, stored) if stored else {}
-    )
+    mirrored = db.session.get(MODELS[target_type], (owner_id, target_id))
+    view = entity_view(target_type, mirrored) if mirrored is not None else {}
+    return Applied(target_type, int(target_id or 0), view)
 
 
 def _pending(row: Any, answer_row: Any) -> Pending:
@@ -395,6 +394,24 @@ def update_contact(
     if not payload:
         db.session.rollback()
         return Invalid({"_": "nothing to change"})
+    return _write(
+        owner_id, "contacts", contact_id, "update", payload, seen_updated_at, user_id, row
+    )
+
+
+def contact_payload_update(
+    owner_id: int,
+    contact_id: int,
+    payload: dict[str, Any],
+    seen_updated_at: int | None,
+    *,
+    user_id: int | None = None,
+) -> Outcome:
+    """Send an amoCRM-shaped contact body again (a conflict re-applied on top of theirs)."""
+    row = _locked(Contact, owner_id, contact_id)
+    if row is None:
+        db.session.rollback()
+        return NotFound("contacts", contact_id)
     return _write(
         owner_id, "contacts", contact_id, "update", payload, seen_updated_at, user_id, row
     )
