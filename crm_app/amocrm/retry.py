@@ -55,7 +55,3 @@ class RetryPolicy:
 
     def with_jitter(self, delay: float, rng: random.Random) -> float:
         return delay + rng.uniform(0, delay * self.jitter)
-
-
-# For callers with a retry loop of their own (the workspace outbox): one attempt, no waiting.
-NO_RETRY = RetryPolicy(rate_limit_retries=0, failure_retries=0)

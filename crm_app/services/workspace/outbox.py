@@ -22,13 +22,13 @@ from sqlalchemy import and_, func, or_, select, update
 
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMAPIError, AmoCRMRateLimited, AmoCRMValidationError
-from crm_app.amocrm.retry import NO_RETRY
 from crm_app.extensions import db
 from crm_app.models import OutboxStatus, OutboxWrite
 from crm_app.services.echo import remember_own_write
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.workspace import lookup
 from crm_app.services.workspace.send import (
+    NO_RETRY,
     UPDATE_MODELS,
     Refused,
     field_errors,
@@ -390,8 +390,7 @@ def drain(owner_id: int, *, max_seconds: float = 10.0) -> Pass:
         ttl = max_seconds + 2 * (float(connect) + float(read)) + 5
         with named_lock(f"workspace-outbox-{owner_id}", ttl=ttl, wait=0):
             try:
-                # A 429 or 5xx ends the pass at once: the outbox's own backoff takes over.
-                client = client_for_owner(owner_id, retry=NO_RETRY)
+                client = client_for_owner(owner_id)
                 client.timeout = (float(connect), float(read))
                 client.tokens.access_token()
             except (NotConfigured, NotConnected) as exc:
@@ -403,6 +402,8 @@ def drain(owner_id: int, *, max_seconds: float = 10.0) -> Pass:
                 p.errors.append(exc.message[:200])
                 p.retry_in = backoff(2)
                 return p
+            # A 429 or 5xx ends the pass at once: the outbox's own backoff takes over.
+            client.retry = NO_RETRY
             try:
                 while _round(client, owner_id, p):
                     if time.monotonic() - started > max_seconds:

@@ -18,7 +18,6 @@ from sqlalchemy import select
 
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMAPIError, AmoCRMRateLimited
-from crm_app.amocrm.retry import NO_RETRY
 from crm_app.extensions import db
 from crm_app.models import Contact, Lead, LossReason, PipelineStatus, Task
 from crm_app.services.echo import remember_own_write
@@ -31,7 +30,7 @@ from crm_app.services.workspace.results import (
     Outcome,
     Pending,
 )
-from crm_app.services.workspace.send import is_temporary, no_answer, refused, send
+from crm_app.services.workspace.send import NO_RETRY, is_temporary, no_answer, refused, send
 from crm_app.services.workspace.views import entity_view
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,8 @@ def _client(owner_id: int) -> AmoCRMClient:
 
     if db.session.scalar(select(AmoToken.id).where(AmoToken.owner_id == owner_id)) is None:
         raise NotConfigured("amoCRM is not connected")
-    client = client_for_owner(owner_id, retry=NO_RETRY)
+    client = client_for_owner(owner_id)
+    client.retry = NO_RETRY
     client.timeout = current_app.config.get("WORKSPACE_WRITE_TIMEOUT", (3.05, 10.0))
     return client
 
