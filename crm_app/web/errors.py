@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
+from flask_babel import get_locale
+from flask_babel.speaklater import LazyString
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 
 from crm_app.web.respond import is_htmx
@@ -15,17 +17,38 @@ _MACHINE_PREFIXES = ("/api/", "/webhooks/", "/auth/token", "/admin/crm/", "/heal
 _HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
 
 
+def _prefers_html() -> bool:
+    accept = request.accept_mimetypes
+    return accept["text/html"] > accept["application/json"]
+
+
 def wants_json() -> bool:
+    """Problem+json for API clients, an HTML page for browsers and htmx."""
     path = request.path
     if path.startswith(_HTML_PREFIXES) or is_htmx():
         return False
     if path.startswith(_MACHINE_PREFIXES):
-        return True
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return (
-        best == "application/json"
-        and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
-    )
+        # A machine route always answers JSON; an unknown URL under those prefixes (no route
+        # matched) is shown as a page to a browser that typed it.
+        return request.url_rule is not None or not _prefers_html()
+    accept = request.accept_mimetypes
+    return accept["application/json"] > accept["text/html"]
+
+
+def _page_detail(exc: HTTPException) -> str | None:
+    """The detail an HTML error page may show without mixing languages.
+
+    Details written for the page are lazy translations; the API's English details are shown
+    only on the English page, and werkzeug's default descriptions never (the page has its own
+    text per status).
+    """
+    detail = exc.description
+    if isinstance(detail, LazyString):
+        return str(detail)
+    if not detail or detail == type(exc).description:
+        return None
+    locale = get_locale()
+    return str(detail) if locale is not None and locale.language == "en" else None
 
 
 def problem(status: int, title: str, detail: str, **extra: object) -> Response:
@@ -45,12 +68,10 @@ def init_errorhandlers(app: Flask) -> None:
         if wants_json():
             resp = problem(status, exc.name, detail, **extra)
         else:
-            resp = app.make_response(
-                (
-                    render_template("error.html", status=status, title=exc.name, detail=detail),
-                    status,
-                )
+            html = render_template(
+                "error.html", status=status, title=exc.name, detail=_page_detail(exc)
             )
+            resp = app.make_response((html, status))
         # Keep Allow / Retry-After etc. that werkzeug attaches.
         for key, value in exc.get_headers():
             if key.lower() != "content-type":
