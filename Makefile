@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 SANDBOX_PORT ?= 8100
 
-.PHONY: run test bench lint fmt migrate clean
+.PHONY: run test typecheck bench lint fmt migrate clean image-check
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,9 +24,17 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## typecheck: mypy over the code and the tests (strict for crm_app/amocrm and crm_app/services)
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 ## bench: performance figures as a table (see README "Benchmarks")
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+## image-check: build the image on stand-in bases and run the whole compose stack (root, Docker)
+image-check:
+	$(PY) scripts/image_check.py $(IMAGE_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -38,4 +46,4 @@ migrate: $(STAMP)
 	$(BIN)/flask --app wsgi db upgrade
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .ruff_cache
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache

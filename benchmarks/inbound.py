@@ -85,37 +85,19 @@ def _worker(env: dict[str, str], queue: str, logdir: str, concurrency: int) -> I
 
 def _connect(app: Any, server: Any) -> tuple[int, str]:
     """An owner connected to the sandbox by a real code exchange; returns (owner id, API key)."""
-    from crm_app.amocrm.hosts import AmoHosts
-    from crm_app.amocrm.oauth import OAuthClient
     from crm_app.commands.users import create_user
-    from crm_app.extensions import db
-    from crm_app.models import AmoConfig, ConnectionStatus
     from crm_app.services.inbound import create_api_key
-    from crm_app.services.tokens import save_tokens
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     user = create_user("bench-admin", "bench-password", "admin", "bench")
-    acc = server.account
-    sb = server.config
-    pipeline = acc.main_pipeline
-    db.session.add(
-        AmoConfig(
-            owner_id=user.owner_id,
-            subdomain=acc.subdomain,
-            domain=sb.base_domain,
-            client_id=sb.client_id,
-            client_secret=sb.client_secret,
-            redirect_uri=sb.redirect_uri,
-            status=ConnectionStatus.CONNECTED,
-            account_id=acc.id,
-            auto_create_lead=True,
-            lead_pipeline_id=pipeline.id,
-            lead_status_id=pipeline.first_status().id,
-        )
+    pipeline = server.account.main_pipeline
+    connect_owner_to_sandbox(
+        user.owner_id,
+        server,
+        auto_create_lead=True,
+        lead_pipeline_id=pipeline.id,
+        lead_status_id=pipeline.first_status().id,
     )
-    db.session.commit()
-    hosts = AmoHosts(acc.subdomain, sb.base_domain, base_url=server.url)
-    oauth = OAuthClient(hosts, sb.client_id, sb.client_secret, sb.redirect_uri)
-    save_tokens(user.owner_id, oauth.exchange_code(server.auth_code()))
     plain, _row = create_api_key(user.owner_id, "bench")
     return user.owner_id, plain
 

@@ -249,12 +249,10 @@ def _setup_owner(env: dict[str, str], sandbox: Any, public_url: str) -> dict[str
     """Schema, an owner connected to the sandbox through a real code exchange, its token."""
     os.environ.update({k: env[k] for k in ("CRM_INSTANCE_PATH",)})
     from crm_app import create_app
-    from crm_app.amocrm.hosts import AmoHosts
-    from crm_app.amocrm.oauth import OAuthClient
     from crm_app.extensions import db
-    from crm_app.models import AmoConfig, Owner
-    from crm_app.services.tokens import save_tokens
+    from crm_app.models import Owner
     from crm_app.services.webhooks import ensure_webhook_token
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     app = create_app(
         {
@@ -273,19 +271,9 @@ def _setup_owner(env: dict[str, str], sandbox: Any, public_url: str) -> dict[str
     db.create_all()
     owner = Owner(name="bench")
     db.session.add(owner)
-    db.session.flush()
-    acc, cfg = sandbox.account, sandbox.config
-    db.session.add(
-        AmoConfig(
-            owner_id=owner.id, subdomain=acc.subdomain, domain=cfg.base_domain,
-            client_id=cfg.client_id, client_secret=cfg.client_secret, redirect_uri=cfg.redirect_uri,
-            status="connected", account_id=acc.id,
-        )
-    )  # fmt: skip
     db.session.commit()
-    hosts = AmoHosts(acc.subdomain, cfg.base_domain, base_url=sandbox.url)
-    oauth = OAuthClient(hosts, cfg.client_id, cfg.client_secret, cfg.redirect_uri)
-    save_tokens(owner.id, oauth.exchange_code(sandbox.auth_code()))
+    connect_owner_to_sandbox(owner.id, sandbox)
+    acc = sandbox.account
     token = ensure_webhook_token(owner.id)
     prefix = urlencode(
         {

@@ -101,6 +101,9 @@ def _select_locale() -> str:
 
 def register_blueprints(app: Flask) -> None:
     from crm_app.web import BLUEPRINTS
+    from crm_app.web.converters import register_converters
+
+    register_converters(app.url_map)  # before any route is added
 
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)

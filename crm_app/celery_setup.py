@@ -8,7 +8,14 @@ from celery import Celery, Task
 from flask import Flask
 
 # Task modules; each holds thin tasks that call services.
-TASK_MODULES = ["workers.tokens", "workers.sync", "workers.webhooks", "workers.inbound"]
+TASK_MODULES = [
+    "workers.tokens",
+    "workers.sync",
+    "workers.webhooks",
+    "workers.inbound",
+    "workers.workspace",
+    "workers.chats",
+]
 
 
 def broker_settings(app: Flask) -> dict[str, object]:
@@ -17,8 +24,17 @@ def broker_settings(app: Flask) -> dict[str, object]:
     if redis_url:
         return {
             "broker_url": redis_url,
+            # kombu's Redis transport, minus the AttributeError that ended the worker when
+            # Redis died under it (see crm_app/broker.py).
+            "broker_transport": "crm_app.broker:Transport",
             # Above the longest task (a full sync of a big account), so no redelivery mid-run.
-            "broker_transport_options": {"visibility_timeout": 4 * 3600},
+            "broker_transport_options": {
+                "visibility_timeout": 4 * 3600,
+                # Publishing (web requests, the beat) tries the broker once instead of retrying
+                # for seconds: with Redis down a request would otherwise hang ~6 s before its
+                # fallback. The worker's consumer reconnects by its own, unaffected, settings.
+                "max_retries": 0,
+            },
         }
     base = Path(app.instance_path) / "celery"
     queue, processed, control = base / "queue", base / "processed", base / "control"

@@ -169,13 +169,13 @@ def make_formatter(log_format: str | None = None) -> logging.Formatter:
     return JsonFormatter() if chosen == "json" else KeyValueFormatter()
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at emit time (test runners swap it)."""
 
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -217,6 +217,9 @@ def init_logging(app: Flask) -> None:
     for name in ("werkzeug", "gunicorn.error", "gunicorn.access", "celery", "celery.task"):
         for existing in logging.getLogger(name).handlers:
             harden_handler(existing)
+    # Alembic announces each of its plugins at INFO whenever Flask-Migrate loads it, i.e. on
+    # every `flask` command; what a migration does is still logged (alembic.runtime.migration).
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(level, logging.WARNING))
     _hook_celery(formatter)
 
 
@@ -251,8 +254,21 @@ def _hook_celery(formatter: logging.Formatter) -> None:
     signals.after_setup_task_logger.connect(_after_setup, weak=False, dispatch_uid="crm-mask-task")
 
 
-class GunicornLogger(GunicornBaseLogger):  # type: ignore[misc]
+# Sent by elements that poll (hx-headers on the polling element): their requests are routine,
+# so the access log records them at DEBUG instead of one INFO line every few seconds per page.
+POLL_HEADER = "X-CRM-Poll"
+_POLL_ENVIRON = "HTTP_" + POLL_HEADER.upper().replace("-", "_")
+
+
+class GunicornLogger(GunicornBaseLogger):
     """gunicorn `logger_class` whose error and access logs pass through the mask."""
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if not environ.get(_POLL_ENVIRON):
+            super().access(resp, req, environ, request_time)
+        elif self.access_log_enabled and self.access_log.isEnabledFor(logging.DEBUG):
+            atoms = self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+            self.access_log.debug(self.cfg.access_log_format, atoms)
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)

@@ -1,7 +1,8 @@
 """Outbound proxy for amoCRM traffic: HTTPS tunnels to allowlisted amoCRM hosts only."""
 
 # Run as a script (`python proxy/amocrm_proxy.py`), never imported as `proxy.…`: the proxy.py
-# library owns the top-level package name `proxy` (see PITFALLS.md).
+# library owns the top-level package name `proxy`, and a package of ours by that name would
+# shadow it.
 
 from __future__ import annotations
 
@@ -163,12 +164,50 @@ class Policy:
             return self.resolve[host]
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         for *_, sockaddr in infos:
-            ip = ipaddress.ip_address(sockaddr[0])
-            # Private ranges stay allowed: VPN clients on the host often answer DNS with them
-            # (fake-ip / TUN modes). Loopback and friends would reach services on this host.
-            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast):
+            ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+            if not is_local_address(ip):
                 return str(ip)
         raise LookupError("resolves only to local addresses")
+
+
+# NAT64 prefixes (RFC 6052 well-known, RFC 8215 local-use): the IPv4 address is the last 32 bits.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4, IPv4-compatible)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # ::a.b.c.d, the deprecated IPv4-compatible form
+        return ipaddress.IPv4Address(int(ip))
+    return None
+
+
+def is_local_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for addresses that reach this host or its cloud metadata service, in any spelling.
+
+    `ip_address("::ffff:127.0.0.1").is_loopback` is False, so the IPv4 address hidden inside an
+    IPv6 one is checked first. Private ranges stay allowed: VPN clients on the host often answer
+    DNS with them (fake-ip / TUN modes).
+    """
+    inner = embedded_ipv4(ip)
+    target: ipaddress.IPv4Address | ipaddress.IPv6Address = inner if inner is not None else ip
+    return bool(
+        target.is_loopback
+        or target.is_link_local  # 169.254.169.254: cloud metadata
+        or target.is_unspecified
+        or target.is_multicast
+        or target.is_reserved
+        or (isinstance(target, ipaddress.IPv4Address) and int(target) >> 24 == 0)  # 0.0.0.0/8
+    )
 
 
 def _log_value(value: object, limit: int = 255) -> str:

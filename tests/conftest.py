@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -152,7 +153,7 @@ def _schema(base_config: dict[str, object]) -> None:
         db.engine.dispose()
 
 
-def _isolated_client_class():  # type: ignore[no-untyped-def]
+def _isolated_client_class():
     from flask.testing import FlaskClient
 
     class _Isolated(FlaskClient):
@@ -163,7 +164,7 @@ def _isolated_client_class():  # type: ignore[no-untyped-def]
         would carry over from one request, or one client, to the next.
         """
 
-        def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def open(self, *args, **kwargs):
             with self.application.app_context():
                 return super().open(*args, **kwargs)
 
@@ -182,7 +183,7 @@ def _truncate_all() -> None:
 
 
 @pytest.fixture
-def app(base_config: dict[str, object], _schema: None):  # type: ignore[no-untyped-def]
+def app(base_config: dict[str, object], _schema: None):
     """The app on the session's PostgreSQL database, emptied before each test."""
     import redis
 
@@ -200,7 +201,7 @@ def app(base_config: dict[str, object], _schema: None):  # type: ignore[no-untyp
 
 
 @pytest.fixture(autouse=True)
-def _cheap_password_hashing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def _cheap_password_hashing(monkeypatch) -> None:
     """argon2id at production cost takes ~0.5 s a hash; tests that are not about hashing create
     and sign in many users, so they use the same algorithm at its lowest cost."""
     from argon2 import PasswordHasher
@@ -213,30 +214,37 @@ def _cheap_password_hashing(monkeypatch) -> None:  # type: ignore[no-untyped-def
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app):
     return app.test_client()
 
 
 @pytest.fixture
-def runner(app):  # type: ignore[no-untyped-def]
+def runner(app):
     return app.test_cli_runner()
 
 
 @pytest.fixture
-def make_user(app):  # type: ignore[no-untyped-def]
+def make_user(app):
     """make_user("alice", role="user", owner="acme") → User (password: 'password123')."""
+    from crm_app.auth.passwords import hash_password
     from crm_app.commands.users import create_user
+    from crm_app.extensions import db
 
     def _make(
         username: str, role: str = "admin", owner: str | None = None, password: str = "password123"
-    ):  # type: ignore[no-untyped-def]
-        return create_user(username, password, role, owner)
+    ):
+        # Seeded test users keep a short well-known password; the password policy (which
+        # refuses it) is tested on its own in tests/test_auth_security.py.
+        user = create_user(username, "seed-only " + username + " Zq7!", role, owner)
+        user.password_hash = hash_password(password)
+        db.session.commit()
+        return user
 
     return _make
 
 
 @pytest.fixture
-def login(client):  # type: ignore[no-untyped-def]
+def login(client):
     """login(username) signs the test client in through the real form (CSRF off in TESTING?)."""
 
     def _login(username: str, password: str = "password123") -> None:
@@ -250,7 +258,7 @@ def login(client):  # type: ignore[no-untyped-def]
     return _login
 
 
-def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+def _csrf(client) -> str:
     import re
 
     html = client.get("/login").get_data(as_text=True)
@@ -259,13 +267,13 @@ def _csrf(client) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def csrf_token(client):  # type: ignore[no-untyped-def]
+def csrf_token(client):
     """A valid CSRF token for the test client's session."""
     return lambda: _csrf(client)
 
 
 @pytest.fixture
-def auth_header(client):  # type: ignore[no-untyped-def]
+def auth_header(client):
     """auth_header(username) → {"Authorization": "Bearer <jwt>"} via POST /auth/token."""
 
     def _hdr(username: str, password: str = "password123") -> dict[str, str]:
@@ -279,7 +287,31 @@ def auth_header(client):  # type: ignore[no-untyped-def]
 sys.path.insert(0, str(ROOT))
 
 
-def app_env(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def make_sandbox():
+    """make_sandbox(**options) → an amoCRM sandbox started on a free port.
+
+    Takes any `SandboxConfig` option; contacts, leads and tasks default to 60, 40 and 30. Every
+    sandbox started in the test is stopped after it.
+    """
+    from crm_app.sandbox import SandboxServer
+
+    started: list[SandboxServer] = []
+
+    def start(**options: Any) -> SandboxServer:
+        options.setdefault("contacts", 60)
+        options.setdefault("leads", 40)
+        options.setdefault("tasks", 30)
+        server = SandboxServer(port=0, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def app_env(app) -> dict[str, str]:
     """Environment that makes a child process (worker, gunicorn) build the same app as `app`."""
     cfg = app.config
     env = dict(os.environ)
@@ -301,11 +333,12 @@ def app_env(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def celery_worker(app, tmp_path):  # type: ignore[no-untyped-def]
+def celery_worker(app, tmp_path):
     """start_worker(name="w1", concurrency=2, env={...}) → a real `celery worker` subprocess.
 
     Uses the test session's Redis broker and queue; call after setting app.config (e.g.
-    AMOCRM_BASE_URL) so the worker builds the same app. All workers are stopped afterwards.
+    AMOCRM_BASE_URL) so the worker builds the same app. Besides the app's tasks the worker
+    knows the probes in `tests/worker_tasks.py`. All workers are stopped afterwards.
     """
     import subprocess
     import time
@@ -338,6 +371,8 @@ def celery_worker(app, tmp_path):  # type: ignore[no-untyped-def]
                 "INFO",
                 "--without-gossip",
                 "--without-mingle",
+                "--include",
+                "tests.worker_tasks",
                 "--logfile",
                 str(log),
             ],

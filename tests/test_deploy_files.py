@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("web", "worker", "beat", "migrate")
 REQUIRED_SERVICES = {*APP_SERVICES, "postgres", "redis"}
-# The Environment table of INTERFACES.md.
+# The environment variables the README documents as the deployment's interface.
 INTERFACE_VARS = {
     "DATABASE_URL",
     "REDIS_URL",
@@ -135,8 +135,29 @@ def test_app_containers_are_locked_down(services: dict[str, Any]) -> None:
         assert "no-new-privileges:true" in service["security_opt"], name
     # Worker and beat serve no HTTP, so the image's /healthz check must not judge them.
     assert "healthcheck" not in services["web"]  # the Dockerfile's HEALTHCHECK applies
-    assert services["beat"]["healthcheck"] == {"disable": True}
+    assert services["beat"]["healthcheck"]["test"][:4] == [
+        "CMD",
+        "python",
+        "-m",
+        "workers.healthcheck",
+    ]
     assert "inspect ping" in " ".join(services["worker"]["healthcheck"]["test"])
+
+
+def test_every_service_runs_as_a_non_root_user(services: dict[str, Any]) -> None:
+    # The official images' data directories belong to these users; the app image sets USER.
+    assert services["postgres"]["user"] == "postgres"
+    assert services["redis"]["user"] == "redis"
+    for name in APP_SERVICES:
+        assert "user" not in services[name], name
+
+
+def test_image_names_can_be_overridden_and_default_to_the_official_ones(
+    services: dict[str, Any],
+) -> None:
+    assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16.6-alpine}"
+    assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7.4-alpine}"
+    assert services["web"]["image"] == "${CRM_IMAGE:-crm-amocrm:latest}"
 
 
 def test_secrets_are_required_not_defaulted(services: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from crm_app.extensions import db
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
-PASSWORD = "password123"
+PASSWORD = "hardening-Test-pass-7401"
 
 MakeApp = Callable[..., Flask]
 

@@ -21,7 +21,7 @@ def _flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _env(database_url: str, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(database_url: str, tmp_path) -> dict[str, str]:
     import os
 
     env = dict(os.environ)

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import gc
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -521,6 +522,58 @@ def test_policy_never_resolves_to_loopback(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(amocrm_proxy.socket, "getaddrinfo", fake_getaddrinfo)
     with pytest.raises(LookupError):
         policy.upstream_ip("demo.amocrm.ru", 443)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "::1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "0.1.2.3",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:0.0.0.0",
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::7f00:1",  # local-use NAT64 of 127.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "::127.0.0.1",  # IPv4-compatible
+        "fe80::1",
+        "fe80::1%eth0",
+        "ff02::1",
+        "224.0.0.1",
+    ],
+)
+def test_policy_never_connects_to_local_addresses_in_any_spelling(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    policy = amocrm_proxy.Policy()
+
+    def fake_getaddrinfo(*_: object, **__: object) -> list[tuple[object, ...]]:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (address, 443))]
+
+    monkeypatch.setattr(amocrm_proxy.socket, "getaddrinfo", fake_getaddrinfo)
+    with pytest.raises(LookupError):
+        policy.upstream_ip("demo.amocrm.ru", 443)
+
+
+@pytest.mark.parametrize(
+    "address", ["95.213.0.10", "10.8.0.7", "198.18.0.5", "::ffff:95.213.0.10", "2a00:1450::1"]
+)
+def test_policy_connects_to_public_and_vpn_addresses(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    policy = amocrm_proxy.Policy()
+
+    def fake_getaddrinfo(*_: object, **__: object) -> list[tuple[object, ...]]:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (address, 443))]
+
+    monkeypatch.setattr(amocrm_proxy.socket, "getaddrinfo", fake_getaddrinfo)
+    assert policy.upstream_ip("demo.amocrm.ru", 443) == str(ipaddress.ip_address(address))
 
 
 def test_help_marks_the_test_only_options() -> None:

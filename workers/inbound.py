@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject, Retry
 
 logger = logging.getLogger(__name__)
 
@@ -14,11 +16,24 @@ MAX_CELERY_RETRIES = 8
 
 
 @shared_task(name="inbound.process", bind=True, max_retries=None)
-def process_request(self, request_id: int) -> str:  # type: ignore[no-untyped-def]
+def process_request(self, request_id: int) -> str:
     """Process one inbound request; transient failures come back with backoff."""
+    from crm_app.extensions import db
+    from crm_app.services import availability
     from crm_app.services.inbound.processor import process
 
-    result = process(int(request_id))
+    try:
+        result = process(int(request_id))
+    except Exception as exc:
+        if not availability.transient(exc) or self.request.is_eager:
+            raise
+        # Database or Redis down: come back in seconds; the message is not dropped.
+        db.session.rollback()
+        countdown = availability.backoff(self.request.retries)
+        logger.warning(
+            "inbound request %s: %s, retry in %.0f s", request_id, type(exc).__name__, countdown
+        )
+        return _retry(self, int(request_id), countdown, "queued")
     if result.retry_in is None:
         return result.status
     if self.request.is_eager or self.request.retries >= MAX_CELERY_RETRIES:
@@ -26,7 +41,25 @@ def process_request(self, request_id: int) -> str:  # type: ignore[no-untyped-de
             "inbound request %s left to the beat after %d retries", request_id, self.request.retries
         )
         return result.status
-    raise self.retry(countdown=result.retry_in)
+    return _retry(self, int(request_id), result.retry_in, result.status)
+
+
+def _retry(task: Any, request_id: int, countdown: float, status: str) -> str:
+    """Send the retry; if the broker is down too, the beat's sweep sends it when it is due."""
+    from crm_app.services import availability
+    from crm_app.services.inbound.intake import mark_due
+
+    try:
+        raise task.retry(countdown=countdown)
+    except Retry:
+        raise
+    except Exception as exc:
+        # Celery wraps a failed retry publish in Reject(requeue=False): the message is dropped.
+        cause = getattr(exc, "reason", None) if isinstance(exc, Reject) else exc
+        if not isinstance(cause, BaseException) or not availability.broker_unavailable(cause):
+            raise
+        mark_due(request_id, countdown)
+        return status
 
 
 @shared_task(name="inbound.retry_stale")

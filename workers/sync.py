@@ -15,6 +15,8 @@ def run(run_id: int) -> None:
     """Execute one SyncRun. A redelivered message for a finished or live run does nothing."""
     from crm_app.services.sync import run_sync
 
+    # A database or broker outage mid-run leaves the run silent; sync.take_over_stale hands it
+    # to a live worker once the outage is over, so the error only needs logging here.
     run_sync(int(run_id))
 
 
@@ -46,3 +48,11 @@ def schedule_reconcile() -> list[int]:
     run_ids = schedule_all("reconcile")
     logger.info("beat: %d reconcile runs scheduled or running", len(run_ids))
     return run_ids
+
+
+@shared_task(name="sync.take_over_stale", ignore_result=True)
+def take_over_stale() -> list[int]:
+    """Beat: runs silent for SYNC_STALE_SECONDS go to a live worker, from their checkpoint."""
+    from crm_app.services.sync.runs import take_over_stale as take_over
+
+    return take_over()

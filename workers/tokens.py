@@ -9,17 +9,6 @@ from celery import shared_task
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="tokens.ping")
-def ping(owner_id: int) -> int:
-    """Round-trip check used by the worker tests."""
-    from crm_app.extensions import db
-    from crm_app.models import SyncLog
-
-    db.session.add(SyncLog(owner_id=owner_id, operation="ping", status="success", details={}))
-    db.session.commit()
-    return owner_id
-
-
 @shared_task(name="tokens.refresh_due")
 def refresh_due() -> list[int]:
     """Beat: queue a refresh for every owner whose token expires soon or is idle too long.
@@ -44,7 +33,7 @@ def refresh_due() -> list[int]:
     max_retries=5,
     default_retry_delay=60,
 )
-def refresh_owner(self, owner_id: int) -> bool:  # type: ignore[no-untyped-def]
+def refresh_owner(self, owner_id: int) -> bool:
     """Refresh one owner's pair under the per-owner lock; True if a new pair was stored."""
     from crm_app.amocrm.errors import AmoCRMAuthError, AmoCRMTokenExpired, AmoCRMUnavailable
     from crm_app.services.locks import LockTimeout

@@ -10,8 +10,8 @@ from celery import shared_task
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="webhooks.process")
-def process(target: int | list[int]) -> dict[str, Any]:
+@shared_task(name="webhooks.process", bind=True)
+def process(self, target: int | list[int]) -> dict[str, Any]:
     """Apply pending deliveries: `target` is an owner id, or a list of delivery ids."""
     from crm_app.services.webhooks import enqueue, inbox
     from crm_app.services.webhooks.apply import process_owner
@@ -30,6 +30,8 @@ def process(target: int | list[int]) -> dict[str, Any]:
             continue
         results[str(owner_id)] = result
         if result.get("retry_in"):
+            if self.request.is_eager:
+                continue  # run inline, a countdown cannot wait: the next delivery kicks again
             enqueue.kick_now(owner_id, countdown=float(result["retry_in"]))
         elif result.get("more"):
             enqueue.kick_now(owner_id)
@@ -69,3 +71,17 @@ def subscribe(owner_id: int) -> dict[str, Any]:
     from crm_app.services.webhooks.subscription import subscribe as subscribe_owner
 
     return subscribe_owner(owner_id)
+
+
+@shared_task(name="webhooks.watchdog")
+def watchdog() -> dict[str, Any]:
+    """Beat: re-subscribe hooks amoCRM disabled or lost, then sync what was missed."""
+    from flask import current_app
+
+    from crm_app.services.sync import claim_beat_slot
+    from crm_app.services.webhooks.watchdog import check_all
+
+    interval = float(current_app.config.get("WEBHOOK_WATCHDOG_SECONDS", 300))
+    if not claim_beat_slot("webhooks.watchdog", interval):
+        return {}
+    return {str(owner): result for owner, result in check_all().items()}

@@ -15,6 +15,7 @@ from crm_app.amocrm.errors import (
 )
 from crm_app.amocrm.hosts import ALLOWED_DOMAINS, AmoHosts, is_amocrm_referer, validate_subdomain
 from crm_app.amocrm.oauth import OAuthClient
+from crm_app.amocrm.retry import RetryPolicy
 from crm_app.amocrm.throttle import (
     FileThrottle,
     LocalThrottle,
@@ -45,6 +46,7 @@ __all__ = [
     "Page",
     "RedisThrottle",
     "RefreshingTokenSource",
+    "RetryPolicy",
     "StaticTokenSource",
     "Throttle",
     "TokenSet",

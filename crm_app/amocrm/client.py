@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex, SupportsInt
 
 import requests
 
@@ -30,6 +30,7 @@ from crm_app.amocrm.fields import (
 )
 from crm_app.amocrm.hosts import AmoHosts, origin_of
 from crm_app.amocrm.oauth import OAuthClient
+from crm_app.amocrm.retry import RetryPolicy
 from crm_app.amocrm.throttle import LocalThrottle, Throttle
 from crm_app.amocrm.tokens import TokenSet, TokenSource
 from crm_app.amocrm.transport import (
@@ -47,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v4/"
 MAX_PAGE_LIMIT = 250
-# Per-entity caps below the general 250 (api-facts §3).
+# Per-entity caps below the general 250: events are listed 100 a page
+# (https://www.amocrm.ru/developers/content/crm_platform/events-and-notes).
 _PAGE_LIMITS = {"events": 100}
 MAX_BATCH = 250
 MAX_COMPLEX_BATCH = 50
@@ -57,6 +59,7 @@ _ENTITY_PATH_RE = re.compile(r"[a-z_]+(?:/[a-z0-9_]+)*")
 # One budget per process when the caller passes no throttle: clients built per request still
 # share it. Cross-process pacing needs FileThrottle or RedisThrottle.
 _DEFAULT_THROTTLE = LocalThrottle()
+DEFAULT_RETRY = RetryPolicy()
 
 Params = list[tuple[str, str]]
 # Network failures worth another try for an idempotent call.
@@ -162,10 +165,10 @@ def _entity_path(entity: str) -> str:
 
 def _entity_id(value: object) -> int:
     # Ids go into URL paths: only positive integers, so nothing like "1/../webhooks" slips in.
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | SupportsInt | SupportsIndex):
         raise ValueError("entity id must be a positive integer")
     try:
-        number = int(value)  # type: ignore[call-overload]
+        number = int(value)
     except (TypeError, ValueError) as exc:
         raise ValueError("entity id must be a positive integer") from exc
     if number <= 0 or str(number) != str(value).strip():
@@ -201,8 +204,10 @@ def _retry_after(response: requests.Response, problem: Mapping[str, Any] | None)
     candidates = [problem.get("retry_after") if problem else None]
     candidates.append(response.headers.get("Retry-After"))
     for value in candidates:
+        if value is None:
+            continue
         try:
-            seconds = float(value)  # type: ignore[arg-type]
+            seconds = float(value)
         except (TypeError, ValueError):
             continue
         if seconds >= 0:
@@ -222,14 +227,13 @@ class AmoCRMClient:
     * 401 → ``tokens.refresh(rejected)`` once and one retry; a second 401 raises
       AmoCRMTokenExpired. Errors raised by the refresh itself (AmoCRMAuthError with ``hint``,
       AmoCRMTokenExpired from a long-lived token) propagate unchanged.
-    * 429 → up to ``max_429_retries`` retries after ``retry_delay × attempt`` (+ jitter), or the
-      server's ``retry_after`` if larger. amoCRM rejects a 429 before processing it, so even a
-      POST is safe to resend. A ``retry_after`` above ``max_retry_after`` is not slept on: the
-      caller gets AmoCRMRateLimited at once and can reschedule.
-    * 5xx, timeouts, connection errors → retried (``max_retries``) only for idempotent calls
-      (GET, webhook upsert/delete). A POST that timed out or got a 5xx may already have been
-      applied; resending it could create duplicates (amoCRM does no duplicate control), so it
-      raises AmoCRMUnavailable. The one exception is a connect timeout: nothing was sent.
+    * 429 → retried as the ``retry`` policy says (``RetryPolicy``: doubling waits, at least the
+      server's ``retry_after``). amoCRM rejects a 429 before processing it, so even a POST is
+      safe to resend. When the policy gives up, AmoCRMRateLimited carries ``retry_after``.
+    * 5xx, timeouts, connection errors → retried (``retry.failure_retries``) only for idempotent
+      calls (GET, webhook upsert/delete). A POST that timed out or got a 5xx may already have
+      been applied; resending it could create duplicates (amoCRM does no duplicate control), so
+      it raises AmoCRMUnavailable. The one exception is a connect timeout: nothing was sent.
     * 403 → AmoCRMBlocked without retry (retrying a block only prolongs it); 402 →
       AmoCRMPaymentRequired; 404 → AmoCRMNotFound; 400 with ``validation-errors`` →
       AmoCRMValidationError; anything else → AmoCRMAPIError.
@@ -247,10 +251,7 @@ class AmoCRMClient:
         proxy: str | None = None,
         timeout: Timeout = DEFAULT_TIMEOUT,
         session: requests.Session | None = None,
-        max_429_retries: int = 3,
-        retry_delay: float = 1.5,
-        max_retry_after: float = 10.0,
-        max_retries: int = 2,
+        retry: RetryPolicy = DEFAULT_RETRY,
         user_agent: str = DEFAULT_USER_AGENT,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -260,10 +261,7 @@ class AmoCRMClient:
         self.proxies = proxies_for(proxy)
         self.timeout = timeout
         self.session = make_session(session)
-        self.max_429_retries = max_429_retries
-        self.retry_delay = retry_delay
-        self.max_retry_after = max_retry_after
-        self.max_retries = max_retries
+        self.retry = retry
         self.user_agent = user_agent
         self._sleep = sleep
         self._random = random.Random()
@@ -298,10 +296,6 @@ class AmoCRMClient:
             "User-Agent": self.user_agent,
             "Accept": "application/hal+json, application/problem+json, application/json",
         }
-
-    def _jitter(self, delay: float) -> float:
-        # Spread retries of many workers hitting the same limit at the same moment.
-        return delay + self._random.uniform(0, delay * 0.25)
 
     def request(
         self,
@@ -345,15 +339,16 @@ class AmoCRMClient:
                 retryable = isinstance(exc, requests.ConnectTimeout) or (
                     idempotent and isinstance(exc, _TRANSIENT)
                 )
-                if retryable and failures <= self.max_retries:
-                    delay = self._jitter(self.retry_delay * failures)
+                wait = self.retry.failure_wait(failures) if retryable else None
+                if wait is not None:
+                    delay = self.retry.with_jitter(wait, self._random)
                     logger.warning(
                         "amoCRM %s %s failed (%s); retry %d/%d in %.1f s",
                         method,
                         url_path(url),
                         type(exc).__name__,
                         failures,
-                        self.max_retries,
+                        self.retry.failure_retries,
                         delay,
                     )
                     self._sleep(delay)
@@ -380,36 +375,36 @@ class AmoCRMClient:
             if status == 429:
                 problem = decode_problem(response)
                 retry_after = _retry_after(response, problem)
-                exhausted = rate_limited >= self.max_429_retries
-                too_long = retry_after is not None and retry_after > self.max_retry_after
-                if exhausted or too_long:
+                rate_limited += 1
+                wait = self.retry.rate_limit_wait(rate_limited, retry_after)
+                if wait is None:
                     raise AmoCRMRateLimited(
                         f"{method} {url_path(url)}: rate limited by amoCRM (HTTP 429)",
                         problem=problem,
                         retry_after=retry_after,
                     )
-                rate_limited += 1
-                delay = self._jitter(max(self.retry_delay * rate_limited, retry_after or 0.0))
+                delay = self.retry.with_jitter(wait, self._random)
                 logger.warning(
                     "amoCRM %s %s got 429; retry %d/%d in %.1f s",
                     method,
                     url_path(url),
                     rate_limited,
-                    self.max_429_retries,
+                    self.retry.rate_limit_retries,
                     delay,
                 )
                 self._sleep(delay)
                 continue
-            if status >= 500 and idempotent and failures < self.max_retries:
+            wait = self.retry.failure_wait(failures + 1) if status >= 500 and idempotent else None
+            if wait is not None:
                 failures += 1
-                delay = self._jitter(self.retry_delay * failures)
+                delay = self.retry.with_jitter(wait, self._random)
                 logger.warning(
                     "amoCRM %s %s got %d; retry %d/%d in %.1f s",
                     method,
                     url_path(url),
                     status,
                     failures,
-                    self.max_retries,
+                    self.retry.failure_retries,
                     delay,
                 )
                 self._sleep(delay)
@@ -623,6 +618,25 @@ class AmoCRMClient:
         """One page of ``GET /api/v4/tasks``."""
         return self._list("tasks", limit=limit, page=page, filter_=filter_, order=order)
 
+    def get_notes(
+        self,
+        entity: str,
+        limit: int = 250,
+        page: int = 1,
+        filter_: Mapping[str, Any] | None = None,
+        order: Mapping[str, str] | None = None,
+    ) -> Page:
+        """One page of ``GET /api/v4/{entity}/notes`` (every note of that entity type)."""
+        if entity not in NOTE_ENTITIES:
+            raise ValueError(f"entity must be one of {', '.join(NOTE_ENTITIES)}")
+        return self._list(f"{entity}/notes", limit=limit, page=page, filter_=filter_, order=order)
+
+    def get_note(self, entity: str, note_id: int) -> dict[str, Any] | None:
+        """One note by id (``GET /api/v4/{entity}/notes/{id}``), or None on 204."""
+        if entity not in NOTE_ENTITIES:
+            raise ValueError(f"entity must be one of {', '.join(NOTE_ENTITIES)}")
+        return self._get_one(f"{entity}/notes", note_id, None)
+
     def _get_one(
         self, entity: str, entity_id: int, with_: str | Sequence[str] | None
     ) -> dict[str, Any] | None:
@@ -646,7 +660,9 @@ class AmoCRMClient:
         """One task, or None on 204."""
         return self._get_one("tasks", task_id, None)
 
-    def search_contacts(self, query: str, *, limit: int = 250, max_pages: int = 4) -> list[dict]:
+    def search_contacts(
+        self, query: str, *, limit: int = 250, max_pages: int = 4
+    ) -> list[dict[str, Any]]:
         """Contacts whose fields contain ``query`` (amoCRM's fuzzy search); ``[]`` on 204.
 
         Results are only candidates: amoCRM matches substrings across all fields.
@@ -662,7 +678,9 @@ class AmoCRMClient:
                 break
         return found
 
-    def find_contacts_by_phone(self, phone: str, default_region: str = "RU") -> list[dict]:
+    def find_contacts_by_phone(
+        self, phone: str, default_region: str = "RU"
+    ) -> list[dict[str, Any]]:
         """Contacts with a PHONE value equal to ``phone`` after E.164 normalisation."""
         wanted = normalize_phone(phone, default_region)
         query = phone_search_query(phone, default_region)
@@ -675,6 +693,10 @@ class AmoCRMClient:
         ]
 
     # -- pipelines and custom fields -----------------------------------------------------------------
+
+    def get_loss_reasons(self) -> list[dict[str, Any]]:
+        """``GET /api/v4/leads/loss_reasons`` (all pages); 404 where the account lacks it."""
+        return self._collect("leads/loss_reasons")
 
     def get_pipelines(self) -> list[dict[str, Any]]:
         """Lead pipelines with ``_embedded.statuses`` (142 won and 143 lost in each)."""
@@ -812,6 +834,16 @@ class AmoCRMClient:
             raise ValueError("nothing to update")
         data = self._write("PATCH", f"{API_PREFIX}{entity}/{_entity_id(entity_id)}", dict(fields))
         return data if isinstance(data, dict) else {}
+
+    def update_many(self, entity: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``PATCH /api/v4/{entity}`` with ``[{id, ...}]`` (≤250); ``[{id, updated_at, ...}]``.
+
+        amoCRM validates the whole batch first: one bad item fails all (400).
+        """
+        if entity not in ("leads", "contacts", "companies", "tasks"):
+            raise ValueError(f"cannot batch-update {entity!r}")
+        data = self._write("PATCH", f"{API_PREFIX}{entity}", self._batch(items, MAX_BATCH))
+        return _embedded(data, entity)
 
     def update_lead(self, lead_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
         """``PATCH /api/v4/leads/{id}``; returns ``{id, updated_at, _links}``."""

@@ -135,3 +135,7 @@ class AmoCRMValidationError(AmoCRMAPIError):
 
 class AmoCRMUnavailable(AmoCRMAPIError):
     """No usable answer: timeout, connection error, or 5xx after the allowed retries."""
+
+
+class ThrottleUnavailable(AmoCRMUnavailable):
+    """The shared rate limiter (Redis) cannot be reached; nothing was sent to amoCRM."""

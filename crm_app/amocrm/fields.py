@@ -153,7 +153,8 @@ def phone_search_query(raw: object, default_region: str = "RU") -> str | None:
     """The digits to send as ``query`` when searching a phone: the national number.
 
     amoCRM's ``query`` is a substring match over stored text, so ``+7999…`` misses ``8999…``;
-    the national significant number matches both (api-facts §7.5).
+    the national significant number matches both. The caller checks the PHONE field of each
+    hit (https://www.amocrm.ru/developers/content/crm_platform/contacts-api, ``query``).
     """
     number = _parse_phone(raw, default_region)
     if number is None:

@@ -13,7 +13,8 @@ AUTHORIZE_MODES: tuple[str, ...] = ("popup", "post_message")
 
 _SUBDOMAIN_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Hosts that exist on every amo domain but are never an account: a "www" account would send the
-# token request to the shared host, which amoCRM rejects (api-facts §1.4, §7.14).
+# token request to the shared host, which amoCRM rejects: the token endpoint is on the
+# account's own subdomain (https://www.amocrm.ru/developers/content/oauth/step-by-step).
 _RESERVED_SUBDOMAINS = frozenset({"www"})
 # The JWT's api_domain claim looks like api-b.amocrm.ru; anything else is not followed.
 _API_DOMAIN_RE = re.compile(r"api-[a-z0-9]{1,8}\.(?:amocrm\.ru|amocrm\.com|kommo\.com)")
@@ -175,7 +176,10 @@ class AmoHosts:
         return f"{origin}/oauth?{query}"
 
     def subdomain_lookup_url(self, api_domain: str) -> str:
-        """``https://{api_domain}/oauth2/account/current/subdomain`` (api-facts §1.8)."""
+        """``https://{api_domain}/oauth2/account/current/subdomain``.
+
+        https://www.amocrm.ru/developers/content/oauth/account-subdomain-info
+        """
         origin = self.base_url or f"https://{validate_api_domain(api_domain)}"
         return f"{origin}/oauth2/account/current/subdomain"
 

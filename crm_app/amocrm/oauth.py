@@ -80,7 +80,9 @@ class OAuthClient:
         return self._token_request(body, "refresh_token", secret=refresh_token)
 
     def current_subdomain(self, refresh_token: str, api_domain: str) -> dict[str, Any]:
-        """Ask which subdomain the account has now (it can be renamed; api-facts §1.8).
+        """Ask which subdomain the account has now (it can be renamed).
+
+        https://www.amocrm.ru/developers/content/oauth/account-subdomain-info
 
         ``api_domain`` is the JWT claim (``api-b.amocrm.ru``). Returns amoCRM's
         ``{"id", "subdomain", "domain", "top_level_domain"}``.

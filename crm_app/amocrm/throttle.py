@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from crm_app.amocrm.errors import AmoCRMUnavailable
+from crm_app.amocrm.errors import ThrottleUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class RedisThrottle:
     """Even pacing shared by every process on every machine through one Redis key per account.
 
     Keys are ``amocrm:rl:<key>``; they expire on their own shortly after the last request.
-    A Redis failure raises AmoCRMUnavailable: going on unpaced could earn a sticky 403 block.
+    A Redis failure raises ThrottleUnavailable (an AmoCRMUnavailable): going on unpaced could earn a sticky 403 block.
     """
 
     KEY_PREFIX = "amocrm:rl:"
@@ -227,7 +227,7 @@ class RedisThrottle:
             )
         except redis.RedisError as exc:
             logger.error("amoCRM rate limiter in Redis failed: %s", type(exc).__name__)
-            raise AmoCRMUnavailable(
+            raise ThrottleUnavailable(
                 "the shared amoCRM rate limiter (Redis) is unavailable"
             ) from exc
         if wait_us <= 0:

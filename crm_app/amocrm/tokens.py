@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, SupportsInt, runtime_checkable
 
 import jwt
 
@@ -36,8 +36,10 @@ def jwt_claims(token: str) -> dict[str, Any]:
 
 
 def _int_or_none(value: object) -> int | None:
+    if not isinstance(value, str | bytes | SupportsInt | SupportsIndex):
+        return None
     try:
-        return int(value)  # type: ignore[call-overload]
+        return int(value)
     except (TypeError, ValueError):
         return None
 

@@ -26,7 +26,7 @@ def current_actor() -> User | None:
     # Cached on the request, not on `g`: an app context (and its `g`) can outlive a request.
     cached = request.environ.get(_ACTOR_KEY, _MISSING)
     if cached is not _MISSING:
-        return cached  # type: ignore[no-any-return]
+        return cached
     actor: User | None = None
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":

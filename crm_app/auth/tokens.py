@@ -32,6 +32,8 @@ def issue_token(user: User) -> tuple[str, int]:
         "sub": str(user.id),
         "role": user.role,
         "owner_id": user.owner_id,
+        # Ends with the user's sessions: a password change or "sign out everywhere" bumps it.
+        "ver": user.auth_version or 0,
         "iat": now,
         "nbf": now,
         "exp": now + ttl,
@@ -54,7 +56,7 @@ def user_from_token(token: str) -> User | None:
             audience=current_app.config["JWT_AUDIENCE"],
             issuer=current_app.config["JWT_ISSUER"],
             leeway=LEEWAY,
-            options={"require": ["exp", "iat", "iss", "aud", "sub"], "strict_aud": True},
+            options={"require": ["exp", "iat", "iss", "aud", "sub", "ver"], "strict_aud": True},
         )
     except jwt.PyJWTError:
         return None
@@ -67,5 +69,7 @@ def user_from_token(token: str) -> User | None:
         return None
     user = db.session.get(User, int(sub))
     if user is None or not user.is_active:
+        return None
+    if claims.get("ver") != (user.auth_version or 0):
         return None
     return user

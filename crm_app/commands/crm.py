@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 group = click.Group("crm", help="amoCRM integration commands.")
 
-ENTITY_CHOICES = ("contacts", "leads", "tasks", "all")
+ENTITY_CHOICES = ("contacts", "leads", "tasks", "notes", "all")
 
 
 class _ProgressLine:

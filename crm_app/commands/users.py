@@ -1,4 +1,4 @@
-"""`flask users create NAME --password P --role admin|user|guest [--owner OWNER]`."""
+"""`flask users create|set-password|deactivate|activate|sign-out-everywhere NAME`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import click
 from flask.cli import with_appcontext
 from sqlalchemy import select
 
+from crm_app.auth.password_policy import WeakPassword, check_password
 from crm_app.auth.passwords import hash_password
 from crm_app.extensions import db
 from crm_app.models import Owner, Role, User
+from crm_app.services import accounts
 
 
 def get_or_create_owner(name: str) -> Owner:
@@ -25,8 +27,7 @@ def create_user(username: str, password: str, role: str, owner_name: str | None)
     username = username.strip()
     if not username or len(username) > 80:
         raise ValueError("username must be 1-80 characters")
-    if len(password) < 8:
-        raise ValueError("password must be at least 8 characters")
+    check_password(password, username)  # WeakPassword is a ValueError
     if role not in {r.value for r in Role}:
         raise ValueError("role must be admin, user or guest")
     if db.session.scalar(select(User).where(User.username == username)) is not None:
@@ -56,3 +57,54 @@ def create(name: str, password: str, role: str, owner_name: str | None) -> None:
     click.echo(
         f"created {user.role} {user.username!r} (owner {user.owner.name!r}, id {user.owner_id})"
     )
+
+
+def _user(name: str) -> User:
+    try:
+        return accounts.find_user(name)
+    except accounts.UnknownUser as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@group.command("set-password")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@with_appcontext
+def set_password(name: str, password: str) -> None:
+    """Change NAME's password; every session and API token of NAME ends."""
+    user = _user(name)
+    try:
+        accounts.set_password(user, password)
+    except WeakPassword as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"password of {user.username!r} changed; every session of it ended")
+
+
+@group.command("deactivate")
+@click.argument("name")
+@with_appcontext
+def deactivate(name: str) -> None:
+    """Stop NAME from signing in; every session and API token of NAME ends."""
+    user = _user(name)
+    accounts.set_active(user, False)
+    click.echo(f"{user.username!r} deactivated; every session of it ended")
+
+
+@group.command("activate")
+@click.argument("name")
+@with_appcontext
+def activate(name: str) -> None:
+    """Let a deactivated NAME sign in again."""
+    user = _user(name)
+    accounts.set_active(user, True)
+    click.echo(f"{user.username!r} activated")
+
+
+@group.command("sign-out-everywhere")
+@click.argument("name")
+@with_appcontext
+def sign_out_everywhere(name: str) -> None:
+    """End every browser session and API token of NAME (e.g. a lost laptop)."""
+    user = _user(name)
+    ended = accounts.sign_out_everywhere(user)
+    click.echo(f"{user.username!r} signed out everywhere ({ended} browser sessions ended)")

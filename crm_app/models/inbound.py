@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import JSONType, UTCDateTime, utcnow
 
 
@@ -32,7 +32,7 @@ class InboundOutcome:
     ERROR = "error"
 
 
-class InboundRequest(db.Model):
+class InboundRequest(Model):
     __tablename__ = "inbound_requests"
     __table_args__ = (
         # A client-sent Idempotency-Key (or a Telegram update id) maps to one request.
@@ -69,7 +69,7 @@ class InboundRequest(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
-class InboundPerson(db.Model):
+class InboundPerson(Model):
     """One row per (owner, channel, external id): the exactly-once anchor."""
 
     __tablename__ = "inbound_people"
@@ -90,7 +90,7 @@ class InboundPerson(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
-class InboundFieldMap(db.Model):
+class InboundFieldMap(Model):
     """Per owner: the amoCRM custom field ids inbound writes (Telegram ID, UTM, source)."""
 
     __tablename__ = "inbound_field_maps"

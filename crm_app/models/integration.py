@@ -8,7 +8,7 @@ from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_app.crypto import EncryptedText
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import BigId, UTCDateTime, utcnow
 
 
@@ -18,7 +18,7 @@ class ConnectionStatus:
     ERROR = "error"
 
 
-class AmoConfig(db.Model):
+class AmoConfig(Model):
     """The settings form of one owner, plus what we learned about the connected account."""
 
     __tablename__ = "amocrm_configs"
@@ -64,7 +64,7 @@ class AmoConfig(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
-class AmoToken(db.Model):
+class AmoToken(Model):
     """The owner's current token pair; rotated under a per-owner lock."""
 
     __tablename__ = "amocrm_tokens"
@@ -83,7 +83,7 @@ class AmoToken(db.Model):
     version: Mapped[int] = mapped_column(default=1)
 
 
-class OAuthState(db.Model):
+class OAuthState(Model):
     """A single-use OAuth `state`, bound to the user's session and owner, expiring."""
 
     __tablename__ = "oauth_states"

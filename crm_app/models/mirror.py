@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import JSONType, UTCDateTime, utcnow
 
 
@@ -27,7 +27,7 @@ class _Mirrored:
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Contact(_Mirrored, db.Model):
+class Contact(_Mirrored, Model):
     __tablename__ = "crm_contacts"
     __table_args__ = (
         Index("ix_crm_contacts_telegram", "owner_id", "telegram_id"),
@@ -49,10 +49,12 @@ class Contact(_Mirrored, db.Model):
     custom_fields_values: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
 
 
-class Lead(_Mirrored, db.Model):
+class Lead(_Mirrored, Model):
     __tablename__ = "crm_leads"
     __table_args__ = (
-        Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id"),
+        # A board column, newest change first, keyset-paged: (owner, pipeline, stage) equal,
+        # then (updated_at, id) descending straight off the index.
+        Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id", "updated_at", "id"),
         Index("ix_crm_leads_owner_updated", "owner_id", "updated_at"),
     )
 
@@ -67,9 +69,14 @@ class Lead(_Mirrored, db.Model):
     custom_fields_values: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
 
 
-class Task(_Mirrored, db.Model):
+class Task(_Mirrored, Model):
     __tablename__ = "crm_tasks"
-    __table_args__ = (Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),)
+    __table_args__ = (
+        Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),
+        # A deal's or contact's tasks; the task lists (open first, by due time).
+        Index("ix_crm_tasks_entity", "owner_id", "entity_type", "entity_id"),
+        Index("ix_crm_tasks_due", "owner_id", "is_completed", "complete_till"),
+    )
 
     text: Mapped[str | None] = mapped_column(Text)
     task_type_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -81,7 +88,34 @@ class Task(_Mirrored, db.Model):
     result_text: Mapped[str | None] = mapped_column(Text)
 
 
-class Pipeline(db.Model):
+class Note(Model):
+    """A note of a lead or contact. Note ids are unique per account across entity types."""
+
+    __tablename__ = "crm_notes"
+    __table_args__ = (
+        # The card timeline: one entity's notes, newest first.
+        Index("ix_crm_notes_entity", "owner_id", "entity_type", "entity_id", "created_at"),
+        Index("ix_crm_notes_owner_updated", "owner_id", "updated_at"),
+    )
+
+    owner_id: Mapped[int] = mapped_column(
+        ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entity_type: Mapped[str] = mapped_column(String(16))  # leads | contacts
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    note_type: Mapped[str | None] = mapped_column(String(64))
+    # params.text when the type has one (common, sms, service messages), for search and lists.
+    text: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int | None] = mapped_column()  # amoCRM unix seconds
+    updated_at: Mapped[int | None] = mapped_column()
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Pipeline(Model):
     __tablename__ = "crm_pipelines"
 
     owner_id: Mapped[int] = mapped_column(
@@ -95,7 +129,7 @@ class Pipeline(db.Model):
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class PipelineStatus(db.Model):
+class PipelineStatus(Model):
     """Statuses 142/143 share ids across pipelines, hence the pipeline in the key."""
 
     __tablename__ = "crm_statuses"
@@ -111,7 +145,7 @@ class PipelineStatus(db.Model):
     type: Mapped[int] = mapped_column(default=0)
 
 
-class AmoUser(db.Model):
+class AmoUser(Model):
     __tablename__ = "crm_users"
 
     owner_id: Mapped[int] = mapped_column(

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import JSONType, UTCDateTime, utcnow
 
 
@@ -21,7 +21,7 @@ class RunStatus:
     ACTIVE = (QUEUED, RUNNING)
 
 
-class SyncRun(db.Model):
+class SyncRun(Model):
     """One requested sync; progress and per-entity checkpoints live here, not in Celery."""
 
     __tablename__ = "sync_runs"
@@ -64,7 +64,7 @@ class SyncRun(db.Model):
     worker: Mapped[str | None] = mapped_column(String(128))
 
 
-class SyncLog(db.Model):
+class SyncLog(Model):
     """The admin-visible log: sync_contacts, sync_leads, sync_tasks, create_lead, webhook, ..."""
 
     __tablename__ = "sync_log"
@@ -79,7 +79,7 @@ class SyncLog(db.Model):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id", ondelete="SET NULL"))
 
 
-class SyncCursor(db.Model):
+class SyncCursor(Model):
     """Per owner and entity: the high-water mark of the last successful sync."""
 
     __tablename__ = "sync_cursors"
@@ -94,7 +94,7 @@ class SyncCursor(db.Model):
     last_reconcile_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class BeatClaim(db.Model):
+class BeatClaim(Model):
     """(task name, interval slot) claimed by the first beat-scheduled run; a second beat skips."""
 
     __tablename__ = "sync_beat_claims"

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm_app.extensions import db
+from crm_app.extensions import Model
 from crm_app.models.base import JSONType, UTCDateTime, utcnow
 
 
@@ -20,7 +20,7 @@ class InboxStatus:
     FAILED = "failed"
 
 
-class WebhookDelivery(db.Model):
+class WebhookDelivery(Model):
     """One POST from amoCRM, raw, as received; processed later by the worker."""
 
     __tablename__ = "webhook_inbox"
@@ -48,7 +48,7 @@ class WebhookDelivery(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class WebhookEventKey(db.Model):
+class WebhookEventKey(Model):
     """One distinct change seen in a delivery: entity + action + id + modification time.
 
     The unique key makes "applied exactly once" checkable and drops the same change arriving in

@@ -133,7 +133,7 @@ def register() -> Response:
 
 @bp.post("/auth-code")
 def auth_code() -> Response:
-    """A private integration's code: 20 minutes, single use (INTERFACES.md)."""
+    """A private integration's code: 20 minutes, single use."""
     sb = common.sandbox()
     body = _body()
     integration = _integration(body)
@@ -285,6 +285,8 @@ def add_fault() -> Response:
         "remaining": int(body.get("count", 1)),
         "method": body.get("method"),
         "delay": float(body.get("delay", 0)),
+        # after=true: the request is carried out, then its answer is delayed/replaced.
+        "after": bool(body.get("after", False)),
     }
     with sb.faults_lock:
         sb.faults.append(fault)
@@ -363,3 +365,27 @@ def remove(kind: str, rid: int) -> Response:
     if _writer(account).delete(kind, rid) is None:
         raise _fail(404, f"{kind} {rid} not found")
     return errors.no_content()
+
+
+@bp.post("/<any(leads,contacts,companies):kind>/<int:rid>/notes")
+def add_note(kind: str, rid: int) -> Response:
+    """A note typed by a manager: the same events and `note_*` webhooks as an API-made one."""
+    from crm_app.sandbox.relations import Relations
+
+    account = _account()
+    raw = request.get_json(force=True, silent=True)
+    items = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else None
+    if not items:
+        raise _fail(400, "JSON object or array expected")
+    if account.tables[kind].get(rid) is None:
+        raise _fail(404, f"{kind} {rid} not found")
+    writer = _writer(account)
+    try:
+        built = Relations(writer.sb, account, writer.user_id).add_notes(kind, items, rid)
+    except ValidationFailed as exc:
+        return errors.validation(exc.errors)
+    sb = common.sandbox()
+    render = Renderer(account, common.origin(), sb.config.multitext_enum_keys)
+    with account.lock:
+        rendered = [render.note(note) for note, _rid in built]
+    return errors.json_response(rendered if isinstance(raw, list) else rendered[0], 201)

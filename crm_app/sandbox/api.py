@@ -22,14 +22,15 @@ KINDS = "any(leads,contacts,companies,tasks)"
 def list_page(
     kind: str, rows_for: Any = None, extra_filters: dict[str, Any] | None = None
 ) -> Response:
-    """One HAL page of a list, or 204 when the page is empty (facts §3)."""
+    """One HAL page of a list, or 204 when the page is empty (https://www.amocrm.ru/developers/content/api/recommendations)."""
     sb, acc = common.sandbox(), common.account()
     cfg = sb.config
     values = common.args()
     with_ = common.with_set(values)
     table_kind = "notes" if rows_for == "notes" else kind
     table = acc.tables[table_kind]
-    # Filters are a paid add-on on amocrm.ru; without it they are silently ignored (§4.9).
+    # Filters are a paid add-on on amocrm.ru; without it they are silently ignored
+    # (https://www.amocrm.ru/developers/content/crm_platform/filters-api).
     # Tasks and notes document their own filters, which keep working.
     use_filters = cfg.api_filter or table_kind in ("tasks", "notes")
     if extra_filters:
@@ -80,7 +81,7 @@ def get_entity(kind: str, rid: int) -> Response:
         if record is None and kind == "leads" and "only_deleted" in with_:
             record = acc.tables["leads"].trash.get(rid)
         if record is None:
-            return errors.no_content()  # unknown ids answer 204, not 404 (§3)
+            return errors.no_content()  # unknown ids answer 204, not 404
         body = common.renderer().entity(kind, record, with_)
     return errors.hal(body)
 

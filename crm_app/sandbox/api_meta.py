@@ -32,7 +32,10 @@ ENTITY_NAMES = {
 
 @bp.get("/api/v4/account")
 def account() -> Response:
-    """Base fields always; the rest only when asked for with `with=` (facts §4.1)."""
+    """Base fields always; the rest only when asked for with `with=`.
+
+    https://www.amocrm.ru/developers/content/crm_platform/account-info
+    """
     sb, acc = common.sandbox(), common.account()
     with_ = common.with_set(common.args())
     offset = sb.config.utc_offset
@@ -91,7 +94,7 @@ def account() -> Response:
 
 
 def _require_admin() -> Response | None:
-    """Users methods need an admin token; others get 403 (facts §4.2)."""
+    """Users methods need an admin token; others get 403 (https://www.amocrm.ru/developers/content/crm_platform/users-api)."""
     acc = common.account()
     user = acc.user(common.user_id())
     if user is None or not user.is_admin:

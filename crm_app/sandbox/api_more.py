@@ -166,6 +166,82 @@ def add_notes_to(kind: str, rid: int) -> Response:
     return _notes_created(kind, built)
 
 
+def _notes_updated(kind: str, built: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+    api = f"{common.origin()}/api/v4"
+    return [
+        {
+            "id": n["id"],
+            "entity_id": n["entity_id"],
+            "updated_at": n["updated_at"],
+            "request_id": rid,
+            "_links": link(f"{api}/{kind}/{n['entity_id']}/notes/{n['id']}"),
+        }
+        for n, rid in built
+    ]
+
+
+@bp.patch(f"/api/v4/<{LINKABLE}:kind>/notes")
+@bp.patch(f"/api/v4/<{LINKABLE}:kind>/<int:rid>/notes")
+def update_notes(kind: str, rid: int | None = None) -> Response:
+    items = common.read_batch()
+    try:
+        built = _relations().update_notes(kind, items, rid)
+    except ValidationFailed as exc:
+        return errors.validation(exc.errors)
+    api = f"{common.origin()}/api/v4"
+    items_out = _notes_updated(kind, built)
+    return errors.hal({"_links": link(f"{api}/{kind}/notes"), "_embedded": {"notes": items_out}})
+
+
+@bp.patch(f"/api/v4/<{LINKABLE}:kind>/<int:rid>/notes/<int:nid>")
+def update_note(kind: str, rid: int, nid: int) -> Response:
+    item = dict(common.read_object())
+    item["id"] = nid
+    try:
+        built = _relations().update_notes(kind, [item], rid)
+    except ValidationFailed as exc:
+        return errors.validation(exc.errors)
+    return errors.hal(_notes_updated(kind, built)[0])
+
+
+# --- loss reasons ---------------------------------------------------------------------
+# Documented by Kommo (Feb 2026) and the official PHP library; `loss_reasons_api` turns the
+# routes off to act like an account where they are missing.
+@bp.get("/api/v4/leads/loss_reasons")
+def loss_reasons() -> Response:
+    sb, acc = common.sandbox(), common.account()
+    if not sb.config.loss_reasons_api:
+        return errors.problem(404, "Not found")
+    render = common.renderer()
+    with acc.lock:
+        items = [render.loss_reason(r) for r in sorted(acc.loss_reasons.values(), key=_by_sort)]
+    if not items:
+        return errors.no_content()
+    api = f"{common.origin()}/api/v4"
+    return errors.hal(
+        {
+            "_total_items": len(items),
+            "_links": link(f"{api}/leads/loss_reasons"),
+            "_embedded": {"loss_reasons": items},
+        }
+    )
+
+
+def _by_sort(record: dict[str, Any]) -> tuple[int, int]:
+    return int(record["sort"]), int(record["id"])
+
+
+@bp.get("/api/v4/leads/loss_reasons/<int:rid>")
+def loss_reason(rid: int) -> Response:
+    sb, acc = common.sandbox(), common.account()
+    if not sb.config.loss_reasons_api:
+        return errors.problem(404, "Not found")
+    record = acc.loss_reasons.get(rid)
+    if record is None:
+        return errors.no_content()
+    return errors.hal(common.renderer().loss_reason(record))
+
+
 # --- webhooks -------------------------------------------------------------------------
 def _hook_public(hook: dict[str, Any]) -> dict[str, Any]:
     keys = (
@@ -185,7 +261,8 @@ def _hook_public(hook: dict[str, Any]) -> dict[str, Any]:
 def _admin_only() -> Response | None:
     user = common.account().user(common.user_id())
     if user is None or not user.is_admin:
-        return errors.problem(403, "Access denied")  # webhooks need admin rights (§4.12)
+        # Webhooks need admin rights (https://www.amocrm.ru/developers/content/crm_platform/webhooks-api).
+        return errors.problem(403, "Access denied")
     return None
 
 

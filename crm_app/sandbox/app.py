@@ -24,12 +24,20 @@ LOGGED_BODY_LIMIT = 256 * 1024
 
 
 def create_app(sandbox: Sandbox) -> Flask:
-    from crm_app.sandbox import admin, api, api_meta, api_more, oauth_views
+    from crm_app.sandbox import admin, amojo_views, api, api_meta, api_more, oauth_views, telegram
 
     app = Flask("crm_app.sandbox")
     app.config["SANDBOX"] = sandbox
     app.url_map.strict_slashes = False
-    for blueprint in (api_meta.bp, api_more.bp, api.bp, oauth_views.bp, admin.bp):
+    for blueprint in (
+        api_meta.bp,
+        api_more.bp,
+        amojo_views.bp,
+        telegram.bp,
+        api.bp,
+        oauth_views.bp,
+        admin.bp,
+    ):
         app.register_blueprint(blueprint)
 
     @app.before_request
@@ -47,6 +55,16 @@ def create_app(sandbox: Sandbox) -> Flask:
 
     @app.after_request
     def record(response: Response) -> Response:
+        late = g.get("fault_after")
+        if late is not None:
+            if late.get("delay"):
+                time.sleep(late["delay"])
+            if late["status"] >= 400:
+                response = Response(
+                    f"{late['status']} sandbox fault",
+                    status=late["status"],
+                    content_type="text/html",
+                )
         if g.get("kind") != "admin":
             _log(sandbox, response)
         return response
@@ -99,7 +117,7 @@ def _api_gate(sb: Sandbox) -> Response | None:
         return limits.forbidden(cfg)
     acting = request.headers.get("X-Context-User-ID")
     if acting:
-        # Only tokens granted by an admin may act as another user (facts §1.11).
+        # Only tokens granted by an admin may act as another user (https://www.amocrm.ru/developers/content/oauth/scopes).
         granter = account.user(token.user_id)
         target = account.user(int(acting)) if acting.isdigit() else None
         if granter is None or not granter.is_admin or target is None:
@@ -113,6 +131,11 @@ def _api_gate(sb: Sandbox) -> Response | None:
     ):
         return errors.problem(402, "Payment required")
     fault = sb.take_fault(request.method, request.path) if sb.faults else None
+    if fault is not None and fault.get("after"):
+        # The write happens; only its answer is lost (slow, or replaced by an error) — the
+        # case where a client cannot know whether its write landed.
+        g.fault_after = fault
+        return None
     if fault is not None:
         if fault.get("delay"):
             time.sleep(fault["delay"])

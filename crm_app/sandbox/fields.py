@@ -165,7 +165,7 @@ def _numeric(raw: Any) -> bool:
 
 
 def _timestamp(raw: Any) -> int | None:
-    """Unix time or RFC 3339, both accepted on input (facts §3)."""
+    """Unix time or RFC 3339, both accepted on input (https://www.amocrm.ru/developers/content/api/recommendations)."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):

@@ -53,7 +53,8 @@ class Renderer:
         if enum_id is not None:
             enum = meta.enum_by_id(enum_id)
             code = enum.code if enum else None
-        # Docs show `enum`, the official library reads `enum_code` (facts §4.3): both by default.
+        # The docs show `enum` (https://www.amocrm.ru/developers/content/crm_platform/contacts-api), the official PHP
+        # library reads `enum_code`: both by default.
         if self.enum_keys in ("both", "code"):
             item["enum_code"] = code
         if self.enum_keys in ("both", "enum") and meta.type == "multitext":
@@ -157,7 +158,9 @@ class Renderer:
         if "catalog_elements" in with_:
             embedded["catalog_elements"] = self._catalog("leads", r["id"])
         if "loss_reason" in with_:
-            embedded["loss_reason"] = []
+            # An array with one element, as in the docs' example (the field table says object).
+            reason = self.account.loss_reasons.get(r.get("loss_reason_id") or 0)
+            embedded["loss_reason"] = [self.loss_reason(reason)] if reason else []
         company = r.get("company_id")
         embedded["companies"] = [self.ref("companies", company)] if company else []
         if "contacts" in with_:
@@ -215,6 +218,12 @@ class Renderer:
             "complete_till": r["complete_till"],
             "account_id": self.account.id,
             "_links": link(f"{self.api}/tasks/{r['id']}"),
+        }
+
+    def loss_reason(self, r: Record) -> dict[str, Any]:
+        return {
+            **{k: r[k] for k in ("id", "name", "sort", "created_at", "updated_at")},
+            "_links": link(f"{self.api}/leads/loss_reasons/{r['id']}"),
         }
 
     def note(self, r: Record, with_: frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from flask import Response
 
@@ -28,11 +28,12 @@ RETRY_AFTER = 300  # the value in Kommo's documented 429 body
 class Limiter:
     """Rolling one-second windows of accepted calls; 429s per account escalate to a block."""
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock
         self.windows: dict[Hashable, deque[float]] = {}
         self.violations: dict[int, deque[float]] = {}
-        self.blocked: dict[int, float] = {}  # account id -> monotonic deadline (inf: until lifted)
+        self.blocked: dict[int, float] = {}  # account id -> clock deadline (inf: until lifted)
         self.lock = threading.Lock()
 
     def allow(self, client_id: str, account_id: int) -> bool:
@@ -41,7 +42,7 @@ class Limiter:
         account_limit = self.config.account_rate_limit
         if limit <= 0 and account_limit <= 0:
             return True
-        now = time.monotonic()
+        now = self.clock()
         with self.lock:
             keys: list[tuple[Hashable, int]] = []
             if limit > 0:
@@ -66,7 +67,7 @@ class Limiter:
         after = self.config.block_after
         if after <= 0:
             return False
-        now = time.monotonic()
+        now = self.clock()
         with self.lock:
             seen = self.violations.setdefault(account_id, deque())
             seen.append(now)
@@ -83,7 +84,7 @@ class Limiter:
         deadline = self.blocked.get(account_id)
         if deadline is None:
             return False
-        if time.monotonic() >= deadline:
+        if self.clock() >= deadline:
             with self.lock:
                 self.blocked.pop(account_id, None)
             return False

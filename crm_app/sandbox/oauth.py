@@ -138,7 +138,7 @@ class TokenStore:
             raise OAuthError(400, HINT_CLIENT_SECRET, client_error=True)
         redirect = params.get("redirect_uri")
         if (require_redirect or redirect is not None) and redirect != integration.redirect_uri:
-            # Exact match, trailing slash included (facts §1.4).
+            # Exact match, trailing slash included (https://www.amocrm.ru/developers/content/oauth/step-by-step).
             raise OAuthError(400, HINT_REDIRECT, client_error=True)
         return integration
 

@@ -1,4 +1,8 @@
-"""OAuth endpoints: consent page, token endpoint, subdomain lookups (facts §1)."""
+"""OAuth endpoints: consent page, token endpoint, subdomain lookups.
+
+As documented at https://www.amocrm.ru/developers/content/oauth/step-by-step and
+https://www.amocrm.ru/developers/content/oauth/account-subdomain-info.
+"""
 
 from __future__ import annotations
 
@@ -73,9 +77,9 @@ def decision() -> Response:
     code = sb.tokens.issue_code(client_id, chosen.id, chosen.admin.id)
     params = [("code", code.code)]
     if state is not None:
-        params.append(("state", state))  # omitted when the authorize URL had none (§1.2)
+        params.append(("state", state))  # omitted when the authorize URL had none
     params += [
-        ("referer", f"{chosen.subdomain}.{sb.domain}"),  # a bare host, no scheme (§1.3)
+        ("referer", f"{chosen.subdomain}.{sb.domain}"),  # a bare host, no scheme
         ("platform", "1" if sb.domain.endswith(".ru") else "2"),
         ("client_id", client_id),
     ]
@@ -88,7 +92,7 @@ def _with_query(uri: str, params: list[tuple[str, str]]) -> str:
 
 
 def _token_params() -> dict[str, Any]:
-    """JSON or form-encoded: the token endpoint accepts both (facts §1.4)."""
+    """JSON or form-encoded: the token endpoint accepts both."""
     raw = request.get_data(cache=True)
     if raw.strip().startswith(b"{"):
         try:
@@ -158,7 +162,7 @@ def _subdomain_body(account: Account) -> Response:
 
 @bp.get("/oauth2/account/current/subdomain")
 def current_subdomain() -> Response:
-    """Current lookup: the refresh token in X-Refresh-Token names the account (§1.8)."""
+    """Current lookup: the refresh token in X-Refresh-Token names the account."""
     sb = common.sandbox()
     token = sb.tokens.find_refresh(request.headers.get("X-Refresh-Token"))
     if token is None:

@@ -8,7 +8,8 @@ from typing import Any
 
 from crm_app.sandbox.store import Account, EntityTable, Record
 
-# Fields each entity can be ordered by (facts §3); anything else is ignored like amoCRM does.
+# Fields each entity can be ordered by (the `order` parameter of each list method, e.g.
+# https://www.amocrm.ru/developers/content/crm_platform/leads-api); anything else is ignored like amoCRM does.
 ORDER_FIELDS = {
     "leads": ("created_at", "updated_at", "id"),
     "contacts": ("updated_at", "id", "created_at"),
@@ -72,7 +73,10 @@ def int_set(value: Any) -> set[int]:
 
 
 def as_range(value: Any) -> tuple[int | None, int | None] | None:
-    """`[from]`/`[to]` bounds, or a scalar meaning "from this moment on" (facts §4.6)."""
+    """`[from]`/`[to]` bounds, or a scalar meaning "from this moment on".
+
+    https://www.amocrm.ru/developers/content/crm_platform/tasks-api
+    """
     if isinstance(value, dict):
         low, high = as_int(value.get("from")), as_int(value.get("to"))
         if low is None and high is None:
@@ -297,6 +301,7 @@ def page_params(args: dict[str, Any], default_limit: int, max_limit: int, over: 
     if limit < 1:
         limit = default_limit
     if limit > max_limit:
-        # amoCRM caps at 250; a practitioner saw the default size instead (facts §7.3).
+        # amoCRM caps at 250; above that, users report the default page size instead
+        # (https://github.com/amocrm/amocrm-api-php/issues/210).
         limit = max_limit if over == "cap" else default_limit
     return PageParams(max(page, 1), limit)

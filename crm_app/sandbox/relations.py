@@ -14,7 +14,7 @@ NOTE_TYPES = (
     "common", "call_in", "call_out", "service_message", "extended_service_message",
     "message_cashier", "geolocation", "sms_in", "sms_out", "attachment",
 )  # fmt: skip
-# Which entity types each kind may link to (facts §4.10).
+# Which entity types each kind may link to (https://www.amocrm.ru/developers/content/crm_platform/entity-links-api).
 LINKABLE = {
     "leads": ("contacts", "companies", "catalog_elements"),
     "contacts": ("companies", "catalog_elements", "customers"),
@@ -27,7 +27,8 @@ class Relations(Writer):
     def complex(self, items: list[Any]) -> list[dict[str, Any]]:
         acc = self.acc
         with acc.lock:
-            # Duplicate control compares with data that existed before the call only (§4.5).
+            # Duplicate control compares with data that existed before the call only
+            # (https://www.amocrm.ru/developers/content/crm_platform/leads-api, complex add).
             known = self._contact_index() if self.sb.config.duplicate_control else None
             plans, problems = [], []
             for index, item in enumerate(items):
@@ -158,6 +159,46 @@ class Relations(Writer):
                     acc, f"{note['note_type']}_note_added", SINGULAR[kind], note["entity_id"],
                     self.user_id, [{"note": {"id": note["id"]}}],
                 )  # fmt: skip
+        self.flush()
+        return built
+
+    def update_notes(
+        self, kind: str, items: list[Any], entity_id: int | None
+    ) -> list[tuple[Record, str]]:
+        """PATCH notes: each item names its `id`; `params` replace the old ones whole."""
+        acc = self.acc
+        table = acc.tables["notes"]
+        with acc.lock:
+            built, problems = [], []
+            for index, item in enumerate(items):
+                rid = request_id(item, index)
+                errs: fx.Errors = []
+                old = table.get(item.get("id")) if isinstance(item, dict) else None
+                if not isinstance(item, dict):
+                    fx.type_error(errs, "", "object")
+                elif old is None or old["entity_type"] != kind:
+                    fx.err(errs, "NotFound", "id", "Entity not found")
+                elif entity_id is not None and old["entity_id"] != entity_id:
+                    fx.err(errs, "NotSupportedChoice", "entity_id", fx.NOT_CHOICE)
+                if errs:
+                    problems.append({"request_id": rid, "errors": errs})
+                    continue
+                assert old is not None and isinstance(item, dict)
+                merged = {"note_type": old["note_type"], "params": old["params"], **item}
+                merged.pop("id", None)
+                fresh = self._note(kind, merged, old["entity_id"], errs)
+                if errs:
+                    problems.append({"request_id": rid, "errors": errs})
+                    continue
+                note = dict(old, note_type=fresh["note_type"], params=fresh["params"])
+                note.update(updated_at=self.now, updated_by=self.user_id)
+                built.append((note, rid))
+            if problems:
+                raise ValidationFailed(problems)
+            for note, _rid in built:
+                table.put(note)
+                if self.sb.config.note_update_webhook:
+                    self.events.append(Event(kind, "note", self.items.note(kind, note)))
         self.flush()
         return built
 

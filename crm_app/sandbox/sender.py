@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = "amoCRM-Webhooks/3.0"
 MINUTE = 60.0
-# Delay before attempts 2..5 (facts §5.2); attempts 4 and 5 only follow a 499 or 5xx.
+# Delay before attempts 2..5; attempts 4 and 5 only follow a 499 or 5xx
+# (https://www.amocrm.ru/developers/content/crm_platform/webhooks-format).
 LADDER = {2: 5 * MINUTE, 3: 15 * MINUTE, 4: 15 * MINUTE, 5: 60 * MINUTE}
 DISABLE_WINDOW = 2 * 3600.0
 
@@ -56,8 +57,14 @@ class Delivery:
 class Dispatcher:
     """A heap of due deliveries served by a few worker threads; API responses never wait."""
 
-    def __init__(self, config: SandboxConfig, lock_for: Callable[[int], threading.RLock]) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        lock_for: Callable[[int], threading.RLock],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self.clock = clock  # when deliveries fall due; the sandbox's Clock moves it in tests
         self.lock_for = lock_for
         self.heap: list[Delivery] = []
         self.cond = threading.Condition()
@@ -87,11 +94,31 @@ class Dispatcher:
 
     def enqueue(self, hook: dict[str, Any], account_id: int, body: str, events: list[str]) -> None:
         delivery = Delivery(
-            time.monotonic(), next(self.seq), hook, account_id, body, events, str(uuid.uuid4())
+            self.clock(), next(self.seq), hook, account_id, body, events, str(uuid.uuid4())
         )
         with self.cond:
             heapq.heappush(self.heap, delivery)
             self.cond.notify()
+
+    def wake(self) -> None:
+        """Re-check what is due (the clock was moved forward)."""
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until nothing is due now and nothing is being sent; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.inflight or self._due_now():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(timeout=min(left, 0.05))
+        return True
+
+    def _due_now(self) -> bool:
+        now = self.clock()
+        return any(d.due <= now for d in self.heap)
 
     def pending(self) -> int:
         with self.cond:
@@ -132,7 +159,7 @@ class Dispatcher:
 
     def _take(self) -> Delivery | None:
         """The earliest due delivery whose destination is idle: one hook gets events in order."""
-        now = time.monotonic()
+        now = self.clock()
         ready = [d for d in self.heap if d.due <= now and d.hook["id"] not in self.busy]
         if not ready:
             return None
@@ -142,7 +169,7 @@ class Dispatcher:
         return chosen
 
     def _wait_time(self) -> float | None:
-        now = time.monotonic()
+        now = self.clock()
         future = [d.due - now for d in self.heap if d.due > now]
         return max(0.001, min(future)) if future else None
 
@@ -180,7 +207,7 @@ class Dispatcher:
             self.log.append(entry)
         if follow is not None and delay is not None:
             retry = Delivery(
-                time.monotonic() + delay,
+                self.clock() + delay,
                 next(self.seq),
                 hook,
                 delivery.account_id,
@@ -217,8 +244,8 @@ class Dispatcher:
             return 0, type(exc).__name__
 
     def _note_invalid(self, hook: dict[str, Any], account_id: int) -> bool:
-        """Disable after more than N invalid answers in 2 hours, the last one invalid (§5.2)."""
-        now = time.monotonic()
+        """Disable after more than N invalid answers in 2 hours, the last one invalid."""
+        now = self.clock()
         window = DISABLE_WINDOW * self.config.webhook_time_scale
         with self.lock_for(account_id):
             seen = self.invalid.setdefault(hook["id"], deque())

@@ -172,7 +172,16 @@ class SandboxServer:
         self.sandbox.limiter.unblock()
 
     def advance_clock(self, seconds: float) -> int:
+        """Move the sandbox's time on: expiries, webhook retries, rate windows and blocks."""
         return self.sandbox.clock.advance(seconds)
+
+    def freeze_clock(self) -> None:
+        """Stop the sandbox's time; from now on only ``advance_clock`` moves it."""
+        self.sandbox.clock.freeze()
+
+    def wait_webhooks_idle(self, timeout: float = 10.0) -> bool:
+        """Block until no webhook delivery is due or being sent; False on timeout."""
+        return self.sandbox.dispatcher.wait_idle(timeout)
 
     def reset(self) -> None:
         self.sandbox.limiter.reset()

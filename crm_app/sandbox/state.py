@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from crm_app.sandbox.amojo import Channel, ChatHub
 from crm_app.sandbox.config import SandboxConfig
 from crm_app.sandbox.limits import Limiter
 from crm_app.sandbox.oauth import Integration, TokenStore
@@ -14,23 +16,46 @@ from crm_app.sandbox.reqlog import RequestLog
 from crm_app.sandbox.seed import build_accounts
 from crm_app.sandbox.sender import Dispatcher
 from crm_app.sandbox.store import Account
+from crm_app.sandbox.telegram import TelegramFake
 from crm_app.sandbox.webhooks import Event, ItemBuilder, build_body, encode
 
 
 class Clock:
-    """Wall time plus an offset that tests move forward to expire codes and tokens."""
+    """The sandbox's one source of time: wall and monotonic, moved forward by ``advance``.
+
+    Codes and tokens expire, webhook retries fall due and rate-limit windows and blocks end by
+    this clock, so a test moves time on instead of sleeping. ``freeze`` stops it between
+    advances, so "nothing happens until then" is checked without waiting.
+    """
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self._frozen: tuple[float, float] | None = None  # (wall, monotonic) at freeze
+        self._listeners: list[Callable[[], None]] = []
 
     def time(self) -> float:
-        return time.time() + self.offset
+        base = self._frozen[0] if self._frozen else time.time()
+        return base + self.offset
+
+    def monotonic(self) -> float:
+        base = self._frozen[1] if self._frozen else time.monotonic()
+        return base + self.offset
 
     def now(self) -> int:
         return int(self.time())
 
+    def freeze(self) -> None:
+        if self._frozen is None:
+            self._frozen = (time.time(), time.monotonic())
+
+    def on_advance(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every advance (the webhook sender re-checks what is due)."""
+        self._listeners.append(listener)
+
     def advance(self, seconds: float) -> int:
         self.offset += seconds
+        for listener in self._listeners:
+            listener()
         return self.now()
 
 
@@ -40,10 +65,23 @@ class Sandbox:
         self.clock = Clock()
         self.accounts: list[Account] = build_accounts(self.config)
         self.tokens = TokenStore(self.config, self.clock.now)
-        self.limiter = Limiter(self.config)
+        self.limiter = Limiter(self.config, clock=self.clock.monotonic)
         self.log = RequestLog(self.config.request_log_size)
         self.search = SearchIndex()
-        self.dispatcher = Dispatcher(self.config, lambda aid: self.account_by_id(aid).lock)
+        self.dispatcher = Dispatcher(
+            self.config, lambda aid: self.account_by_id(aid).lock, clock=self.clock.monotonic
+        )
+        self.clock.on_advance(self.dispatcher.wake)
+        self.chats = ChatHub(self)
+        self.telegram = TelegramFake()
+        if self.config.chat_channel_id and self.config.chat_secret:
+            self.chats.register(
+                Channel(
+                    self.config.chat_channel_id,
+                    self.config.chat_secret,
+                    hook_url=self.config.chat_hook_url,
+                )
+            )
         self.faults: list[dict[str, Any]] = []
         self.faults_lock = threading.Lock()
         self.tokens.register(

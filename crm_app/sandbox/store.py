@@ -176,6 +176,7 @@ class Account:
     catalog_links: dict[tuple[str, int], list[Record]] = field(default_factory=dict)
     webhooks: dict[int, Record] = field(default_factory=dict)
     events: list[Record] = field(default_factory=list)
+    loss_reasons: dict[int, Record] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -185,6 +186,13 @@ class Account:
         self.next_webhook_id = block + FIRST_IDS["webhooks"]
         self.next_tag_id = block + FIRST_IDS["tags"]
         self.next_event_no = 1
+        if not self.loss_reasons:
+            for sort, name in enumerate(("Дорого", "Выбрали конкурента", "Не дозвонились"), 1):
+                rid = block + 9_000 + sort
+                self.loss_reasons[rid] = {
+                    "id": rid, "name": name, "sort": sort * 10,
+                    "created_at": self.created_at, "updated_at": self.created_at,
+                }  # fmt: skip
 
     # --- metadata lookups -------------------------------------------------------------
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -19,11 +20,15 @@ SETTINGS = frozenset(
 )  # fmt: skip
 
 # Body key and singular setting name per entity kind: tasks arrive under `task`, companies
-# under `contacts` with type=company (facts §5.1).
+# under `contacts` with type=company (https://www.amocrm.ru/developers/content/crm_platform/webhooks-format).
 BODY_KEY = {"leads": "leads", "contacts": "contacts", "companies": "contacts", "tasks": "task"}
 SINGULAR = {"leads": "lead", "contacts": "contact", "companies": "company", "tasks": "task"}
 ELEMENT_TYPE = {"contacts": "1", "leads": "2", "companies": "3", "customers": "12"}
-NOTE_TYPES = {"common": "4", "call_in": "10", "call_out": "11", "service_message": "25"}
+# Legacy numeric note types that account webhooks still carry (4 common, 5 attachment, …).
+NOTE_TYPES = {
+    "common": "4", "attachment": "5", "call_in": "10", "call_out": "11",
+    "service_message": "25", "sms_in": "102", "sms_out": "103",
+}  # fmt: skip
 
 
 @dataclass
@@ -86,7 +91,7 @@ class ItemBuilder:
         self.text_values = text_values
 
     def when(self, ts: int | None) -> str:
-        """Task dates are account-local "YYYY-MM-DD HH:MM:SS" strings (facts §5.1)."""
+        """Task dates are account-local "YYYY-MM-DD HH:MM:SS" strings."""
         if ts is None:
             return ""
         return dt.datetime.fromtimestamp(ts, self.tz).strftime("%Y-%m-%d %H:%M:%S")
@@ -100,7 +105,7 @@ class ItemBuilder:
             if meta is None:
                 continue
             if meta.enums is not None:
-                # Inside webhooks `enum` is the enum id, not its code (facts §5.1).
+                # Inside webhooks `enum` is the enum id, not its code.
                 shaped: list[Any] = [
                     {"value": _text(v), "enum": "" if e is None else str(e)} for v, e in values
                 ]
@@ -236,17 +241,29 @@ class ItemBuilder:
 
     def note(self, kind: str, note: Record) -> dict[str, Any]:
         params = note.get("params") or {}
+        author = self.account.user(note["created_by"])
+        metadata = {
+            "event_source": {
+                "id": note["created_by"],
+                "author_name": author.name if author else "",
+                "type": 1,
+            }
+        }
+        # As in Kommo's documented example: legacy numeric type, `attachement` (sic), a
+        # JSON-encoded `metadata` string, every value a string.
         body = {
-            "id": str(note["id"]),
-            "note_type": NOTE_TYPES.get(note["note_type"], "4"),
-            "element_id": str(note["entity_id"]),
-            "element_type": ELEMENT_TYPE.get(kind, "0"),
             "text": str(params.get("text", "")),
-            "date_create": str(note["created_at"]),
-            "last_modified": str(note["updated_at"]),
+            "attachement": "",
+            "note_type": NOTE_TYPES.get(note["note_type"], "4"),
+            "element_type": ELEMENT_TYPE.get(kind, "0"),
+            "element_id": str(note["entity_id"]),
+            "account_id": str(self.account.id),
+            "metadata": json.dumps(metadata, ensure_ascii=False, separators=(",", ":")),
+            "id": str(note["id"]),
+            "created_at": str(note["created_at"]),
+            "updated_at": str(note["updated_at"]),
             "created_by": str(note["created_by"]),
             "responsible_user_id": str(note["responsible_user_id"]),
-            "account_id": str(self.account.id),
         }
         return {"note": body, "type": SINGULAR[kind]}
 

@@ -203,6 +203,12 @@ class Writer:
                 value = fx.get_int(item, key, errs, nullable=True)
                 changes[key] = value
         self._lead_status(item, old, changes, errs)
+        reason = changes.get("loss_reason_id")
+        if reason is not None:
+            status = changes.get("status_id", old["status_id"] if old else None)
+            only_lost = self.sb.config.loss_reason_only_lost
+            if reason not in self.acc.loss_reasons or (only_lost and status != LOST_STATUS):
+                fx.err(errs, "NotSupportedChoice", "loss_reason_id", fx.NOT_CHOICE)
         record = dict(old) if old else leads_record_defaults()
         record.update(changes)
         status = record.get("status_id")  # missing when the status failed validation
@@ -216,7 +222,7 @@ class Writer:
         company = self._company_ref(item, errs)
         if company is not ...:
             record["company_id"] = company
-        record.setdefault("name", "")  # nothing is required on create (§4.4)
+        record.setdefault("name", "")  # nothing is required on create
         return self._stamp(record, old, changes)
 
     def _lead_status(
@@ -232,9 +238,26 @@ class Writer:
                 return
         elif old is not None:
             pipeline = self.acc.pipeline(old["pipeline_id"])
+        current = pipeline.status(old["status_id"]) if old is not None and pipeline else None
+        in_unsorted = current is not None and current.type == 1
+        if "status_id" in item and item["status_id"] is None and old is not None:
+            # `status_id: null` takes a lead out of "unsorted" to the first working stage.
+            if in_unsorted and pipeline is not None:
+                changes["status_id"], changes["pipeline_id"] = (
+                    pipeline.first_status().id,
+                    pipeline.id,
+                )
+            return
         if "status_id" in item:
             sid = fx.get_int(item, "status_id", errs)
             if sid is None:
+                return
+            target = (pipeline.status(sid) if pipeline else None) or next(
+                (p.status(sid) for p in self.acc.pipelines if p.status(sid)), None
+            )
+            if old is not None and target is not None and target.type == 1:
+                # The unsorted stage is not settable by PATCH, not even to stay in it.
+                fx.err(errs, "NotSupportedChoice", "status_id", fx.NOT_CHOICE)
                 return
             if sid in CLOSED:
                 pipeline = pipeline or self.acc.main_pipeline
@@ -281,7 +304,7 @@ class Writer:
         if till is not None:
             changes["complete_till"] = till
         if old is None:
-            # A task must have a text and a due date (facts §4.6).
+            # A task must have a text and a due date (https://www.amocrm.ru/developers/content/crm_platform/tasks-api).
             if not text:
                 fx.err(errs, "NotBlank", "text", fx.NOT_BLANK)
             if till is None and "complete_till" not in item:
@@ -401,6 +424,10 @@ class Writer:
             self.sb.add_event(
                 self.acc, "custom_field_value_changed", singular, new["id"], self.user_id
             )
+        if kind == "leads" and old.get("price") != new.get("price"):
+            self.sb.add_event(self.acc, "sale_field_changed", "lead", new["id"], self.user_id)
+        if kind == "tasks" and new.get("result") and new.get("result") != old.get("result"):
+            self.sb.add_event(self.acc, "task_result_added", "task", new["id"], self.user_id)
         if old.get("name") != new.get("name") and kind != "tasks":
             self.sb.add_event(self.acc, "name_field_changed", singular, new["id"], self.user_id)
 

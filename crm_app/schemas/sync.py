@@ -9,13 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crm_app.schemas.common import OwnerQuery, PlainStr, Strict
 
-Entity = Literal["contacts", "leads", "tasks"]
+Entity = Literal["contacts", "leads", "tasks", "notes"]
 
 
 class SyncRequest(Strict):
     """POST /admin/crm/sync: which entities (default: those enabled in the settings)."""
 
-    entities: list[Entity] | None = Field(default=None, min_length=1, max_length=3)
+    entities: list[Entity] | None = Field(default=None, min_length=1, max_length=4)
     full: bool = Field(default=False, description="Re-read everything instead of the changes.")
 
 

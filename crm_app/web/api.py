@@ -149,11 +149,12 @@ def operation(
     body: bool = False,
     amo: bool = False,
     optional_body: bool = False,
+    also: dict[int, type] | None = None,
 ) -> Callable[[F], F]:
     """Declare an API operation: its schemas (validated by SpecTree), roles and error codes.
 
     `write`: Admin and User only (Guest → 403). `body`: takes a JSON body. `amo`: may call
-    amoCRM. The view's `query` / `json` annotations name its request models; its return value
+    amoCRM. `also`: more documented answers, status → model. The view's `query` / `json` annotations name its request models; its return value
     is validated against `response` and serialised by it (ISO dates, `_embedded`).
     """
     codes = set(_BASE_ERRORS)
@@ -162,6 +163,8 @@ def operation(
     codes.update(_AMO_ERRORS if amo else ())
     models: dict[str, Any] = {f"HTTP_{status}": response}
     models.update({f"HTTP_{code}": Problem for code in sorted(codes)})
+    # Other answers an operation documents (202 pending, a 409 with both versions).
+    models.update({f"HTTP_{code}": model for code, model in (also or {}).items()})
 
     def decorate(view: F) -> F:
         if optional_body:

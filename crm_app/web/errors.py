@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
-from flask_babel import get_locale
+from flask_babel import get_locale, lazy_gettext
 from flask_babel.speaklater import LazyString
-from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from werkzeug.exceptions import BadRequest, Conflict, HTTPException, InternalServerError
 
+from crm_app.services.availability import database_unavailable
+from crm_app.services.tokens import NotConnected
 from crm_app.web.respond import is_htmx
 
 logger = logging.getLogger(__name__)
@@ -59,24 +63,62 @@ def problem(status: int, title: str, detail: str, **extra: object) -> Response:
     return resp
 
 
+def database_unavailable_response(app: Flask) -> Response:
+    """503 + Retry-After: problem+json for machines, a page that says what happened for people.
+
+    The page is rendered without the layout and without Flask's context processors: both ask
+    who is signed in (Flask-Login loads the user eagerly), which needs the database that is gone.
+    """
+    from flask_babel import get_locale
+
+    retry_after = int(app.config.get("DB_UNAVAILABLE_RETRY_AFTER", 10))
+    logger.warning("database unavailable on %s %s", request.method, request.path)
+    if wants_json():
+        resp = problem(
+            503, "Service Unavailable", "The database is unavailable; try again shortly."
+        )
+    else:
+        locale = get_locale()
+        html = app.jinja_env.get_template("unavailable.html").render(
+            retry_after=retry_after, lang=locale.language if locale is not None else "ru"
+        )
+        resp = app.make_response((html, 503))
+    resp.headers["Retry-After"] = str(retry_after)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 def init_errorhandlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http(exc: HTTPException) -> Response | tuple[str, int]:
         status = exc.code or 500
-        detail = exc.description or ""
+        detail = str(exc.description or "")
         extra = getattr(exc, "extra", None) or {}
         if wants_json():
             resp = problem(status, exc.name, detail, **extra)
         else:
-            html = render_template(
-                "error.html", status=status, title=exc.name, detail=_page_detail(exc)
-            )
+            try:
+                html = render_template(
+                    "error.html", status=status, title=exc.name, detail=_page_detail(exc)
+                )
+            except Exception as render_error:  # the layout needs the signed-in user's row
+                if database_unavailable(render_error):
+                    return database_unavailable_response(app)
+                raise
             resp = app.make_response((html, status))
         # Keep Allow / Retry-After etc. that werkzeug attaches.
         for key, value in exc.get_headers():
             if key.lower() != "content-type":
                 resp.headers[key] = value
         return resp
+
+    @app.errorhandler(NotConnected)
+    def handle_not_connected(exc: NotConnected) -> Response | tuple[str, int]:
+        # An amoCRM call for an owner with no tokens (disconnected, or never connected).
+        logger.info("amoCRM call refused on %s %s: not connected", request.method, request.path)
+        return handle_http(
+            Conflict(lazy_gettext("amoCRM не подключена: сначала подключите аккаунт."))
+        )
 
     @app.errorhandler(RecursionError)
     def handle_recursion(exc: RecursionError) -> Response | tuple[str, int]:
@@ -87,8 +129,17 @@ def init_errorhandlers(app: Flask) -> None:
             return handle_http(BadRequest("The JSON body is nested too deeply."))
         return handle_unexpected(exc)
 
+    @app.errorhandler(DBAPIError)
+    @app.errorhandler(SQLAlchemyTimeoutError)
+    def handle_database(exc: Exception) -> Response | tuple[str, int]:
+        if not database_unavailable(exc):
+            return handle_unexpected(exc)
+        return database_unavailable_response(app)
+
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Response | tuple[str, int]:
+        if database_unavailable(exc):  # a raw driver error (psycopg) outside SQLAlchemy
+            return database_unavailable_response(app)
         # The traceback goes to the log (secrets are masked there); the client gets no detail.
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return handle_http(InternalServerError("Internal error; it has been logged."))

@@ -21,6 +21,7 @@ from crm_app.auth.access import page_login_required
 from crm_app.extensions import csrf, limiter
 from crm_app.models import ApiKey
 from crm_app.services import inbound as svc
+from crm_app.services.chats import intake as chats_intake
 from crm_app.services.inbound import telegram
 from crm_app.services.inbound.keys import MAX_NAME_LEN
 from crm_app.services.inbound.views import inbound_panel, request_view
@@ -91,6 +92,7 @@ def submit_inbound() -> Response:
             errors=svc.field_errors(exc),
         )
     req = svc.submit(key.owner_id, payload, idempotency_key=idem, api_key_id=key.id)
+    chats_intake.from_widget(key.owner_id, payload.model_dump(), req.public_id)
     location = url_for("inbound.inbound_status", public_id=req.public_id)
     return json_response(
         {"id": req.public_id, "status": req.status}, 202, headers={"Location": location}
@@ -128,6 +130,7 @@ def telegram_webhook(secret: str) -> Response:
     if not isinstance(update, dict):
         abort(400, description="The body must be a Bot API Update (JSON object).")
     req = telegram.handle_update(cfg, update)
+    chats_intake.from_telegram(cfg.owner_id, (cfg.telegram_secret_hash or "")[:8], update)
     if req is None:
         logger.debug("telegram update ignored for owner %s", cfg.owner_id)
     return jsonify({"ok": True})

@@ -60,15 +60,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 HTMX_VERSION = "2.0.11"
 LOG_PAGE_SIZE = 20
 NONCE_KEY = "crm_oauth_nonce"
-# Events the panels listen to (documented in docs/connect.md and at the top of static/css/crm.css).
+# Events the panels listen to (documented in docs/connect.md).
 EVT_CONNECTION = "crm-connection-changed"
 EVT_SETTINGS = "crm-settings-saved"
 EVT_STATUS = "crm-status-changed"  # only the badge: e.g. a failed connect put a reason there
-# Panels of their own blueprints, loaded lazily into the page (hx-trigger="load").
+# Panels loaded lazily into the page's slots: (DOM id, endpoint).
 SLOTS = (
     ("sync-panel", "sync_ui.sync_card"),
     ("webhooks-panel", "webhooks.panel"),
     ("inbound-panel", "inbound.inbound_card"),
+    ("chat-channel-panel", "inbox.channel_panel"),
 )
 # Which override of the whole page a panel's view model is (the page shows that state).
 PANEL_KEYS = {
@@ -369,7 +370,7 @@ def disconnect() -> Response:
 
 @bp.get("/admin/crm/callback")
 @page_login_required
-def oauth_callback():  # type: ignore[no-untyped-def]
+def oauth_callback():
     """amoCRM's redirect: state and referer are checked before any request leaves."""
     nonce = session.get(NONCE_KEY)
     try:
@@ -386,7 +387,7 @@ def oauth_callback():  # type: ignore[no-untyped-def]
 
 @bp.get("/admin/crm/callback/done")
 @page_login_required
-def oauth_done():  # type: ignore[no-untyped-def]
+def oauth_done():
     return _callback_page(ok=True, reason=None, status=200)
 
 
@@ -404,7 +405,7 @@ def _callback_page(ok: bool, reason: str | None, status: int) -> Response:
 
 @bp.get("/webhooks/amocrm/disconnect")
 @csrf.exempt
-def disconnect_hook():  # type: ignore[no-untyped-def]
+def disconnect_hook():
     """GET with client_uuid, account_id and an HMAC-SHA256 signature keyed by the client secret."""
     args = request.args
     if not all(args.get(k) for k in ("client_uuid", "account_id", "signature")):
@@ -439,7 +440,7 @@ def _template_helpers() -> dict[str, Any]:
 
 @bp.app_template_filter("masked")
 def _masked(value: Any) -> str:
-    """Free text from amoCRM or other areas, with anything secret-shaped cut out."""
+    """Free text (from amoCRM, error messages), with anything secret-shaped cut out."""
     return mask_secrets(str(value)) if value not in (None, "") else ""
 
 

@@ -93,7 +93,7 @@ def action_done(message: str, *, event: str | None = None, category: str = "succ
 
 def to_page() -> Response:
     """303 to the CRM page of the owner being looked at."""
-    return _finish(redirect(request_context().url("pages.crm_page"), code=303))
+    return _finish(make_response(redirect(request_context().url("pages.crm_page"), code=303)))
 
 
 def as_json(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,7 +23,7 @@ from werkzeug.wsgi import get_input_stream
 from crm_app.auth.access import page_login_required
 from crm_app.extensions import csrf, limiter
 from crm_app.security import HSTS_VALUE, PERMISSIONS_POLICY, REFERRER_POLICY, is_https_deployment
-from crm_app.services.webhooks import inbox
+from crm_app.services.webhooks import inbox, spool
 from crm_app.services.webhooks import receive as receive_service
 from crm_app.web.context import request_context
 from crm_app.web.respond import respond, to_page, wants_fragment
@@ -86,6 +87,7 @@ class WebhookFastPath:
     def __init__(self, app: Flask, wsgi_app: Any) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
+        self.swept_in: int | None = None
         https = is_https_deployment(app)
         self.headers = [
             ("X-Content-Type-Options", "nosniff"),
@@ -108,6 +110,10 @@ class WebhookFastPath:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.swept_in != os.getpid():
+            # Startup sweep: deliveries a previous process spooled during a database outage.
+            self.swept_in = os.getpid()
+            spool.sweep_leftovers(self.app)
         if environ.get("REQUEST_METHOD") != "POST" or not self.app.config["WEBHOOK_FAST_PATH"]:
             return self.wsgi_app(environ, start_response)
         token = self._token(environ)
@@ -156,6 +162,7 @@ def _install_fast_path(state: Any) -> None:
 
 def _card(message: str | None = None) -> Response:
     from crm_app.services.webhooks.subscription import subscription_state
+    from crm_app.services.webhooks.watchdog import last_event
 
     ctx = request_context()
     return respond(
@@ -165,6 +172,7 @@ def _card(message: str | None = None) -> Response:
         counts=inbox.counts(ctx.owner_id),
         recent=inbox.recent(ctx.owner_id, 5),
         last_error=inbox.last_error(ctx.owner_id),
+        watchdog=last_event(ctx.owner_id),
         outcome=message,
     )
 

@@ -173,7 +173,7 @@ def add_owner(name: str) -> int:
 
 
 @pytest.fixture
-def world(app) -> World:  # type: ignore[no-untyped-def]
+def world(app) -> World:
     """Users admin/user/guest of "acme", "globex_user" of "globex"; Bearer tokens for each."""
     from crm_app.auth.tokens import issue_token
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,15 +10,10 @@ from tests.api.conftest import World
 
 
 @pytest.fixture
-def sandbox(app) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    from crm_app.sandbox import SandboxServer
-
-    server = SandboxServer(port=0, contacts=5, leads=5, tasks=5, rate_limit=0).start()
+def sandbox(app, make_sandbox) -> Any:
+    server = make_sandbox(contacts=5, leads=5, tasks=5, rate_limit=0)
     app.config["AMOCRM_BASE_URL"] = server.url
-    try:
-        yield server
-    finally:
-        server.stop()
+    return server
 
 
 def _settings(sandbox: Any) -> dict[str, Any]:
@@ -32,7 +26,7 @@ def _settings(sandbox: Any) -> dict[str, Any]:
     }
 
 
-def test_private_code_connects_at_once(client, world: World, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_private_code_connects_at_once(client, world: World, sandbox) -> None:
     headers = world.header("user")
     body = _settings(sandbox) | {"authorization_code": sandbox.auth_code()}
     resp = client.put("/admin/crm/config", json=body, headers=headers)
@@ -51,7 +45,7 @@ def test_private_code_connects_at_once(client, world: World, sandbox) -> None:  
     assert off.status_code == 200 and off.json["status"] == "disconnected"
 
 
-def test_a_refused_code_is_a_clear_error_and_changes_no_connection(client, world, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_code_is_a_clear_error_and_changes_no_connection(client, world, sandbox) -> None:
     headers = world.header("admin")
     body = _settings(sandbox) | {"authorization_code": "never-issued-code"}
     resp = client.put("/admin/crm/config", json=body, headers=headers)
@@ -60,7 +54,7 @@ def test_a_refused_code_is_a_clear_error_and_changes_no_connection(client, world
     assert client.get("/admin/crm/status", headers=headers).json["status"] == "disconnected"
 
 
-def test_long_lived_token_connects(client, world: World, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_long_lived_token_connects(client, world: World, sandbox) -> None:
     headers = world.header("user")
     assert (
         client.put("/admin/crm/config", json=_settings(sandbox), headers=headers).status_code == 200
@@ -71,7 +65,7 @@ def test_long_lived_token_connects(client, world: World, sandbox) -> None:  # ty
     assert resp.json["status"] == "connected" and token not in resp.get_data(as_text=True)
 
 
-def test_garbage_long_lived_token_is_a_client_error(client, world: World, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_garbage_long_lived_token_is_a_client_error(client, world: World, sandbox) -> None:
     headers = world.header("user")
     client.put("/admin/crm/config", json=_settings(sandbox), headers=headers)
     resp = client.put(
@@ -80,7 +74,7 @@ def test_garbage_long_lived_token_is_a_client_error(client, world: World, sandbo
     assert 400 <= resp.status_code < 500 and resp.mimetype == "application/problem+json"
 
 
-def test_guest_cannot_connect(client, world: World, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_guest_cannot_connect(client, world: World, sandbox) -> None:
     body = {"authorization_code": sandbox.auth_code()}
     resp = client.put("/admin/crm/config", json=body, headers=world.header("guest"))
     assert resp.status_code == 403
@@ -92,7 +86,7 @@ def _state(url: str) -> str:
     return parse_qs(urlsplit(url).query)["state"][0]
 
 
-def _callback(client, sandbox, state: str):  # type: ignore[no-untyped-def]
+def _callback(client, sandbox, state: str):
     referer = f"{sandbox.config.subdomain}.amocrm.ru"
     query = {"code": sandbox.auth_code(), "state": state, "referer": referer}
     return client.get("/admin/crm/callback", query_string=query)
@@ -100,7 +94,7 @@ def _callback(client, sandbox, state: str):  # type: ignore[no-untyped-def]
 
 def test_bearer_issued_state_completes_in_the_same_users_browser(
     client, login, world, sandbox
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     headers = world.header("user")
     assert (
         client.put("/admin/crm/config", json=_settings(sandbox), headers=headers).status_code == 200
@@ -114,7 +108,7 @@ def test_bearer_issued_state_completes_in_the_same_users_browser(
 
 def test_bearer_issued_state_is_refused_in_another_users_browser(
     client, login, world, sandbox
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """OAuth CSRF: a URL minted by one user cannot connect an account in another's browser."""
     headers = world.header("user")
     client.put("/admin/crm/config", json=_settings(sandbox), headers=headers)
@@ -127,7 +121,7 @@ def test_bearer_issued_state_is_refused_in_another_users_browser(
 
 def test_session_issued_state_completes_in_that_session(
     client, login, csrf_token, world, sandbox
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     login("acme_user")
     token = {"X-CSRFToken": csrf_token()}
     assert (

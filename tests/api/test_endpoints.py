@@ -8,7 +8,7 @@ from typing import Any
 from tests.api.conftest import World, add_run, mark_connected
 
 
-def _get(client, world: World, path: str, role: str = "user", **query: Any) -> Any:  # type: ignore[no-untyped-def]
+def _get(client, world: World, path: str, role: str = "user", **query: Any) -> Any:
     resp = client.get(path, headers=world.header(role), query_string=query)
     assert resp.status_code == 200, resp.get_data(as_text=True)[:400]
     assert resp.mimetype == "application/json"
@@ -18,7 +18,7 @@ def _get(client, world: World, path: str, role: str = "user", **query: Any) -> A
 # -- mirror ---------------------------------------------------------------------------------------
 
 
-def test_contacts_are_amocrm_shaped(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_contacts_are_amocrm_shaped(client, world: World) -> None:
     data = _get(client, world, "/admin/crm/contacts")
     assert data["total"] == 3 and data["limit"] == 50 and data["offset"] == 0
     contacts = data["_embedded"]["contacts"]
@@ -31,7 +31,7 @@ def test_contacts_are_amocrm_shaped(client, world: World) -> None:  # type: igno
     assert first["_embedded"]["tags"] == [{"id": 5, "name": "vip"}]
 
 
-def test_contacts_paging_and_search(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_contacts_paging_and_search(client, world: World) -> None:
     page = _get(client, world, "/admin/crm/contacts", limit=2, offset=2)
     assert page["total"] == 3
     assert [c["id"] for c in page["_embedded"]["contacts"]] == [1001]
@@ -49,7 +49,7 @@ def test_contacts_paging_and_search(client, world: World) -> None:  # type: igno
     assert _get(client, world, "/admin/crm/contacts", q="globex")["total"] == 0
 
 
-def test_leads_carry_price_pipeline_and_contacts(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_leads_carry_price_pipeline_and_contacts(client, world: World) -> None:
     data = _get(client, world, "/admin/crm/leads", q="deal 2")
     (lead,) = data["_embedded"]["leads"]
     assert lead["id"] == 2002 and lead["price"] == 2000
@@ -57,14 +57,14 @@ def test_leads_carry_price_pipeline_and_contacts(client, world: World) -> None: 
     assert lead["_embedded"]["contacts"] == [{"id": 1002, "is_main": True}]
 
 
-def test_tasks(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_tasks(client, world: World) -> None:
     data = _get(client, world, "/admin/crm/tasks", q="call back 1")
     (task,) = data["_embedded"]["tasks"]
     assert task["entity_type"] == "leads" and task["entity_id"] == 2001
     assert task["is_completed"] is False and task["result"].get("text") is None
 
 
-def test_pipelines_with_statuses(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_pipelines_with_statuses(client, world: World) -> None:
     data = _get(client, world, "/admin/crm/pipelines")
     assert data["total"] == 1
     (pipeline,) = data["_embedded"]["pipelines"]
@@ -75,7 +75,7 @@ def test_pipelines_with_statuses(client, world: World) -> None:  # type: ignore[
 # -- log, stats, runs -----------------------------------------------------------------------------
 
 
-def test_sync_log_newest_first_paged_and_filtered(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_sync_log_newest_first_paged_and_filtered(client, world: World) -> None:
     data = _get(client, world, "/admin/crm/sync/log")
     ops = [i["operation"] for i in data["items"]]
     assert ops == ["create_lead", "sync_leads", "sync_contacts"]
@@ -90,14 +90,14 @@ def test_sync_log_newest_first_paged_and_filtered(client, world: World) -> None:
     assert contacts["total"] == 1
 
 
-def test_stats(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_stats(client, world: World) -> None:
     data = _get(client, world, "/admin/crm/stats")
     assert (data["contacts_count"], data["leads_count"], data["tasks_count"]) == (3, 3, 3)
     # The seeded run has no finish time, so there is no successful sync to report yet.
     assert data["last_sync_at"] is None
 
 
-def test_sync_starts_once_and_can_be_polled(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_sync_starts_once_and_can_be_polled(client, world: World) -> None:
     from crm_app.extensions import db
     from crm_app.models import SyncRun
 
@@ -117,7 +117,7 @@ def test_sync_starts_once_and_can_be_polled(client, world: World) -> None:  # ty
     assert polled["run_id"] == run_id and polled["status"] == "queued"
 
 
-def test_sync_while_disconnected_is_refused_and_queues_nothing(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_sync_while_disconnected_is_refused_and_queues_nothing(client, world: World) -> None:
     from crm_app.extensions import db
     from crm_app.models import SyncRun
 
@@ -128,7 +128,7 @@ def test_sync_while_disconnected_is_refused_and_queues_nothing(client, world: Wo
     assert db.session.scalar(db.select(db.func.count()).select_from(SyncRun)) == before
 
 
-def test_sync_with_everything_switched_off_is_a_conflict(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_sync_with_everything_switched_off_is_a_conflict(client, world: World) -> None:
     mark_connected(world.own)
     headers = world.header("admin")
     off = {"sync_contacts": False, "sync_leads": False, "sync_tasks": False}
@@ -138,7 +138,7 @@ def test_sync_with_everything_switched_off_is_a_conflict(client, world: World) -
     assert "nothing to sync" in resp.json["detail"]
 
 
-def test_sync_run_of_a_finished_run(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_sync_run_of_a_finished_run(client, world: World) -> None:
     run_id = add_run(world.own, status="error")
     data = _get(client, world, f"/admin/crm/sync/runs/{run_id}")
     assert data["status"] == "error"
@@ -150,7 +150,7 @@ def test_sync_run_of_a_finished_run(client, world: World) -> None:  # type: igno
 # -- settings -------------------------------------------------------------------------------------
 
 
-def test_config_never_shows_secrets(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_config_never_shows_secrets(client, world: World) -> None:
     resp = client.get("/admin/crm/config", headers=world.header("user"))
     text = resp.get_data(as_text=True)
     assert resp.status_code == 200 and "secret-acme-value" not in text
@@ -163,7 +163,7 @@ def test_config_never_shows_secrets(client, world: World) -> None:  # type: igno
     assert guest["webhook_url"] is None and guest["subdomain"] == "acmecorp"
 
 
-def test_put_config_changes_only_what_was_sent(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_put_config_changes_only_what_was_sent(client, world: World) -> None:
     from crm_app.extensions import db
     from crm_app.models import AmoConfig
 
@@ -187,7 +187,7 @@ def test_put_config_changes_only_what_was_sent(client, world: World) -> None:  #
     assert cleared.status_code == 200 and cleared.json["lead_pipeline_id"] is None
 
 
-def test_put_config_field_errors(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_put_config_field_errors(client, world: World) -> None:
     headers = world.header("admin")
     resp = client.put("/admin/crm/config", headers=headers, json={"subdomain": "bad.host/x"})
     assert resp.status_code == 422 and resp.mimetype == "application/problem+json"
@@ -202,7 +202,7 @@ def test_put_config_field_errors(client, world: World) -> None:  # type: ignore[
     assert client.put("/admin/crm/config", headers=headers, json=both).status_code == 422
 
 
-def test_auth_url_has_client_id_single_use_state_and_mode(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_auth_url_has_client_id_single_use_state_and_mode(client, world: World) -> None:
     from urllib.parse import parse_qs, urlsplit
 
     from crm_app.extensions import db
@@ -225,7 +225,7 @@ def test_auth_url_has_client_id_single_use_state_and_mode(client, world: World) 
     assert bad.status_code == 422
 
 
-def test_status_account_and_disconnect(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_status_account_and_disconnect(client, world: World) -> None:
     status = _get(client, world, "/admin/crm/status")
     assert status["status"] == "disconnected" and status["last_error"] is None
     account = _get(client, world, "/admin/crm/account")
@@ -234,7 +234,7 @@ def test_status_account_and_disconnect(client, world: World) -> None:  # type: i
     assert resp.status_code == 200 and resp.json["status"] == "disconnected"
 
 
-def test_errors_are_problem_documents(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_problem_documents(client, world: World) -> None:
     headers = world.header("user")
     missing = client.get("/admin/crm/nope", headers=headers)
     assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
@@ -243,7 +243,7 @@ def test_errors_are_problem_documents(client, world: World) -> None:  # type: ig
     assert "PUT" in wrong.headers["Allow"]
 
 
-def test_a_response_that_breaks_its_schema_is_a_bare_500(client, world: World, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_response_that_breaks_its_schema_is_a_bare_500(client, world: World, monkeypatch) -> None:
     import crm_app.web.api as api
 
     monkeypatch.setattr(api, "get_stats", lambda owner_id: {"contacts_count": "secret-ish"})
@@ -279,7 +279,7 @@ def test_sync_log_masks_secret_shaped_details(app, client, make_user, auth_heade
     assert '"status_code":401' in body.replace(" ", "")
 
 
-def test_new_deal_when_closed_is_a_setting(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_new_deal_when_closed_is_a_setting(client, world: World) -> None:
     """Repeat contacts with a closed deal: new deal (default) or a note — chosen in the settings."""
     headers = world.header("user")
     assert client.get("/admin/crm/config", headers=headers).json["new_deal_when_closed"] is True

@@ -26,6 +26,7 @@ def _claims(app: Any, user_id: int, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": str(user_id),
+        "ver": 0,
         "iat": now,
         "nbf": now,
         "exp": now + 300,
@@ -139,6 +140,9 @@ ATTACKS: dict[str, Callable[[Any, int], str]] = {
     "non-numeric sub": lambda app, uid: _good(app, uid, sub="admin"),
     "integer sub": lambda app, uid: _good(app, uid, sub=uid),
     "sub of a user that never existed": lambda app, uid: _good(app, uid, sub="987654"),
+    "no session version": lambda app, uid: _good(app, uid, ver=_DROP),
+    "a signed-out session version": lambda app, uid: _good(app, uid, ver=-1),
+    "session version as a string": lambda app, uid: _good(app, uid, ver="0"),
     "garbage": lambda app, uid: "not-a-jwt",
     "three garbage parts": lambda app, uid: "a.b.c",
     "empty": lambda app, uid: "",
@@ -153,7 +157,7 @@ def _assert_401(resp: Any) -> None:
     assert resp.headers["WWW-Authenticate"].lower().startswith("bearer")
 
 
-def test_a_valid_token_is_accepted(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_a_valid_token_is_accepted(app, client, world: World) -> None:
     """The control row: the forging helpers build tokens the server does accept when honest."""
     token = _good(app, world.users["user"].id)
     assert client.get(URL, headers={"Authorization": f"Bearer {token}"}).status_code == 200
@@ -161,7 +165,7 @@ def test_a_valid_token_is_accepted(app, client, world: World) -> None:  # type: 
     assert client.get(URL, headers={"Authorization": f"bearer {token}"}).status_code == 200
 
 
-def test_attack_table(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_attack_table(app, client, world: World) -> None:
     """Each forged or misaddressed token gets 401; every row that does not is reported."""
     accepted = {}
     for name, forge in sorted(ATTACKS.items()):
@@ -174,7 +178,7 @@ def test_attack_table(app, client, world: World) -> None:  # type: ignore[no-unt
     assert not accepted, accepted
 
 
-def test_token_of_a_deleted_user(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_token_of_a_deleted_user(app, client, world: World) -> None:
     from crm_app.extensions import db
 
     user = world.users["user"]
@@ -185,7 +189,7 @@ def test_token_of_a_deleted_user(app, client, world: World) -> None:  # type: ig
     _assert_401(client.get(URL, headers={"Authorization": f"Bearer {token}"}))
 
 
-def test_token_of_a_deactivated_user(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_token_of_a_deactivated_user(app, client, world: World) -> None:
     from crm_app.extensions import db
 
     user = world.users["admin"]
@@ -196,7 +200,7 @@ def test_token_of_a_deactivated_user(app, client, world: World) -> None:  # type
     _assert_401(client.get(URL, headers={"Authorization": f"Bearer {token}"}))
 
 
-def test_role_comes_from_the_database_not_the_token(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_role_comes_from_the_database_not_the_token(app, client, world: World) -> None:
     """A token minted for an admin loses admin powers the moment the role is lowered."""
     from crm_app.extensions import db
 
@@ -211,13 +215,13 @@ def test_role_comes_from_the_database_not_the_token(app, client, world: World) -
     assert client.post("/admin/crm/sync", headers=headers, json={}).status_code == 403
 
 
-def test_bad_bearer_does_not_fall_back_to_the_session(app, client, login, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_bad_bearer_does_not_fall_back_to_the_session(app, client, login, world: World) -> None:
     login("acme_user")
     assert client.get(URL).status_code == 200  # the session works on its own
     _assert_401(client.get(URL, headers={"Authorization": "Bearer forged.token.here"}))
 
 
-def test_session_of_a_deactivated_user(app, client, login, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_session_of_a_deactivated_user(app, client, login, world: World) -> None:
     from crm_app.extensions import db
 
     login("acme_user")
@@ -227,7 +231,7 @@ def test_session_of_a_deactivated_user(app, client, login, world: World) -> None
     assert client.get(URL).status_code == 401
 
 
-def test_token_endpoint_issues_what_the_api_accepts(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_token_endpoint_issues_what_the_api_accepts(app, client, world: World) -> None:
     resp = client.post("/auth/token", json={"username": "acme_guest", "password": "password123"})
     assert resp.status_code == 200
     body = resp.json

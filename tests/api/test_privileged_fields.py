@@ -69,7 +69,7 @@ def _body(route: tuple[str, str]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("route", WRITE_ROUTES, ids=lambda r: f"{r[0]} {r[1]}")
 @pytest.mark.parametrize("actor", ["admin", "user"])
-def test_extra_privileged_fields_change_nothing(client, world: World, route, actor: str) -> None:  # type: ignore[no-untyped-def]
+def test_extra_privileged_fields_change_nothing(client, world: World, route, actor: str) -> None:
     method, path = route
     # The webhook URL is made on first read; make it now so the snapshot already holds it.
     client.get("/admin/crm/config", headers=world.header(actor))
@@ -89,7 +89,7 @@ def test_extra_privileged_fields_change_nothing(client, world: World, route, act
     assert snapshot(world) == before
 
 
-def test_query_string_cannot_smuggle_a_user_or_owner(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_query_string_cannot_smuggle_a_user_or_owner(client, world: World) -> None:
     """GET /auth-url binds the state to the caller whatever the query says."""
     from crm_app.extensions import db
     from crm_app.models import OAuthState
@@ -101,7 +101,7 @@ def test_query_string_cannot_smuggle_a_user_or_owner(client, world: World) -> No
     assert state.owner_id == world.own and state.user_id == world.users["user"].id
 
 
-def test_owner_id_in_the_body_is_not_the_owner(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_owner_id_in_the_body_is_not_the_owner(client, world: World) -> None:
     """Only ?owner_id= selects an owner; the same key in a body is a rejected field."""
     mark_connected(world.own, world.other)
     admin = world.header("admin")

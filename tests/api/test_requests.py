@@ -14,7 +14,7 @@ WRITES = (
 # -- CSRF: Bearer calls are exempt, session writes are not ----------------------------------------
 
 
-def test_session_writes_need_the_csrf_header(client, login, csrf_token, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_session_writes_need_the_csrf_header(client, login, csrf_token, world: World) -> None:
     from crm_app.extensions import db
     from crm_app.models import SyncRun
 
@@ -34,26 +34,26 @@ def test_session_writes_need_the_csrf_header(client, login, csrf_token, world: W
         assert allowed.status_code == ok, (path, allowed.data)
 
 
-def test_session_reads_need_no_csrf_header(client, login, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_session_reads_need_no_csrf_header(client, login, world: World) -> None:
     login("acme_guest")
     assert client.get("/admin/crm/contacts").status_code == 200
     assert client.get("/admin/crm/config").status_code == 200
 
 
-def test_session_guest_write_is_forbidden_even_with_csrf(client, login, csrf_token, world) -> None:  # type: ignore[no-untyped-def]
+def test_session_guest_write_is_forbidden_even_with_csrf(client, login, csrf_token, world) -> None:
     login("acme_guest")
     resp = client.post("/admin/crm/sync", json={}, headers={"X-CSRFToken": csrf_token()})
     assert resp.status_code == 403 and resp.mimetype == "application/problem+json"
 
 
-def test_bearer_writes_need_no_csrf(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_bearer_writes_need_no_csrf(client, world: World) -> None:
     mark_connected(world.own)
     for method, path, body, ok in WRITES:
         resp = client.open(path, method=method, json=body, headers=world.header("user"))
         assert resp.status_code == ok, (path, resp.data)
 
 
-def test_session_csrf_token_of_another_session_is_refused(app, client, login, world) -> None:  # type: ignore[no-untyped-def]
+def test_session_csrf_token_of_another_session_is_refused(app, client, login, world) -> None:
     import re
 
     other = app.test_client()
@@ -68,13 +68,13 @@ def test_session_csrf_token_of_another_session_is_refused(app, client, login, wo
 # -- bodies ----------------------------------------------------------------------------------------
 
 
-def test_oversized_body_is_413(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_body_is_413(client, world: World) -> None:
     big = {"client_secret": "x" * (70 * 1024)}
     resp = client.put("/admin/crm/config", json=big, headers=world.header("admin"))
     assert resp.status_code == 413 and resp.mimetype == "application/problem+json"
 
 
-def test_body_limit_is_configurable(app, client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_body_limit_is_configurable(app, client, world: World) -> None:
     app.config["API_MAX_BODY"] = 50
     resp = client.put(
         "/admin/crm/config",
@@ -84,7 +84,7 @@ def test_body_limit_is_configurable(app, client, world: World) -> None:  # type:
     assert resp.status_code == 413
 
 
-def test_body_must_be_json(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_body_must_be_json(client, world: World) -> None:
     headers = world.header("admin")
     form = client.put("/admin/crm/config", data={"sync_tasks": "false"}, headers=headers)
     assert form.status_code == 415 and form.mimetype == "application/problem+json"
@@ -111,7 +111,7 @@ def test_body_must_be_json(client, world: World) -> None:  # type: ignore[no-unt
         assert resp.status_code == 422, not_an_object
 
 
-def test_empty_body_is_fine_where_optional(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_empty_body_is_fine_where_optional(client, world: World) -> None:
     mark_connected(world.own)
     headers = world.header("admin")
     assert client.post("/admin/crm/sync", headers=headers).status_code == 202
@@ -133,7 +133,7 @@ BAD_CONFIG = [
 BAD_SYNC = [{"entities": []}, {"entities": ["deals"]}, {"full": "true"}, {"entities": "contacts"}]
 
 
-def test_bodies_are_validated_strictly(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_bodies_are_validated_strictly(client, world: World) -> None:
     headers = world.header("admin")
     wrong = []
     for path, method, bodies in (
@@ -148,7 +148,7 @@ def test_bodies_are_validated_strictly(client, world: World) -> None:  # type: i
     assert not wrong, wrong
 
 
-def test_rejected_secrets_are_not_echoed(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_rejected_secrets_are_not_echoed(client, world: World) -> None:
     body = {"client_secret": "TopSecretValue\x00", "long_lived_token": "eyJ.bad token"}
     resp = client.put("/admin/crm/config", json=body, headers=world.header("admin"))
     assert resp.status_code == 422
@@ -171,7 +171,7 @@ BAD_QUERIES = [
 ]
 
 
-def test_list_query_is_validated(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_list_query_is_validated(client, world: World) -> None:
     wrong = []
     for query in BAD_QUERIES:
         resp = client.get("/admin/crm/contacts", query_string=query, headers=world.header("user"))
@@ -185,14 +185,14 @@ def test_list_query_is_validated(client, world: World) -> None:  # type: ignore[
     assert not wrong, wrong
 
 
-def test_unknown_query_parameters_are_ignored(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_query_parameters_are_ignored(client, world: World) -> None:
     resp = client.get(
         "/admin/crm/contacts", query_string={"lang": "en", "_": "1"}, headers=world.header("user")
     )
     assert resp.status_code == 200
 
 
-def test_token_endpoint_rejects_odd_bodies_without_500(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_token_endpoint_rejects_odd_bodies_without_500(client, world: World) -> None:
     """Found by the property run: a bare number, NUL and lone surrogates used to give 500."""
     bodies = [
         "6.9588381597846815e+19",
@@ -208,7 +208,7 @@ def test_token_endpoint_rejects_odd_bodies_without_500(client, world: World) -> 
         assert resp.mimetype == "application/problem+json"
 
 
-def test_lone_surrogates_in_api_bodies_are_422(client, world: World) -> None:  # type: ignore[no-untyped-def]
+def test_lone_surrogates_in_api_bodies_are_422(client, world: World) -> None:
     body = '{"redirect_uri": "https://x.example/\\ud800"}'
     resp = client.put(
         "/admin/crm/config",

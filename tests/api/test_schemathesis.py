@@ -8,7 +8,7 @@ its schema and media type. Bounded: a few dozen examples per operation.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,16 +39,11 @@ def _per_request_context(app: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def sandbox_url(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def sandbox_url(app, make_sandbox) -> str:
     """amoCRM calls (code exchange, long-lived token probe) go to a local sandbox."""
-    from crm_app.sandbox import SandboxServer
-
-    server = SandboxServer(port=0, contacts=5, leads=5, tasks=5, rate_limit=0).start()
+    server = make_sandbox(contacts=5, leads=5, tasks=5, rate_limit=0)
     app.config["AMOCRM_BASE_URL"] = server.url
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    return str(server.url)
 
 
 def _operations() -> list[tuple[str, str]]:
@@ -60,7 +55,7 @@ def _operations() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def api_schema(app, world: World, sandbox_url: str):  # type: ignore[no-untyped-def]
+def api_schema(app, world: World, sandbox_url: str):
     config = SchemathesisConfig.from_dict(
         {
             "headers": {"Authorization": f"Bearer {world.tokens['admin']}"},
@@ -72,7 +67,7 @@ def api_schema(app, world: World, sandbox_url: str):  # type: ignore[no-untyped-
     )
 
 
-def test_every_documented_operation_is_fuzzed(api_schema) -> None:  # type: ignore[no-untyped-def]
+def test_every_documented_operation_is_fuzzed(api_schema) -> None:
     documented = set()
     for result in api_schema.get_all_operations():
         op = result.ok()
@@ -91,7 +86,7 @@ CHECKS = [
 
 
 @pytest.mark.parametrize("operation", _operations(), ids=lambda o: f"{o[0]} {o[1]}")
-def test_operation_conforms_to_the_document(api_schema, operation) -> None:  # type: ignore[no-untyped-def]
+def test_operation_conforms_to_the_document(api_schema, operation) -> None:
     method, path = operation
     op = api_schema[path][method]
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -105,7 +100,7 @@ def test_operation_conforms_to_the_document(api_schema, operation) -> None:  # t
             phases=[Phase.explicit, Phase.generate],
         )
         @given(case=op.as_strategy(generation_mode=mode))
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case) -> None:
             case.call_and_validate(checks=CHECKS)
 
         run()

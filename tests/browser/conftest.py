@@ -33,7 +33,7 @@ class LiveApp:
 
 
 @pytest.fixture
-def live_app(app) -> Iterator[LiveApp]:  # type: ignore[no-untyped-def]
+def live_app(app) -> Iterator[LiveApp]:
     """The app served by werkzeug in a thread; PUBLIC_URL and the sandbox point at each other."""
     from werkzeug.serving import make_server
 
@@ -68,7 +68,7 @@ def live_app(app) -> Iterator[LiveApp]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def browser(request):  # type: ignore[no-untyped-def]
+def browser(request):
     """Debian's Chromium through Playwright; skipped by name when it is not installed."""
     executable = shutil.which("chromium")
     if executable is None:

@@ -1,9 +1,9 @@
-"""Fixtures for the connect area: a sandbox amoCRM, a configured owner, signed-in users."""
+"""Fixtures for the connection tests: a sandbox amoCRM, a configured owner, signed-in users."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,25 +14,21 @@ CALLBACK = "/admin/crm/callback"
 
 
 @pytest.fixture
-def sandbox(app) -> Iterator[SandboxServer]:  # type: ignore[no-untyped-def]
+def sandbox(app, make_sandbox) -> SandboxServer:
     """A sandbox amoCRM on a free port; the app sends every amoCRM request there.
 
     The sandbox's integration is registered with the app's own Redirect URI, as an admin would
     do in amoCRM's integration settings.
     """
-    server = SandboxServer(
-        port=0,
+    server: SandboxServer = make_sandbox(
         contacts=30,
         leads=25,
         tasks=15,
         rate_limit=0,
         redirect_uri=app.config["PUBLIC_URL"] + CALLBACK,
-    ).start()
+    )
     app.config["AMOCRM_BASE_URL"] = server.url
-    try:
-        yield server
-    finally:
-        server.stop()
+    return server
 
 
 def token_requests(server: SandboxServer) -> list[dict[str, Any]]:
@@ -45,17 +41,17 @@ def token_requests(server: SandboxServer) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def owner(make_user):  # type: ignore[no-untyped-def]
+def owner(make_user):
     """An owner "acme" with an admin of its own; returns the admin user."""
     return make_user("alice", role="admin", owner="acme")
 
 
 @pytest.fixture
-def configure(app, sandbox):  # type: ignore[no-untyped-def]
+def configure(app, sandbox):
     """configure(owner_id) saves settings that match the sandbox's integration."""
     from crm_app.services import settings
 
-    def _configure(owner_id: int, **extra: Any):  # type: ignore[no-untyped-def]
+    def _configure(owner_id: int, **extra: Any):
         cfg = sandbox.config
         data = {
             "subdomain": cfg.subdomain,
@@ -70,11 +66,11 @@ def configure(app, sandbox):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def connected(configure, sandbox):  # type: ignore[no-untyped-def]
+def connected(configure, sandbox):
     """connected(owner_id) connects the owner with a fresh private-integration code."""
     from crm_app.services import connection
 
-    def _connect(owner_id: int):  # type: ignore[no-untyped-def]
+    def _connect(owner_id: int):
         configure(owner_id)
         return connection.connect_with_code(owner_id, sandbox.auth_code())
 
@@ -82,7 +78,7 @@ def connected(configure, sandbox):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def page_csrf(client) -> Callable[[], str]:  # type: ignore[no-untyped-def]
+def page_csrf(client) -> Callable[[], str]:
     """The CSRF token the CRM page puts in <body hx-headers> for the signed-in client."""
 
     def _token() -> str:

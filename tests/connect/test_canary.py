@@ -21,8 +21,8 @@ CANARY_SECRET = f"{CANARY}clientsecret0123456789abcdef"
 CANARY_WEBHOOK = f"{CANARY}webhooktoken"
 CANARY_TELEGRAM = f"{CANARY}telegramsecret"
 CANARY_CLIENT = "canary-client-0001"
-# The webhooks area shows the owner's webhook URL (which embeds its token) to those who may
-# change the integration, by design: INTERFACES.md has GET /admin/crm/config return webhook_url.
+# The webhooks panel shows the owner's webhook URL (which embeds its token) to those who may
+# change the integration, by design: GET /admin/crm/config returns webhook_url (docs/api.md).
 # Everything else, and every page a guest sees, must not contain it.
 SHOWS_WEBHOOK_URL = ("/admin/crm/ui/webhooks", "/admin/crm/config")
 
@@ -46,7 +46,7 @@ def _pages(ctx: dict[str, int]) -> list[tuple[str, str, dict[str, str]]]:
         "/admin/crm/does-not-exist",
         f"/admin/crm?owner_id={ctx['other_owner']}",
         "/admin/crm?owner_id=not-a-number",
-        # Other areas' slots and the JSON API: they must not leak either (404 while missing).
+        # The lazily loaded panels and the JSON API must not leak either.
         "/admin/crm/ui/sync",
         "/admin/crm/ui/webhooks",
         "/admin/crm/ui/inbound",
@@ -73,7 +73,7 @@ def _pages(ctx: dict[str, int]) -> list[tuple[str, str, dict[str, str]]]:
 
 def test_no_secret_in_html_or_logs(
     app, client, owner, login, make_user, sandbox, caplog, capfd
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     caplog.set_level(logging.DEBUG)
     owner_id = owner.owner_id
     sandbox.register_integration(
@@ -194,6 +194,6 @@ def test_no_secret_in_html_or_logs(
     assert CANARY not in logs
 
 
-def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+def _csrf(client) -> str:
     html = client.get("/admin/crm").get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)

@@ -8,7 +8,7 @@ from typing import Any
 from tests.connect.conftest import HX
 
 
-def test_page_in_russian_then_english(app, client, owner, login, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_page_in_russian_then_english(app, client, owner, login, page_csrf) -> None:
     login("alice")
     ru = client.get("/admin/crm").get_data(as_text=True)
     assert '<html lang="ru">' in ru and "Настройки" in ru and "Не подключено" in ru

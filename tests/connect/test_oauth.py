@@ -18,14 +18,14 @@ from tests.connect.conftest import HX, token_requests
 
 
 @pytest.fixture
-def admin(app, client, owner, login, configure):  # type: ignore[no-untyped-def]
+def admin(app, client, owner, login, configure):
     """alice (admin of acme) signed in, with settings that match the sandbox integration."""
     login("alice")
     configure(owner.owner_id)
     return owner
 
 
-def _auth_url(client, page_csrf) -> str:  # type: ignore[no-untyped-def]
+def _auth_url(client, page_csrf) -> str:
     resp = client.post("/admin/crm/ui/auth-url", data={"csrf_token": page_csrf()}, headers=HX)
     assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
     match = re.search(r'id="connect-amocrm" href="([^"]+)"', resp.get_data(as_text=True))
@@ -57,7 +57,7 @@ def _local(location: str) -> str:
     return f"{parts.path}?{parts.query}"
 
 
-def test_popup_flow_connects(app, client, admin, sandbox, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_popup_flow_connects(app, client, admin, sandbox, page_csrf) -> None:
     url = _auth_url(client, page_csrf)
     query = parse_qs(urlsplit(url).query)
     assert query["mode"] == ["post_message"]
@@ -91,7 +91,7 @@ def test_popup_flow_connects(app, client, admin, sandbox, page_csrf) -> None:  #
     assert sandbox.requests_log() == []
 
 
-def test_declined_consent_is_a_clear_400(app, client, admin, sandbox, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_declined_consent_is_a_clear_400(app, client, admin, sandbox, page_csrf) -> None:
     location = _consent(_auth_url(client, page_csrf), decision="deny")
     sandbox.clear_requests()
     resp = client.get(_local(location))
@@ -103,11 +103,11 @@ def test_declined_consent_is_a_clear_400(app, client, admin, sandbox, page_csrf)
     assert connection.status(admin.owner_id)["status"] == "disconnected"
 
 
-def _callback(client, **params: str):  # type: ignore[no-untyped-def]
+def _callback(client, **params: str):
     return client.get("/admin/crm/callback", query_string=params)
 
 
-def _valid_params(client, page_csrf, sandbox) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _valid_params(client, page_csrf, sandbox) -> dict[str, str]:
     state = parse_qs(urlsplit(_auth_url(client, page_csrf)).query)["state"][0]
     return {
         "code": sandbox.auth_code(),
@@ -134,7 +134,7 @@ def _valid_params(client, page_csrf, sandbox) -> dict[str, str]:  # type: ignore
 )
 def test_bad_callbacks_are_refused_before_any_call(
     app, client, admin, sandbox, page_csrf, case, change
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     params = _valid_params(client, page_csrf, sandbox)
     for key, value in change.items():
         if value is None:
@@ -149,7 +149,7 @@ def test_bad_callbacks_are_refused_before_any_call(
     assert load_tokens(admin.owner_id) is None
 
 
-def test_expired_state(app, client, admin, sandbox, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_expired_state(app, client, admin, sandbox, page_csrf) -> None:
     params = _valid_params(client, page_csrf, sandbox)
     db.session.query(OAuthState).update(
         {OAuthState.expires_at: datetime.now(UTC) - timedelta(seconds=1)}
@@ -162,7 +162,7 @@ def test_expired_state(app, client, admin, sandbox, page_csrf) -> None:  # type:
     assert sandbox.requests_log() == []
 
 
-def test_state_from_another_session(app, client, admin, sandbox, page_csrf, make_user) -> None:  # type: ignore[no-untyped-def]
+def test_state_from_another_session(app, client, admin, sandbox, page_csrf, make_user) -> None:
     params = _valid_params(client, page_csrf, sandbox)
     # Another browser (its own session) of the same user replays the redirect.
     other = app.test_client()
@@ -182,7 +182,7 @@ def test_state_from_another_session(app, client, admin, sandbox, page_csrf, make
     assert connection.status(admin.owner_id)["status"] == "connected"
 
 
-def test_callback_requires_login(app, client, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_callback_requires_login(app, client, sandbox) -> None:
     resp = client.get("/admin/crm/callback", query_string={"code": "x", "state": "y"})
     assert resp.status_code == 302 and "/login" in resp.headers["Location"]
     assert sandbox.requests_log() == []
@@ -190,7 +190,7 @@ def test_callback_requires_login(app, client, sandbox) -> None:  # type: ignore[
 
 def test_subdomain_unset_is_adopted_from_referer(
     app, client, owner, login, sandbox, page_csrf
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Settings may leave the subdomain empty: the referer of a valid callback fills it in."""
     login("alice")
     cfg = settings.get_or_create_config(owner.owner_id)
@@ -205,7 +205,7 @@ def test_subdomain_unset_is_adopted_from_referer(
     assert connection.status(owner.owner_id)["status"] == "connected"
 
 
-def test_auth_url_needs_the_integration(app, client, owner, login, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_auth_url_needs_the_integration(app, client, owner, login, page_csrf) -> None:
     login("alice")
     resp = client.post("/admin/crm/ui/auth-url", data={"csrf_token": page_csrf()}, headers=HX)
     assert resp.status_code == 422
@@ -215,7 +215,7 @@ def test_auth_url_needs_the_integration(app, client, owner, login, page_csrf) ->
 
 def test_state_issued_to_the_api_completes_in_that_users_browser(
     app, client, admin, sandbox, make_user
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A Bearer caller has no session: its state is bound to the user instead."""
     url = connection.build_auth_url(admin.owner_id, admin.id, connection.api_nonce(admin.id))
     state = parse_qs(urlsplit(url).query)["state"][0]

@@ -16,13 +16,13 @@ from tests.connect.conftest import HX, token_requests
 
 
 @pytest.fixture
-def admin(app, client, owner, login, configure):  # type: ignore[no-untyped-def]
+def admin(app, client, owner, login, configure):
     login("alice")
     configure(owner.owner_id)
     return owner
 
 
-def test_private_code_connects(app, client, admin, sandbox, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_private_code_connects(app, client, admin, sandbox, page_csrf) -> None:
     reply = requests.post(
         f"{sandbox.url}/_sandbox/auth-code", json={"client_id": sandbox.config.client_id}, timeout=5
     )
@@ -52,7 +52,7 @@ def test_private_code_connects(app, client, admin, sandbox, page_csrf) -> None: 
     assert log.status == "success"
 
 
-def test_spent_code_is_refused_and_not_echoed(app, client, admin, sandbox, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_spent_code_is_refused_and_not_echoed(app, client, admin, sandbox, page_csrf) -> None:
     code = sandbox.auth_code()
     connection.connect_with_code(admin.owner_id, code)
     connection.disconnect(admin.owner_id)
@@ -66,7 +66,7 @@ def test_spent_code_is_refused_and_not_echoed(app, client, admin, sandbox, page_
     assert connection.status(admin.owner_id)["status"] == "disconnected"
 
 
-def test_long_lived_token(app, client, admin, sandbox, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_long_lived_token(app, client, admin, sandbox, page_csrf) -> None:
     token = requests.post(
         f"{sandbox.url}/_sandbox/long-lived-token",
         json={"client_id": sandbox.config.client_id, "days": 30},
@@ -84,7 +84,7 @@ def test_long_lived_token(app, client, admin, sandbox, page_csrf) -> None:  # ty
     assert connection.account_info(admin.owner_id)["account_name"]
 
 
-def test_rejected_long_lived_token(app, client, admin, sandbox, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_rejected_long_lived_token(app, client, admin, sandbox, page_csrf) -> None:
     forged = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDB9.Zm9yZ2Vk"
     resp = client.post(
         "/admin/crm/ui/token", data={"csrf_token": page_csrf(), "token": forged}, headers=HX
@@ -95,7 +95,7 @@ def test_rejected_long_lived_token(app, client, admin, sandbox, page_csrf) -> No
     assert connection.status(admin.owner_id)["status"] == "disconnected"
 
 
-def test_disconnect_forgets_tokens_keeps_settings(app, client, admin, connected, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_disconnect_forgets_tokens_keeps_settings(app, client, admin, connected, page_csrf) -> None:
     connected(admin.owner_id)
     resp = client.post("/admin/crm/ui/disconnect", data={"csrf_token": page_csrf()}, headers=HX)
     assert resp.status_code == 200
@@ -107,7 +107,7 @@ def test_disconnect_forgets_tokens_keeps_settings(app, client, admin, connected,
     assert 'data-status="disconnected"' in badge and "Не подключено" in badge
 
 
-def test_disconnect_without_javascript_redirects(app, client, admin, connected, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_disconnect_without_javascript_redirects(app, client, admin, connected, page_csrf) -> None:
     connected(admin.owner_id)
     resp = client.post("/admin/crm/ui/disconnect", data={"csrf_token": page_csrf()})
     assert resp.status_code == 303
@@ -121,7 +121,7 @@ def _signed(secret: str, client_uuid: str, account_id: str) -> str:
     ).hexdigest()
 
 
-def test_disconnect_hook_signed_by_the_sandbox(app, client, admin, connected, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_disconnect_hook_signed_by_the_sandbox(app, client, admin, connected, sandbox) -> None:
     connected(admin.owner_id)
     # The sandbox signs the hook exactly as amoCRM does; replay its URL against the app.
     result = requests.post(
@@ -137,7 +137,7 @@ def test_disconnect_hook_signed_by_the_sandbox(app, client, admin, connected, sa
     assert "amoCRM" in (connection.status(admin.owner_id)["last_error"] or "")
 
 
-def test_disconnect_hook_bad_or_missing_signature(app, client, admin, connected, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_disconnect_hook_bad_or_missing_signature(app, client, admin, connected, sandbox) -> None:
     connected(admin.owner_id)
     cfg = settings.get_or_create_config(admin.owner_id)
     uuid, account = cfg.client_id, str(cfg.account_id)

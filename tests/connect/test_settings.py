@@ -10,7 +10,7 @@ from crm_app.services import connection, settings
 from crm_app.services.settings import ConfigInvalid
 
 
-def _owner_id(make_user) -> int:  # type: ignore[no-untyped-def]
+def _owner_id(make_user) -> int:
     return make_user("ivan", role="user", owner="acme").owner_id
 
 
@@ -44,7 +44,7 @@ def test_bad_input_names_the_field(data: dict, field: str) -> None:
     assert field in info.value.errors, info.value.errors
 
 
-def test_privileged_fields_are_ignored(app, make_user) -> None:  # type: ignore[no-untyped-def]
+def test_privileged_fields_are_ignored(app, make_user) -> None:
     owner_id = _owner_id(make_user)
     other = make_user("eve", role="user", owner="other").owner_id
     data = settings.parse_config(
@@ -65,7 +65,7 @@ def test_privileged_fields_are_ignored(app, make_user) -> None:  # type: ignore[
     assert db.session.query(AmoConfig).filter_by(owner_id=other).count() == 0
 
 
-def test_empty_secret_keeps_the_stored_one_and_redirect_defaults(app, make_user) -> None:  # type: ignore[no-untyped-def]
+def test_empty_secret_keeps_the_stored_one_and_redirect_defaults(app, make_user) -> None:
     owner_id = _owner_id(make_user)
     settings.update_config(
         owner_id, settings.parse_config({"subdomain": "acme", "client_secret": "s3cret-1"})
@@ -79,7 +79,7 @@ def test_empty_secret_keeps_the_stored_one_and_redirect_defaults(app, make_user)
     assert "s3cret-1" not in repr(settings.config_values(cfg))
 
 
-def test_status_must_belong_to_the_pipeline(app, make_user) -> None:  # type: ignore[no-untyped-def]
+def test_status_must_belong_to_the_pipeline(app, make_user) -> None:
     owner_id = _owner_id(make_user)
     db.session.add_all(
         [
@@ -92,7 +92,7 @@ def test_status_must_belong_to_the_pipeline(app, make_user) -> None:  # type: ig
     )
     db.session.commit()
 
-    def save(**ids: int):  # type: ignore[no-untyped-def]
+    def save(**ids: int):
         return settings.update_config(owner_id, settings.parse_config({"subdomain": "acme", **ids}))
 
     with pytest.raises(ConfigInvalid) as info:
@@ -111,7 +111,7 @@ def test_status_must_belong_to_the_pipeline(app, make_user) -> None:  # type: ig
     assert (cfg.lead_pipeline_id, cfg.lead_status_id) == (10, 101)
 
 
-def test_unknown_mirror_accepts_ids(app, make_user) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_mirror_accepts_ids(app, make_user) -> None:
     owner_id = _owner_id(make_user)
     cfg = settings.update_config(
         owner_id,
@@ -120,7 +120,7 @@ def test_unknown_mirror_accepts_ids(app, make_user) -> None:  # type: ignore[no-
     assert (cfg.lead_pipeline_id, cfg.lead_status_id) == (7, 8)
 
 
-def test_switching_account_forgets_tokens(app, make_user, connected, configure) -> None:  # type: ignore[no-untyped-def]
+def test_switching_account_forgets_tokens(app, make_user, connected, configure) -> None:
     from crm_app.services.tokens import load_tokens
 
     owner_id = _owner_id(make_user)
@@ -133,7 +133,7 @@ def test_switching_account_forgets_tokens(app, make_user, connected, configure) 
     assert connection.status(owner_id)["status"] == "disconnected"
 
 
-def test_settings_form_round_trip(app, client, make_user, login, page_csrf) -> None:  # type: ignore[no-untyped-def]
+def test_settings_form_round_trip(app, client, make_user, login, page_csrf) -> None:
     from tests.connect.conftest import HX
 
     make_user("ivan", role="user", owner="acme")
@@ -173,7 +173,7 @@ def test_settings_form_round_trip(app, client, make_user, login, page_csrf) -> N
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/crm")
 
 
-def connection_owner(client) -> int:  # type: ignore[no-untyped-def]
+def connection_owner(client) -> int:
     from crm_app.models import User
 
     return db.session.query(User).filter_by(username="ivan").one().owner_id

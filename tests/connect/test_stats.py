@@ -38,7 +38,7 @@ def _seed(owner_id: int) -> None:
     db.session.commit()
 
 
-def test_counts_pipelines_and_funnel(app, make_user) -> None:  # type: ignore[no-untyped-def]
+def test_counts_pipelines_and_funnel(app, make_user) -> None:
     owner_id = make_user("ivan", role="user", owner="acme").owner_id
     other = make_user("eve", role="user", owner="other").owner_id
     _seed(owner_id)
@@ -62,7 +62,7 @@ def test_counts_pipelines_and_funnel(app, make_user) -> None:  # type: ignore[no
     assert stats.default_pipeline_id(owner_id, 77) == 1
 
 
-def test_stats_panel_draws_the_funnel(app, client, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_stats_panel_draws_the_funnel(app, client, make_user, login) -> None:
     owner_id = make_user("ivan", role="user", owner="acme").owner_id
     _seed(owner_id)
     login("ivan")

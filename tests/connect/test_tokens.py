@@ -24,7 +24,7 @@ WORKER = Path(__file__).with_name("race_worker.py")
 @pytest.mark.parametrize("stored_expiry", ["still valid", "also expired"])
 def test_twenty_requests_in_two_processes_refresh_once(
     app, owner, connected, sandbox, tmp_path, stored_expiry
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     owner_id = owner.owner_id
     connected(owner_id)
     # Every access token dies now. With our stored expiry still in the future each call meets
@@ -81,7 +81,7 @@ def test_twenty_requests_in_two_processes_refresh_once(
 
 def test_beat_refreshes_due_owners_and_keeps_idle_ones_alive(
     app, make_user, connected, sandbox, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from workers import tokens as tasks
 
     soon = make_user("soon", role="user", owner="soon").owner_id
@@ -116,7 +116,7 @@ def test_beat_refreshes_due_owners_and_keeps_idle_ones_alive(
 
 def test_dead_refresh_token_turns_the_badge_red(
     app, client, owner, login, connected, sandbox
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from workers import tokens as tasks
 
     connected(owner.owner_id)

@@ -28,7 +28,7 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 @pytest.mark.parametrize("url", PANELS)
 def test_a_panel_is_a_fragment_for_htmx_and_a_page_otherwise(
     app, client, make_user, login, url
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     make_user("alice", role="admin", owner="acme")
     login("alice")
     piece = client.get(url, headers=HX)
@@ -46,7 +46,7 @@ def _urls(html: str) -> list[str]:
     return re.findall(r'(?:hx-get|hx-post|action)="([^"]+)"', html)
 
 
-def test_an_admin_on_another_owner_stays_on_that_owner(app, client, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_an_admin_on_another_owner_stays_on_that_owner(app, client, make_user, login) -> None:
     make_user("alice", role="admin", owner="acme")
     other = make_user("bob", role="user", owner="globex").owner_id
     login("alice")
@@ -55,8 +55,8 @@ def test_an_admin_on_another_owner_stays_on_that_owner(app, client, make_user, l
         client.get(f"{u}?owner_id={other}", headers=HX).get_data(as_text=True) for u in PANELS
     ]
     urls = [u for html in [page, *pieces] for u in _urls(html)]
-    # Every panel URL, form and poll names the owner; only the owner picker and logout do not.
-    scoped = [u for u in urls if u not in ("/admin/crm", "/logout")]
+    # Every panel URL, form and poll names the owner; only the owner picker and the sign-out forms do not.
+    scoped = [u for u in urls if u not in ("/admin/crm", "/logout", "/logout/everywhere")]
     assert len(scoped) > 15
     assert all(f"owner_id={other}" in u for u in scoped), [
         u for u in scoped if f"owner_id={other}" not in u
@@ -79,7 +79,7 @@ def test_templates_build_no_owner_query_by_hand() -> None:
 
 def test_sync_log_reads_as_words_while_the_api_keeps_the_data(
     app, client, make_user, login, auth_header
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from crm_app.extensions import db
     from crm_app.models import SyncLog
 
@@ -120,7 +120,7 @@ def test_sync_log_reads_as_words_while_the_api_keeps_the_data(
     assert by_op["sync_tasks"]["access_token"] == "***"
 
 
-def test_a_first_run_asked_as_changes_is_called_full(app, client, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_a_first_run_asked_as_changes_is_called_full(app, client, make_user, login) -> None:
     from crm_app.extensions import db
     from crm_app.models import SyncRun
 
@@ -146,7 +146,7 @@ def test_a_first_run_asked_as_changes_is_called_full(app, client, make_user, log
     assert last and "полная" in last.group(1) and "изменения" not in last.group(1)
 
 
-def test_no_stale_login_banner_after_signing_in(app, client, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_no_stale_login_banner_after_signing_in(app, client, make_user, login) -> None:
     make_user("alice", role="admin", owner="acme")
     assert client.get("/admin/crm").status_code == 302
     login("alice")
@@ -156,7 +156,7 @@ def test_no_stale_login_banner_after_signing_in(app, client, make_user, login) -
 
 def test_unknown_admin_url_is_a_page_for_a_browser_and_json_for_a_client(
     app, client, make_user, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     make_user("alice", role="admin", owner="acme")
     login("alice")
     ru = client.get("/admin/crm/no-such-page", headers=BROWSER)
@@ -174,7 +174,7 @@ def test_unknown_admin_url_is_a_page_for_a_browser_and_json_for_a_client(
     assert client.get("/admin/crm/status", headers=BROWSER).mimetype == "application/json"
 
 
-def test_inbound_card_shows_words_not_codes(app, client, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_inbound_card_shows_words_not_codes(app, client, make_user, login) -> None:
     import uuid
 
     from crm_app.extensions import db

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,16 +23,15 @@ WORKER_ENV = {
 
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
+def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
     """A small seeded account served in-process on a free port."""
-    server = SandboxServer(port=0, contacts=30, leads=20, tasks=0, quiet=True).start()
-    yield server
-    server.stop()
+    server: SandboxServer = make_sandbox(contacts=30, leads=20, tasks=0)
+    return server
 
 
-def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values: Any) -> int:  # type: ignore[no-untyped-def]
+def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values: Any) -> int:
     """An admin user + owner connected to the sandbox, Auto Create Lead on in its first stage."""
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     owner_id = make_user(f"{name}-admin", role="admin", owner=name).owner_id
     pipeline = server.account.main_pipeline
@@ -46,7 +45,7 @@ def connect_owner(app, make_user, server: SandboxServer, name: str, **cfg_values
 
 
 @pytest.fixture
-def connected(app, make_user):  # type: ignore[no-untyped-def]
+def connected(app, make_user):
     """connected(server, name="acme", **AmoConfig values) → owner id."""
 
     def _connect(server: SandboxServer, name: str = "acme", **cfg_values: Any) -> int:
@@ -56,12 +55,12 @@ def connected(app, make_user):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def owner(sandbox, connected) -> int:  # type: ignore[no-untyped-def]
+def owner(sandbox, connected) -> int:
     return connected(sandbox)
 
 
 @pytest.fixture
-def api_key(owner) -> str:  # type: ignore[no-untyped-def]
+def api_key(owner) -> str:
     from crm_app.services.inbound import create_api_key
 
     plain, _row = create_api_key(owner, "test widget")
@@ -69,7 +68,7 @@ def api_key(owner) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def worker(app, celery_worker) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+def worker(app, celery_worker) -> Callable[..., Any]:
     """worker(concurrency=4) starts a real Celery worker with short inbound backoffs."""
 
     def start(concurrency: int = 4, name: str = "inbound") -> Any:
@@ -156,7 +155,7 @@ def contact_cf(server: SandboxServer, contact_id: int) -> dict[str, list[Any]]:
     return out
 
 
-def post_inbound(client, key: str, body: dict[str, Any], **headers: str):  # type: ignore[no-untyped-def]
+def post_inbound(client, key: str, body: dict[str, Any], **headers: str):
     return client.post(
         "/api/crm/inbound", json=body, headers={"Authorization": f"Bearer {key}", **headers}
     )

@@ -17,7 +17,7 @@ def _hx(csrf: str) -> dict[str, str]:
     return {**HX, "X-CSRFToken": csrf}
 
 
-def test_card_lists_keys_and_requests_and_creates_a_key_once(client, login, csrf_token, make_user):  # type: ignore[no-untyped-def]
+def test_card_lists_keys_and_requests_and_creates_a_key_once(client, login, csrf_token, make_user):
     user = make_user("writer", role="user", owner="shop")
     login("writer")
     empty = client.get("/admin/crm/ui/inbound", headers=HX)
@@ -61,7 +61,7 @@ def test_card_lists_keys_and_requests_and_creates_a_key_once(client, login, csrf
     assert db.session.get(ApiKey, row.id).revoked_at is not None
 
 
-def test_card_needs_login_and_guests_only_read(client, login, csrf_token, make_user):  # type: ignore[no-untyped-def]
+def test_card_needs_login_and_guests_only_read(client, login, csrf_token, make_user):
     anonymous = client.get("/admin/crm/ui/inbound", headers=HX)
     assert anonymous.status_code == 401 and anonymous.headers["HX-Redirect"].startswith("/login")
     assert client.get("/admin/crm/ui/inbound").status_code == 302
@@ -74,14 +74,14 @@ def test_card_needs_login_and_guests_only_read(client, login, csrf_token, make_u
     assert db.session.scalar(select(ApiKey)) is None
 
 
-def test_writes_need_the_csrf_token(client, login, make_user):  # type: ignore[no-untyped-def]
+def test_writes_need_the_csrf_token(client, login, make_user):
     make_user("writer2", role="user", owner="shop")
     login("writer2")
     assert client.post("/admin/crm/ui/inbound/keys", headers=HX).status_code == 400
     assert db.session.scalar(select(ApiKey)) is None
 
 
-def test_other_owners_stay_hidden(client, login, csrf_token, make_user):  # type: ignore[no-untyped-def]
+def test_other_owners_stay_hidden(client, login, csrf_token, make_user):
     from crm_app.services.inbound import create_api_key
 
     other = make_user("other", role="user", owner="other-shop")
@@ -98,7 +98,7 @@ def test_other_owners_stay_hidden(client, login, csrf_token, make_user):  # type
     assert db.session.get(ApiKey, key.id).revoked_at is None
 
 
-def test_admin_sees_any_owner_and_forms_keep_the_owner(client, login, make_user):  # type: ignore[no-untyped-def]
+def test_admin_sees_any_owner_and_forms_keep_the_owner(client, login, make_user):
     other = make_user("other", role="user", owner="other-shop")
     make_user("boss", role="admin", owner="hq")
     login("boss")
@@ -107,7 +107,7 @@ def test_admin_sees_any_owner_and_forms_keep_the_owner(client, login, make_user)
     assert f"owner_id={other.owner_id}" in card.get_data(as_text=True)
 
 
-def test_without_htmx_the_card_is_a_page(client, login, csrf_token, make_user):  # type: ignore[no-untyped-def]
+def test_without_htmx_the_card_is_a_page(client, login, csrf_token, make_user):
     make_user("plain", role="user", owner="shop")
     login("plain")
     resp = client.post("/admin/crm/ui/inbound/keys", data={"name": "k", "csrf_token": csrf_token()})
@@ -116,7 +116,7 @@ def test_without_htmx_the_card_is_a_page(client, login, csrf_token, make_user): 
     assert "<html" in html and 'id="new-api-key"' in html
 
 
-def test_api_keys_cli(runner, make_user):  # type: ignore[no-untyped-def]
+def test_api_keys_cli(runner, make_user):
     make_user("cli-admin", role="admin", owner="acme")
     created = runner.invoke(args=["api-keys", "create", "--owner", "acme", "--name", "bot"])
     assert created.exit_code == 0, created.output

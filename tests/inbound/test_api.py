@@ -12,7 +12,7 @@ from tests.inbound.conftest import post_inbound
 
 
 @pytest.fixture
-def owner(make_user) -> int:  # type: ignore[no-untyped-def]
+def owner(make_user) -> int:
     """Storing requests needs no amoCRM: an owner without a sandbox keeps these tests quick."""
     return make_user("acme-admin", role="admin", owner="acme").owner_id
 
@@ -24,7 +24,7 @@ def _count() -> int:
     return db.session.scalar(select(func.count()).select_from(InboundRequest)) or 0
 
 
-def test_accepts_and_reports_queued(client, owner, api_key):  # type: ignore[no-untyped-def]
+def test_accepts_and_reports_queued(client, owner, api_key):
     resp = post_inbound(client, api_key, BODY)
     assert resp.status_code == 202
     assert resp.json["status"] == "queued"
@@ -37,7 +37,7 @@ def test_accepts_and_reports_queued(client, owner, api_key):  # type: ignore[no-
     assert stored.payload["message"] == "Привет" and stored.owner_id == owner
 
 
-def test_invalid_bodies_get_400_with_field_errors(client, owner, api_key):  # type: ignore[no-untyped-def]
+def test_invalid_bodies_get_400_with_field_errors(client, owner, api_key):
     resp = post_inbound(
         client,
         api_key,
@@ -65,7 +65,7 @@ def test_invalid_bodies_get_400_with_field_errors(client, owner, api_key):  # ty
     assert _count() == 0
 
 
-def test_missing_bad_and_revoked_keys_get_401(client, owner, api_key):  # type: ignore[no-untyped-def]
+def test_missing_bad_and_revoked_keys_get_401(client, owner, api_key):
     assert client.post("/api/crm/inbound", json=BODY).status_code == 401
     wrong = post_inbound(client, api_key + "x", BODY)
     assert wrong.status_code == 401
@@ -87,7 +87,7 @@ def test_missing_bad_and_revoked_keys_get_401(client, owner, api_key):  # type: 
     )
 
 
-def test_another_owners_request_is_not_found(client, owner, api_key, make_user):  # type: ignore[no-untyped-def]
+def test_another_owners_request_is_not_found(client, owner, api_key, make_user):
     other = make_user("other-admin", role="admin", owner="other")
     other_key, _ = create_api_key(other.owner_id, "other")
     mine = post_inbound(client, api_key, BODY).json["id"]
@@ -102,7 +102,7 @@ def test_another_owners_request_is_not_found(client, owner, api_key, make_user):
         )
 
 
-def test_idempotency_key_header_answers_with_the_same_request(client, owner, api_key):  # type: ignore[no-untyped-def]
+def test_idempotency_key_header_answers_with_the_same_request(client, owner, api_key):
     a = post_inbound(client, api_key, BODY, **{"Idempotency-Key": "order-77"})
     b = post_inbound(client, api_key, BODY, **{"Idempotency-Key": "order-77"})
     assert a.status_code == b.status_code == 202
@@ -112,7 +112,7 @@ def test_idempotency_key_header_answers_with_the_same_request(client, owner, api
     assert bad.status_code == 400
 
 
-def test_key_is_stored_hashed(owner):  # type: ignore[no-untyped-def]
+def test_key_is_stored_hashed(owner):
     from crm_app.models import ApiKey
     from crm_app.services.inbound import authenticate_api_key
 

@@ -22,14 +22,14 @@ from tests.inbound.conftest import (
 )
 
 
-def _submit(client, key, body, **headers):  # type: ignore[no-untyped-def]
+def _submit(client, key, body, **headers):
     resp = post_inbound(client, key, body, **headers)
     assert resp.status_code == 202, resp.get_data(as_text=True)
     assert resp.json["status"] == "queued"
     return resp.json["id"]
 
 
-def test_new_person_then_repeat_then_closed_deal(client, sandbox, owner, api_key, worker):  # type: ignore[no-untyped-def]
+def test_new_person_then_repeat_then_closed_deal(client, sandbox, owner, api_key, worker):
     warm_fields(owner)
     mark_synced(owner)  # a synced mirror answers the dedup lookups without API calls
     worker()
@@ -119,7 +119,7 @@ def test_new_person_then_repeat_then_closed_deal(client, sandbox, owner, api_key
 
 def test_fifty_identical_requests_at_once_make_one_contact_and_one_deal(
     app, sandbox, owner, api_key, worker
-):  # type: ignore[no-untyped-def]
+):
     worker(concurrency=4)
     before_contacts, before_leads = (
         set(records(sandbox, "contacts")),
@@ -160,7 +160,7 @@ def test_fifty_identical_requests_at_once_make_one_contact_and_one_deal(
 
 def test_amocrm_down_then_up_ends_created_without_duplicates(
     client, sandbox, owner, api_key, worker
-):  # type: ignore[no-untyped-def]
+):
     warm_fields(owner)
     worker()
     before_leads = set(records(sandbox, "leads"))
@@ -197,10 +197,10 @@ def test_amocrm_down_then_up_ends_created_without_duplicates(
 
 def test_dedup_by_phone_and_by_email_against_existing_amocrm_contacts(
     client, sandbox, owner, api_key, worker
-):  # type: ignore[no-untyped-def]
+):
     # The mirror was never synced, so amoCRM is searched. A decoy holds the same digits in
     # another field (query= matches any field); the real contact stores the phone as 8XXXXXXXXXX.
-    def add_contact(body):  # type: ignore[no-untyped-def]
+    def add_contact(body):
         resp = requests.post(f"{sandbox.url}/_sandbox/contacts", json=body, timeout=5)
         assert resp.status_code == 201, resp.text
         return resp.json()["id"]

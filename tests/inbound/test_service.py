@@ -21,7 +21,7 @@ from tests.inbound.conftest import (
 )
 
 
-def _run(owner: int, body: dict) -> InboundRequest:  # type: ignore[type-arg]
+def _run(owner: int, body: dict) -> InboundRequest:
     req = submit(owner, body, enqueue_now=False)
     result = process(req.id)
     db.session.expire_all()
@@ -30,11 +30,11 @@ def _run(owner: int, body: dict) -> InboundRequest:  # type: ignore[type-arg]
     return req
 
 
-def _paths(calls: list[dict]) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+def _paths(calls: list[dict]) -> list[tuple[str, str]]:
     return [(c["method"], c["path"].split("?")[0]) for c in calls]
 
 
-def test_unanswered_create_is_looked_up_before_creating_again(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_unanswered_create_is_looked_up_before_creating_again(sandbox, owner):
     warm_fields(owner)
     mark_synced(owner)
     req = submit(owner, {"channel": "widget", "external_id": "lost-answer", "name": "Вера",
@@ -63,7 +63,7 @@ def test_unanswered_create_is_looked_up_before_creating_again(sandbox, owner):  
     assert "query=" + person.ref in api_calls(sandbox, mark)[0]["path"]
 
 
-def test_unanswered_create_that_never_happened_is_sent_again(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_unanswered_create_that_never_happened_is_sent_again(sandbox, owner):
     warm_fields(owner)
     mark_synced(owner)
     req = submit(owner, {"channel": "widget", "external_id": "lost-request", "name": "Гоша"},
@@ -81,7 +81,7 @@ def test_unanswered_create_that_never_happened_is_sent_again(sandbox, owner):  #
     assert db.session.get(InboundPerson, person.id).create_started_at is None
 
 
-def test_recent_unanswered_create_waits_instead_of_creating(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_recent_unanswered_create_waits_instead_of_creating(sandbox, owner):
     warm_fields(owner)
     req = submit(owner, {"channel": "widget", "external_id": "in-flight"}, enqueue_now=False)
     person = db.session.get(InboundPerson, req.person_id)
@@ -93,7 +93,7 @@ def test_recent_unanswered_create_waits_instead_of_creating(sandbox, owner):  # 
     assert _paths(api_calls(sandbox, mark)) == [("GET", "/api/v4/leads")]
 
 
-def test_synced_mirror_answers_dedup_without_searching(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_synced_mirror_answers_dedup_without_searching(sandbox, owner):
     warm_fields(owner)
     mark_synced(owner)
     existing = requests.post(
@@ -120,7 +120,7 @@ def test_synced_mirror_answers_dedup_without_searching(sandbox, owner):  # type:
     assert _paths(api_calls(sandbox, mark)) == [("POST", "/api/v4/leads/complex")]
 
 
-def test_one_human_on_two_channels_gets_one_contact(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_one_human_on_two_channels_gets_one_contact(sandbox, owner):
     warm_fields(owner)
     mark_synced(owner)
     widget = _run(owner, {"channel": "widget", "external_id": "x-1", "name": "Лев",
@@ -133,7 +133,7 @@ def test_one_human_on_two_channels_gets_one_contact(sandbox, owner):  # type: ig
     assert len(notes_of_lead(sandbox, widget.lead_id)) == 2
 
 
-def test_deleted_deal_gets_replaced_for_a_repeat_message(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_deleted_deal_gets_replaced_for_a_repeat_message(sandbox, owner):
     warm_fields(owner)
     mark_synced(owner)
     first = _run(owner, {"channel": "widget", "external_id": "gone", "name": "Ян", "message": "1"})
@@ -146,7 +146,7 @@ def test_deleted_deal_gets_replaced_for_a_repeat_message(sandbox, owner):  # typ
     assert len(notes_of_lead(sandbox, second.lead_id)) == 1
 
 
-def test_auto_create_off_stores_the_request_and_calls_nothing(sandbox, owner, monkeypatch):  # type: ignore[no-untyped-def]
+def test_auto_create_off_stores_the_request_and_calls_nothing(sandbox, owner, monkeypatch):
     from crm_app.services.amo import get_config
 
     cfg = get_config(owner)
@@ -168,7 +168,7 @@ def test_auto_create_off_stores_the_request_and_calls_nothing(sandbox, owner, mo
     assert process(req.id).status == "created"
 
 
-def test_not_connected_owner_fails_visibly(app, make_user):  # type: ignore[no-untyped-def]
+def test_not_connected_owner_fails_visibly(app, make_user):
     from crm_app.models import AmoConfig
 
     user = make_user("lonely", role="admin", owner="lonely")
@@ -180,7 +180,7 @@ def test_not_connected_owner_fails_visibly(app, make_user):  # type: ignore[no-u
     assert [e.status for e in log] == ["error"]
 
 
-def test_field_map_is_cached_per_owner(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_field_map_is_cached_per_owner(sandbox, owner):
     mark_synced(owner)
     mark = log_mark(sandbox)
     _run(owner, {"channel": "telegram", "external_id": "1001", "name": "А"})
@@ -195,7 +195,7 @@ def test_field_map_is_cached_per_owner(sandbox, owner):  # type: ignore[no-untyp
     assert data["utm"]["utm_source"] == acc.field_by_code("leads", "UTM_SOURCE").id
 
 
-def test_stale_custom_field_id_is_dropped_and_the_deal_still_created(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_stale_custom_field_id_is_dropped_and_the_deal_still_created(sandbox, owner):
     mark_synced(owner)
     db.session.add(InboundFieldMap(owner_id=owner, data={"telegram_id": 999999, "utm": {}}))
     db.session.commit()
@@ -204,7 +204,7 @@ def test_stale_custom_field_id_is_dropped_and_the_deal_still_created(sandbox, ow
     assert db.session.get(InboundFieldMap, owner) is None  # forgotten: re-read next time
 
 
-def test_requeue_stale_picks_lost_and_due_requests(app, owner):  # type: ignore[no-untyped-def]
+def test_requeue_stale_picks_lost_and_due_requests(app, owner):
     old = submit(owner, {"channel": "widget", "external_id": "s1"}, enqueue_now=False)
     due = submit(owner, {"channel": "widget", "external_id": "s2"}, enqueue_now=False)
     waiting = submit(owner, {"channel": "widget", "external_id": "s3"}, enqueue_now=False)
@@ -222,7 +222,7 @@ def test_requeue_stale_picks_lost_and_due_requests(app, owner):  # type: ignore[
     assert requeue_stale(send=lambda rid: sent.append(rid) or True) == 0
 
 
-def test_idempotency_key_returns_the_first_request(app, owner):  # type: ignore[no-untyped-def]
+def test_idempotency_key_returns_the_first_request(app, owner):
     a = submit(
         owner, {"channel": "widget", "external_id": "k"}, idempotency_key="abc", enqueue_now=False
     )
@@ -233,7 +233,7 @@ def test_idempotency_key_returns_the_first_request(app, owner):  # type: ignore[
     assert db.session.scalar(select(InboundRequest.id).where(InboundRequest.id != a.id)) is None
 
 
-def test_responsible_user_pipeline_and_utm_fields_reach_amocrm(sandbox, owner):  # type: ignore[no-untyped-def]
+def test_responsible_user_pipeline_and_utm_fields_reach_amocrm(sandbox, owner):
     from crm_app.services.amo import get_config
 
     acc = sandbox.account

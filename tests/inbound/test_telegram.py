@@ -27,7 +27,7 @@ from tests.inbound.conftest import (
 
 def _update(
     update_id: int, text: str | None, user_id: int = 4242, chat: str = "private", **extra: Any
-) -> dict:  # type: ignore[type-arg]
+) -> dict:
     message: dict[str, Any] = {
         "message_id": update_id * 10,
         "date": 1700000000,
@@ -52,12 +52,12 @@ def secrets_for(owner_id: int) -> dict[str, str]:
 
 
 @pytest.fixture
-def tg(make_user) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def tg(make_user) -> dict[str, str]:
     """An owner without amoCRM (storing needs none) and its webhook secrets."""
     return secrets_for(make_user("bot-owner", role="admin", owner="bot-owner").owner_id)
 
 
-def _post(client, tg, update, header: str | None = "ok"):  # type: ignore[no-untyped-def]
+def _post(client, tg, update, header: str | None = "ok"):
     headers = {}
     if header is not None:
         headers[telegram.HEADER] = tg["header"] if header == "ok" else header
@@ -69,7 +69,7 @@ def _requests() -> list[InboundRequest]:
     return list(db.session.scalars(select(InboundRequest).order_by(InboundRequest.id)))
 
 
-def test_secret_path_and_header_are_checked(client, tg):  # type: ignore[no-untyped-def]
+def test_secret_path_and_header_are_checked(client, tg):
     assert client.post("/webhooks/telegram/wrong", json=_update(1, "hi")).status_code == 404
     assert _post(client, tg, _update(1, "hi"), header=None).status_code == 401
     assert _post(client, tg, _update(1, "hi"), header="forged").status_code == 401
@@ -80,7 +80,7 @@ def test_secret_path_and_header_are_checked(client, tg):  # type: ignore[no-unty
     assert _requests() == []
 
 
-def test_ignored_updates_are_answered_200(client, tg):  # type: ignore[no-untyped-def]
+def test_ignored_updates_are_answered_200(client, tg):
     ignored = [
         {"update_id": 1, "edited_message": _update(1, "x")["message"]},
         {"update_id": 2, "callback_query": {"id": "1"}},
@@ -94,7 +94,7 @@ def test_ignored_updates_are_answered_200(client, tg):  # type: ignore[no-untype
     assert _post(client, tg, None).status_code == 400
 
 
-def test_redelivered_update_is_stored_once(client, tg):  # type: ignore[no-untyped-def]
+def test_redelivered_update_is_stored_once(client, tg):
     for _ in range(3):
         assert _post(client, tg, _update(77, "Привет")).status_code == 200
     rows = _requests()
@@ -107,7 +107,7 @@ def test_redelivered_update_is_stored_once(client, tg):  # type: ignore[no-untyp
     assert _requests()[-1].payload["message"] == "[photo]"
 
 
-def test_first_message_makes_contact_and_deal_then_notes(client, sandbox, owner, worker):  # type: ignore[no-untyped-def]
+def test_first_message_makes_contact_and_deal_then_notes(client, sandbox, owner, worker):
     tg = secrets_for(owner)
     warm_fields(owner)
     mark_synced(owner)
@@ -143,7 +143,7 @@ class FakeBotApi:
         self.server = make_server("127.0.0.1", 0, self.app)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def app(self, environ, start_response):  # type: ignore[no-untyped-def]
+    def app(self, environ, start_response):
         request = Request(environ)
         self.calls.append((request.path, json.loads(request.get_data() or b"{}")))
         status = 200 if self.reply.get("ok") else 401
@@ -157,7 +157,7 @@ class FakeBotApi:
 
 
 @pytest.fixture
-def bot_api(app) -> Iterator[FakeBotApi]:  # type: ignore[no-untyped-def]
+def bot_api(app) -> Iterator[FakeBotApi]:
     fake = FakeBotApi()
     fake.thread.start()
     app.config["TELEGRAM_API_BASE"] = fake.url
@@ -168,7 +168,7 @@ def bot_api(app) -> Iterator[FakeBotApi]:  # type: ignore[no-untyped-def]
 BOT_TOKEN = "123456789:AAH-fake_bot_token_for_tests_0123456789"
 
 
-def test_set_webhook_command(runner, client, make_user, bot_api):  # type: ignore[no-untyped-def]
+def test_set_webhook_command(runner, client, make_user, bot_api):
     make_user("acme-admin", role="admin", owner="acme")  # no AmoConfig yet: the command makes it
     dry = runner.invoke(
         args=["telegram", "set-webhook", "--owner", "acme", "--bot-token", BOT_TOKEN, "--dry-run"]

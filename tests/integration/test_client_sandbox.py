@@ -56,7 +56,7 @@ def oauth(sandbox: SandboxServer, hosts: AmoHosts) -> OAuthClient:
 
 
 def admin(sandbox: SandboxServer, method: str, path: str, **kwargs: Any) -> Any:
-    """Call a /_sandbox endpoint over HTTP, as INTERFACES.md documents them."""
+    """Call a /_sandbox endpoint over HTTP, as docs/sandbox.md documents them."""
     reply = requests.request(method, f"{sandbox.url}/_sandbox{path}", timeout=10, **kwargs)
     reply.raise_for_status()
     return reply.json() if reply.content else None

@@ -15,24 +15,6 @@ from tests.sandbox.helpers import Api, Factory, Received, Receiver, api_for
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Factory]:
-    """Start sandboxes with any SandboxConfig options; all are stopped after the test."""
-    started: list[SandboxServer] = []
-
-    def factory(**options: Any) -> SandboxServer:
-        options.setdefault("contacts", 60)
-        options.setdefault("leads", 40)
-        options.setdefault("tasks", 30)
-        server = SandboxServer(port=0, **options).start()
-        started.append(server)
-        return server
-
-    yield factory
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
 def sandbox(make_sandbox: Factory) -> SandboxServer:
     """Small data and no rate limit: tests that are not about limits fire freely."""
     return make_sandbox(rate_limit=0)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import re
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from crm_app.sandbox import SandboxServer
 from crm_app.sandbox.webhooks import encode
 from tests.sandbox.helpers import Api, Factory, Receiver, api_for
 
-SAMPLES = Path("/work/shared/amocrm/samples")
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "amocrm"
 # Key order of the documented lead status example (webhook_leads_status_amocrm.json).
 STATUS_SAMPLE_KEYS = [
     "id", "name", "old_status_id", "status_id", "price", "responsible_user_id", "last_modified",
@@ -77,7 +75,6 @@ def test_php_style_encoding() -> None:
     )
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared samples folder not present")
 @pytest.mark.parametrize("name", ["webhook_contacts_add_amocrm", "webhook_leads_status_amocrm"])
 def test_encoding_reproduces_the_derived_samples(name: str) -> None:
     import json
@@ -98,7 +95,7 @@ def test_status_change_through_admin_sends_the_documented_form(
     changed = admin(sandbox, "PATCH", f"/leads/{lead['id']}", json={"status_id": 142})
     assert changed.status_code == 200
     (hit,) = receiver.wait(1)
-    time.sleep(0.2)
+    assert sandbox.wait_webhooks_idle()
     assert len(receiver.received) == 1, "only status_lead was subscribed"
     assert hit.method == "POST" and hit.path == "/hook"
     assert hit.headers["User-Agent"] == "amoCRM-Webhooks/3.0"
@@ -237,70 +234,107 @@ def test_admin_create_fires_add(sandbox: SandboxServer, api: Api, receiver: Rece
 
 
 def test_delivery_never_blocks_the_api(make_sandbox: Factory, receiver: Receiver) -> None:
-    server = make_sandbox(rate_limit=0)
+    server = make_sandbox(rate_limit=0, webhook_timeout=1.0)
     api = api_for(server)
     subscribe(api, receiver.url, "update_lead")
-    receiver.delay = 1.0
+    receiver.delay = 3.0  # the sandbox gives up on the answer after webhook_timeout
     lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
-    started = time.monotonic()
     assert api.patch(f"/api/v4/leads/{lead_id}", json={"price": 7}).status_code == 200
-    assert time.monotonic() - started < 0.5
-    receiver.wait(1)
+    # Had the API waited for the delivery, its attempt (a timeout) would be logged by now.
+    assert server.deliveries() == []
+    (attempt,) = server.wait_for_deliveries(1)
+    assert attempt["error"] == "timeout"
 
 
-def test_retry_ladder_with_compressed_time(make_sandbox: Factory, receiver: Receiver) -> None:
-    scale = 1 / 3000  # 5 min → 0.1 s, 15 min → 0.3 s, 1 h → 1.2 s
-    server = make_sandbox(rate_limit=0, webhook_time_scale=scale)
+def test_retry_ladder(make_sandbox: Factory, receiver: Receiver) -> None:
+    server = make_sandbox(rate_limit=0)
+    server.freeze_clock()
     api = api_for(server)
     subscribe(api, receiver.url, "update_lead")
     receiver.default_status = 503
     lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 1})
-    hits = receiver.wait(5, timeout=10)
-    time.sleep(0.3)
+    receiver.wait(1)
+    # 5 min, 15 min, 15 min and 1 h after the attempt before: nothing comes a second early.
+    for attempt, delay in enumerate([300, 900, 900, 3600], start=2):
+        assert server.wait_webhooks_idle()
+        server.advance_clock(delay - 1)
+        assert server.wait_webhooks_idle()
+        assert len(receiver.received) == attempt - 1
+        server.advance_clock(1)
+        receiver.wait(attempt)
+        assert server.wait_webhooks_idle()
+    server.advance_clock(6 * 3600)
+    assert server.wait_webhooks_idle()
     assert len(receiver.received) == 5, "five attempts and no more"
-    gaps = [b.at - a.at for a, b in itertools.pairwise(hits)]
-    expected = [300 * scale, 900 * scale, 900 * scale, 3600 * scale]
-    for gap, want in zip(gaps, expected, strict=True):
-        assert want * 0.9 <= gap <= want + 0.5, (gaps, expected)
+    hits = receiver.received
     assert len({h.headers["X-Amocrm-Requestid"] for h in hits}) == 1
     log = requests.get(f"{server.url}/_sandbox/webhook-deliveries", timeout=5).json()
     assert [e["attempt"] for e in log] == [1, 2, 3, 4, 5]
     assert [e["status_code"] for e in log] == [503] * 5
-    assert log[-1]["next_attempt"] is None
+    assert [e["next_attempt_in"] for e in log] == [300, 900, 900, 3600, None]
+
+
+def test_time_scale_compresses_the_ladder(make_sandbox: Factory, receiver: Receiver) -> None:
+    server = make_sandbox(rate_limit=0, webhook_time_scale=1 / 60)
+    server.freeze_clock()
+    api = api_for(server)
+    subscribe(api, receiver.url, "update_lead")
+    receiver.default_status = 503
+    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
+    api.patch(f"/api/v4/leads/{lead_id}", json={"price": 1})
+    receiver.wait(1)
+    assert server.wait_webhooks_idle()
+    server.advance_clock(5)  # 5 minutes at 1/60
+    receiver.wait(2)
+    assert server.deliveries()[0]["next_attempt_in"] == 5
 
 
 def test_client_errors_stop_after_the_third_attempt(
     make_sandbox: Factory, receiver: Receiver
 ) -> None:
-    server = make_sandbox(rate_limit=0, webhook_time_scale=1 / 6000)
+    server = make_sandbox(rate_limit=0)
+    server.freeze_clock()
     api = api_for(server)
     subscribe(api, receiver.url, "update_lead")
     receiver.default_status = 404
     lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 2})
-    receiver.wait(3, timeout=5)
-    time.sleep(0.6)  # attempt 4 would have come 0.15 s after attempt 3
+    receiver.wait(1)
+    assert server.wait_webhooks_idle()
+    server.advance_clock(300)
+    receiver.wait(2)
+    assert server.wait_webhooks_idle()
+    server.advance_clock(900)
+    receiver.wait(3)
+    assert server.wait_webhooks_idle()
+    server.advance_clock(6 * 3600)  # a 5xx would be tried a fourth time by now
+    assert server.wait_webhooks_idle()
     assert len(receiver.received) == 3
+    assert server.deliveries()[-1]["next_attempt"] is None
 
 
 def test_success_stops_retries_and_timeouts_count_as_failures(
     make_sandbox: Factory, receiver: Receiver
 ) -> None:
-    server = make_sandbox(rate_limit=0, webhook_time_scale=1 / 6000, webhook_timeout=0.3)
+    server = make_sandbox(rate_limit=0, webhook_timeout=0.3)
+    server.freeze_clock()
     api = api_for(server)
     subscribe(api, receiver.url, "update_lead")
     receiver.statuses = [500, 200]
     lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 3})
-    receiver.wait(2, timeout=5)
-    time.sleep(0.4)
+    receiver.wait(1)
+    assert server.wait_webhooks_idle()
+    server.advance_clock(300)
+    receiver.wait(2)
+    assert server.wait_webhooks_idle()
+    server.advance_clock(6 * 3600)
+    assert server.wait_webhooks_idle()
     assert len(receiver.received) == 2
     receiver.delay = 0.6  # longer than the sandbox waits
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 4})
-    receiver.wait(3, timeout=5)
-    time.sleep(0.5)
-    log = server.deliveries()
+    log = server.wait_for_deliveries(3)
     timed_out = [e for e in log if e["error"] == "timeout"]
     assert timed_out and timed_out[0]["status_code"] == 0 and timed_out[0]["next_attempt"] == 2
 
@@ -308,21 +342,26 @@ def test_success_stops_retries_and_timeouts_count_as_failures(
 def test_hook_is_disabled_after_too_many_invalid_answers(
     make_sandbox: Factory, receiver: Receiver
 ) -> None:
-    server = make_sandbox(rate_limit=0, webhook_time_scale=1 / 60000, webhook_disable_threshold=3)
+    server = make_sandbox(rate_limit=0, webhook_disable_threshold=3)
+    server.freeze_clock()
     api = api_for(server)
     subscribe(api, receiver.url, "update_lead")
     receiver.default_status = 410
     lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 5})
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 6})
-    receiver.wait(4, timeout=5)
-    time.sleep(0.3)
+    receiver.wait(2)
+    assert server.wait_webhooks_idle()
+    server.advance_clock(300)  # both second attempts: four invalid answers within 2 hours
+    receiver.wait(4)
+    assert server.wait_webhooks_idle()
     hooks = api.get("/api/v4/webhooks").json()["_embedded"]["webhooks"]
     assert hooks[0]["disabled"] is True
     count = len(receiver.received)
     assert count == 4, "more than 3 invalid answers in the window disable the hook"
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 7})
-    time.sleep(0.3)
+    server.advance_clock(6 * 3600)
+    assert server.wait_webhooks_idle()
     assert len(receiver.received) == count
     # Saving the hook again re-enables it, as in the UI.
     subscribe(api, receiver.url, "update_lead")

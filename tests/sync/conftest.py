@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,28 +16,12 @@ MODELS = {"contacts": Contact, "leads": Lead, "tasks": Task}
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
-    """make_sandbox(contacts=.., leads=.., tasks=.., rate_limit=.., api_filter=..) → started."""
-    servers: list[SandboxServer] = []
-
-    def start(**options: Any) -> SandboxServer:
-        options.setdefault("quiet", True)
-        server = SandboxServer(port=0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
+def sandbox(make_sandbox) -> SandboxServer:
     """A small seeded account (60 contacts, 40 leads, 30 tasks), 7 rps like amoCRM."""
     return make_sandbox(contacts=60, leads=40, tasks=30)
 
 
-def connect_owner(  # type: ignore[no-untyped-def]
+def connect_owner(
     app,
     make_user,
     server: SandboxServer,
@@ -47,7 +30,7 @@ def connect_owner(  # type: ignore[no-untyped-def]
     user_id: int | None = None,
 ) -> int:
     """An admin user + owner connected to the sandbox account by a real code exchange."""
-    from crm_app.services.sandbox_link import connect_owner_to_sandbox
+    from testkit.sandbox_link import connect_owner_to_sandbox
 
     owner_id = make_user(f"{name}-admin", role="admin", owner=name).owner_id
     connect_owner_to_sandbox(owner_id, server, account=account, user_id=user_id)
@@ -55,7 +38,7 @@ def connect_owner(  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def connected(app, make_user):  # type: ignore[no-untyped-def]
+def connected(app, make_user):
     """connected(server, name="acme", account=None) → owner id connected to that account."""
 
     def _connect(
@@ -97,7 +80,7 @@ def wait_run(run_id: int, timeout: float = 60.0) -> SyncRun:
 
 
 @pytest.fixture(autouse=True)
-def _sync_settings(app):  # type: ignore[no-untyped-def]
+def _sync_settings(app):
     # A 429 from the sandbox carries Kommo's retry_after of 300 s; tests wait at most 2 s.
     app.config["SYNC_RATE_LIMIT_MAX_WAIT"] = 2.0
     yield

@@ -23,18 +23,18 @@ from crm_app.services.sync import run_sync, start_sync
 from tests.sync.conftest import mirror_count, sandbox_items
 
 
-def _run(owner_id: int, **kwargs) -> SyncRun:  # type: ignore[no-untyped-def]
+def _run(owner_id: int, **kwargs) -> SyncRun:
     run = start_sync(owner_id, enqueue=False, trigger="cli", **kwargs)
     run_sync(run.id)
     db.session.expire_all()
     return db.session.get(SyncRun, run.id)
 
 
-def _api_requests(server, path: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def _api_requests(server, path: str) -> list[dict]:
     return [r for r in server.requests_log() if r["path"].startswith(path)]
 
 
-def assert_mirror_equals_sandbox(server, owner_id: int) -> None:  # type: ignore[no-untyped-def]
+def assert_mirror_equals_sandbox(server, owner_id: int) -> None:
     contacts = {c["id"]: c for c in sandbox_items(server, "contacts")}
     rows = {
         r.id: r for r in db.session.scalars(select(Contact).where(Contact.owner_id == owner_id))
@@ -114,7 +114,8 @@ def test_full_sync_mirrors_the_account(app, make_sandbox, connected):
     assert all("limit=250" in c["path"] and "order%5Bid%5D=asc" in c["path"] for c in contact_calls)
     assert all("with=contacts" in c["path"] for c in _api_requests(server, "/api/v4/leads?"))
     assert run.records == 600 + 300 + 260
-    assert run.pages == 3 + 2 + 2
+    # Plus one (empty, 204) page each for the lead and contact notes: the seed has none.
+    assert run.pages == 3 + 2 + 2 + 1 + 1
     assert run.rate_limited == 0
     # Reference data came along.
     assert db.session.scalar(select(Pipeline).where(Pipeline.owner_id == owner_id)) is not None
@@ -146,17 +147,17 @@ def test_second_full_sync_is_idempotent(app, sandbox, connected):
     assert_mirror_equals_sandbox(sandbox, owner_id)
 
 
-def _patch(server, kind: str, rid: int, body: dict) -> dict:  # type: ignore[no-untyped-def]
+def _patch(server, kind: str, rid: int, body: dict) -> dict:
     resp = requests.patch(f"{server.url}/_sandbox/{kind}/{rid}", json=body, timeout=5)
     assert resp.status_code == 200, resp.text
     return resp.json()
 
 
-def _first_ids(server, kind: str, n: int) -> list[int]:  # type: ignore[no-untyped-def]
+def _first_ids(server, kind: str, n: int) -> list[int]:
     return sorted(server.account.tables[kind].records)[:n]
 
 
-def _edit_some(server) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+def _edit_some(server) -> dict[str, list[int]]:
     contacts = _first_ids(server, "contacts", 3)
     for n, cid in enumerate(contacts):
         _patch(server, "contacts", cid, {"name": f"Изменён {n}"})
@@ -236,7 +237,13 @@ def test_sync_log_and_badge_on_403_block(app, sandbox, connected):
     errors = db.session.scalars(
         select(SyncLog).where(SyncLog.owner_id == owner_id, SyncLog.status == "error")
     ).all()
-    assert {e.operation for e in errors} == {"sync_contacts", "sync_leads", "sync_tasks"}
+    assert {e.operation for e in errors} == {
+        "sync_contacts",
+        "sync_leads",
+        "sync_tasks",
+        "sync_lead_notes",
+        "sync_contact_notes",
+    }
 
 
 def test_reconcile_finds_deletions_without_rewriting_unchanged_rows(app, make_sandbox, connected):
@@ -272,7 +279,10 @@ def test_reconcile_finds_deletions_without_rewriting_unchanged_rows(app, make_sa
     assert all(after[i] == synced[i] for i in after)
     # The deletions were confirmed one by one (204), after one filtered re-read.
     singles = [
-        e for e in server.requests_log(kind="api") if e["path"].startswith("/api/v4/contacts/")
+        e
+        for e in server.requests_log(kind="api")
+        if e["path"].startswith("/api/v4/contacts/")
+        and not e["path"].startswith("/api/v4/contacts/notes")
     ]
     assert sorted(e["status"] for e in singles) == [204, 204]
     cursor = db.session.get(SyncCursor, (owner_id, "contacts"))

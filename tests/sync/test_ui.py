@@ -14,7 +14,7 @@ HX = {"HX-Request": "true"}
 
 
 @pytest.fixture
-def no_enqueue(monkeypatch):  # type: ignore[no-untyped-def]
+def no_enqueue(monkeypatch):
     """Runs are executed by the test itself, not by a worker."""
     sent: list[int] = []
     monkeypatch.setattr("crm_app.services.sync.runs._enqueue", lambda run: sent.append(run.id))

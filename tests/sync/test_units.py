@@ -11,10 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy import select
 
 from crm_app.amocrm.client import Page
-from crm_app.amocrm.errors import AmoCRMRateLimited
 from crm_app.amocrm.fields import normalize_phone
+from crm_app.amocrm.retry import RetryPolicy
 from crm_app.extensions import db
 from crm_app.models import AmoUser, Contact, Lead, RunStatus, SyncRun
+from crm_app.services.amo import sync_retry_policy
 from crm_app.services.sync import (
     claim_beat_slot,
     delete_entities,
@@ -24,7 +25,7 @@ from crm_app.services.sync import (
     upsert_contacts,
     upsert_leads,
 )
-from crm_app.services.sync.engine import _next_cursor
+from crm_app.services.sync.checkpoint import Checkpoint, EntityProgress
 from crm_app.services.sync.mappers import (
     contact_details,
     fast_normalize_phone,
@@ -35,8 +36,6 @@ from crm_app.services.sync.mappers import (
 from crm_app.services.sync.paging import (
     IncrementalCheck,
     PageStream,
-    backoff_delay,
-    fetch_with_backoff,
 )
 from crm_app.services.sync.runs import LeaseLost, SyncError, claim_run, run_connection
 from crm_app.services.sync.upsert import entity_table, upsert_rows
@@ -60,7 +59,7 @@ def test_fast_phone_path_agrees_with_the_parser():
         assert fast_normalize_phone(raw) == normalize_phone(raw), raw
 
 
-def _field(code, values, name=None, fid=1):  # type: ignore[no-untyped-def]
+def _field(code, values, name=None, fid=1):
     return {
         "field_id": fid,
         "field_name": name or code,
@@ -106,7 +105,7 @@ def _contact(cid: int, name: str, updated: int) -> dict:
     return {"id": cid, "name": name, "updated_at": updated, "created_at": 1}
 
 
-def _owner(make_user) -> int:  # type: ignore[no-untyped-def]
+def _owner(make_user) -> int:
     return make_user("uadmin", role="admin", owner="o1").owner_id
 
 
@@ -173,7 +172,7 @@ class _FakeTasksClient:
         self.items = [{"id": i + 1, "updated_at": s} for i, s in enumerate(stamps)]
         self.calls: list[int] = []
 
-    def get_tasks(self, limit, page, filter_=None, order=None):  # type: ignore[no-untyped-def]
+    def get_tasks(self, limit, page, filter_=None, order=None):
         self.calls.append(page)
         chunk = self.items[(page - 1) * limit : page * limit]
         more = page * limit < len(self.items)
@@ -192,39 +191,48 @@ def test_incremental_scan_when_neither_filter_nor_order_is_honoured():
     assert stream.check is not None and not stream.check.order_ok
 
 
-def test_fetch_with_backoff_waits_then_gives_up():
-    waits: list[float] = []
-    attempts = {"n": 0}
-
-    def flaky() -> Page:
-        attempts["n"] += 1
-        if attempts["n"] < 3:
-            raise AmoCRMRateLimited("429", retry_after=300)
-        return Page([], None, 1)
-
-    fetch_with_backoff(flaky, max_wait=60.0, sleep=waits.append)
-    assert attempts["n"] == 3 and len(waits) == 2
-    # A lone 429 is jitter: a short wait. The second in a row honours retry_after (capped).
-    assert 1.5 <= waits[0] <= 1.5 * 1.25 and 60 <= waits[1] <= 75
-    assert backoff_delay(1, None, 60) == 1.5 and backoff_delay(3, None, 60) == 6.0
-    assert backoff_delay(2, 300, 2.0) == 2.0
-
-    def always() -> Page:
-        raise AmoCRMRateLimited("429")
-
-    with pytest.raises(AmoCRMRateLimited):
-        fetch_with_backoff(always, retries=2, sleep=lambda s: None)
+def test_sync_reads_wait_out_long_rate_limit_pauses(app):
+    app.config["SYNC_RATE_LIMIT_MAX_WAIT"] = 45
+    policy = sync_retry_policy()
+    # A lone 429 is jitter: a short wait. A long retry_after is waited out, capped.
+    assert policy.rate_limit_wait(1, 300) == 1.5
+    assert policy.rate_limit_wait(2, 300) == 45
+    assert policy.rate_limit_wait(3, None) == 6.0
+    assert policy.rate_limit_wait(policy.rate_limit_retries + 1, None) is None
+    # Interactive calls (the client's default) give the 429 back at once instead.
+    assert RetryPolicy().rate_limit_wait(2, 300) is None
 
 
 def test_next_cursor_never_passes_the_pass_start():
-    state = {"max_updated_at": 10_000, "previous_cursor": 500, "started": 9_000}
-    assert _next_cursor(state, overlap=300) == 8_700
-    state = {"max_updated_at": 600, "previous_cursor": 500, "started": 9_000}
-    assert _next_cursor(state, overlap=300) == 600
-    state = {"max_updated_at": None, "previous_cursor": 500, "started": 9_000}
-    assert _next_cursor(state, overlap=300) == 500
-    state = {"max_updated_at": 100, "previous_cursor": 500, "started": 9_000}
-    assert _next_cursor(state, overlap=300) == 500  # never moves back
+    def state(seen: int | None) -> EntityProgress:
+        return EntityProgress(
+            "incremental", started=9_000, previous_cursor=500, max_updated_at=seen
+        )
+
+    assert state(10_000).next_cursor(overlap=300) == 8_700
+    assert state(600).next_cursor(overlap=300) == 600
+    assert state(None).next_cursor(overlap=300) == 500
+    assert state(100).next_cursor(overlap=300) == 500  # never moves back
+
+
+def test_checkpoint_round_trips_and_drops_what_it_cannot_use():
+    stored = {
+        "contacts": {"mode": "full", "started": 1.5, "page": 7, "records": 1500, "extra": 1},
+        "leads": {"mode": "sideways", "started": 1.0},  # unknown mode: start afresh
+        "tasks": "garbage",
+        "_reference": {"done": True, "pipelines": 2},
+    }
+    checkpoint = Checkpoint.from_json(stored)
+    assert list(checkpoint.entities) == ["contacts"]
+    contacts = checkpoint.entities["contacts"]
+    assert (contacts.page, contacts.records, contacts.done) == (7, 1500, False)
+    assert checkpoint.reference == {"done": True, "pipelines": 2}
+    again = Checkpoint.from_json(checkpoint.to_json())
+    assert again == checkpoint
+    # A new run inherits the entity progress it asks for, and redoes the reference data.
+    assert Checkpoint.from_json(checkpoint.only(["contacts"]).to_json()).reference is None
+    assert checkpoint.only(["leads"]).entities == {}
+    assert Checkpoint.from_json(None) == Checkpoint()
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -316,7 +324,7 @@ class _SlowContacts:
         self.active = self.peak = 0
         self.lock = threading.Lock()
 
-    def get_contacts(self, limit, page, filter_=None, order=None):  # type: ignore[no-untyped-def]
+    def get_contacts(self, limit, page, filter_=None, order=None):
         import time
 
         with self.lock:

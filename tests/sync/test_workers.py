@@ -20,7 +20,7 @@ from tests.sync.test_engine import assert_mirror_equals_sandbox
 pytestmark = pytest.mark.worker
 
 
-def _page_requests(server, entity: str) -> list[str]:  # type: ignore[no-untyped-def]
+def _page_requests(server, entity: str) -> list[str]:
     return [
         e["path"]
         for e in server.requests_log(kind="api")

@@ -23,6 +23,7 @@ from crm_app.amocrm.errors import (
     AmoCRMValidationError,
 )
 from crm_app.amocrm.hosts import AmoHosts
+from crm_app.amocrm.retry import RetryPolicy
 from crm_app.amocrm.throttle import NullThrottle
 from crm_app.amocrm.tokens import StaticTokenSource
 
@@ -267,7 +268,7 @@ def test_429_exhausted_raises_rate_limited(
 def test_429_html_exhausted(mocked: responses.RequestsMock, sleeps: list[float]) -> None:
     mocked.get(ACCOUNT, status=429, body=HTML_429, content_type="text/html")
     with pytest.raises(AmoCRMRateLimited) as info:
-        make_client(sleeps, max_429_retries=1).get_account()
+        make_client(sleeps, retry=RetryPolicy(rate_limit_retries=1)).get_account()
     assert len(mocked.calls) == 2
     assert info.value.retry_after is None
     assert info.value.problem == {}
@@ -282,6 +283,30 @@ def test_429_long_retry_after_is_not_slept_on(
     assert info.value.retry_after == 300
     assert len(mocked.calls) == 1
     assert sleeps == []
+
+
+def test_patient_policy_waits_out_long_pauses(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    mocked.get(ACCOUNT, status=429, json={**PROBLEM_429, "retry_after": 300})
+    mocked.get(ACCOUNT, status=429, json={**PROBLEM_429, "retry_after": 300})
+    mocked.get(ACCOUNT, status=200, json={"id": 1})
+    patient = RetryPolicy(
+        rate_limit_retries=3, max_wait=60.0, wait_out_long_pauses=True, retry_after_from=2
+    )
+    assert make_client(sleeps, retry=patient).get_account() == {"id": 1}
+    # A lone 429 waits 1.5 s; the second in a row retry_after, capped at max_wait (+ ≤ 25 %)
+    assert 1.5 <= sleeps[0] <= 1.5 * 1.25 and 60.0 <= sleeps[1] <= 75.0
+
+
+def test_patient_policy_gives_up_after_its_retries(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    mocked.get(ACCOUNT, status=429, json={**PROBLEM_429, "retry_after": 300})
+    patient = RetryPolicy(rate_limit_retries=2, max_wait=60.0, wait_out_long_pauses=True)
+    with pytest.raises(AmoCRMRateLimited):
+        make_client(sleeps, retry=patient).get_account()
+    assert len(mocked.calls) == 3 and len(sleeps) == 2
 
 
 def test_post_is_retried_on_429(mocked: responses.RequestsMock, sleeps: list[float]) -> None:
@@ -400,7 +425,7 @@ def test_5xx_on_get_exhausted(mocked: responses.RequestsMock, sleeps: list[float
     with pytest.raises(AmoCRMUnavailable) as info:
         make_client(sleeps).get_contacts()
     assert info.value.status == 503
-    assert len(mocked.calls) == 3  # first try + max_retries=2
+    assert len(mocked.calls) == 3  # first try + failure_retries=2
 
 
 def test_5xx_on_post_is_not_retried(mocked: responses.RequestsMock, sleeps: list[float]) -> None:
@@ -493,7 +518,7 @@ def test_query_strings_stay_out_of_messages(
 ) -> None:
     mocked.get(CONTACTS, status=500, body="boom")
     with pytest.raises(AmoCRMUnavailable) as info:
-        make_client(sleeps, max_retries=0).search_contacts("+79995551122")
+        make_client(sleeps, retry=RetryPolicy(failure_retries=0)).search_contacts("+79995551122")
     assert "9995551122" not in str(info.value)
     assert "/api/v4/contacts" in str(info.value)
 

@@ -26,7 +26,7 @@ from crm_app.amocrm.fields import (
     value_enum_code,
 )
 
-SAMPLES = Path("/work/shared/amocrm/samples")
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "amocrm"
 
 CONTACT = {
     "id": 3,

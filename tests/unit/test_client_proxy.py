@@ -15,6 +15,7 @@ from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMConfigError, AmoCRMUnavailable
 from crm_app.amocrm.hosts import AmoHosts
 from crm_app.amocrm.oauth import OAuthClient
+from crm_app.amocrm.retry import RetryPolicy
 from crm_app.amocrm.throttle import NullThrottle
 from crm_app.amocrm.tokens import RefreshingTokenSource, StaticTokenSource, TokenSet
 
@@ -161,7 +162,7 @@ def test_proxy_failure_does_not_leak_credentials() -> None:
         StaticTokenSource("t"),
         proxy=dead,
         throttle=NullThrottle(),
-        max_retries=0,
+        retry=RetryPolicy(failure_retries=0),
         timeout=2,
     )
     with pytest.raises(AmoCRMUnavailable) as info:

@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from crm_app.amocrm.throttle import (
     pace_interval,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 RATE = 7.0
 
 
@@ -39,17 +37,24 @@ def max_in_window(stamps: list[float], window: float = 1.0) -> int:
     return best
 
 
+def clock_of(throttle: Throttle) -> Callable[[], float]:
+    """The clock the throttle paces by: monotonic in one process, wall time across processes."""
+    return time.monotonic if isinstance(throttle, LocalThrottle) else time.time
+
+
 def timed_acquires(throttle: Throttle, key: str, n: int) -> list[float]:
+    clock = clock_of(throttle)
     stamps = []
     for _ in range(n):
         throttle.acquire(key)
-        stamps.append(time.time())
+        stamps.append(clock())
     return stamps
 
 
 @pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """The test session's own Redis db: another session flushing a shared db would reset a key."""
+    client = redis.Redis.from_url(redis_url)
     yield client
     for key in client.scan_iter(f"{RedisThrottle.KEY_PREFIX}test-*"):
         client.delete(key)
@@ -109,11 +114,13 @@ def test_local_throttle_late_wake_pushes_the_next_slot() -> None:
     assert slept == pytest.approx([interval, interval])
 
 
-def test_null_throttle_never_waits() -> None:
-    start = time.monotonic()
+def test_null_throttle_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_sleeping(seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s")
+
+    monkeypatch.setattr(time, "sleep", no_sleeping)
     for _ in range(1000):
         NullThrottle().acquire("x")
-    assert time.monotonic() - start < 0.5
 
 
 # -- real time, one process ----------------------------------------------------------------------------
@@ -134,17 +141,15 @@ def make_redis(tmp_path: Path, redis_client: redis.Redis) -> Throttle:
 @pytest.mark.parametrize(
     "factory", [make_local, make_file, make_redis], ids=["local", "file", "redis"]
 )
-def test_fifteen_acquires_take_two_seconds(
+def test_fifteen_acquires_never_beat_the_rate(
     factory: Callable[[Path, redis.Redis], Throttle], tmp_path: Path, redis_client: redis.Redis
 ) -> None:
+    """Never faster than 7 a second; how close to the floor it stays is a `make bench` row."""
     throttle = factory(tmp_path, redis_client)
     key = unique_key()
-    start = time.time()
+    start = clock_of(throttle)()
     stamps = timed_acquires(throttle, key, 15)
-    elapsed = time.time() - start
-    floor = 14 / RATE  # the first request goes at once
-    assert elapsed >= 2.0
-    assert elapsed <= floor * 1.03 + 0.15  # margin ~3 % plus scheduler slack
+    assert stamps[-1] - start >= 14 * pace_interval(RATE)  # the first request goes at once
     assert max_in_window(stamps) <= 7
 
 
@@ -174,49 +179,25 @@ def test_threads_share_the_budget(
     assert max(stamps) - min(stamps) >= 15 / RATE * 0.99
 
 
-@pytest.mark.parametrize("kind", ["local", "file", "redis"])
-def test_late_wake_ups_do_not_squeeze_the_next_request(
-    kind: str, tmp_path: Path, redis_client: redis.Redis
-) -> None:
-    """A sleeper that wakes late (busy CPU) must not let the next request follow too closely."""
-    calls = [0]
-
-    def jittery_sleep(seconds: float) -> None:
-        calls[0] += 1
-        time.sleep(seconds + (0.06 if calls[0] % 2 else 0.0))
-
-    if kind == "local":
-        throttle: Throttle = LocalThrottle(RATE, sleep=jittery_sleep)
-    elif kind == "file":
-        throttle = FileThrottle(tmp_path, RATE, sleep=jittery_sleep)
-    else:
-        throttle = RedisThrottle(redis_client, RATE, sleep=jittery_sleep)
-    stamps = timed_acquires(throttle, unique_key(), 9)
-    gaps = [b - a for a, b in pairwise(stamps)]
-    # Without the push-back the gap after a late wake-up would be ~60 ms short; a few ms of
-    # bookkeeping (the Redis round trip on a busy machine) are tolerated.
-    assert min(gaps) >= pace_interval(RATE) - 0.010
-    assert max_in_window(stamps) <= 7
-
-
 def test_keys_are_independent(tmp_path: Path) -> None:
-    throttle = FileThrottle(tmp_path, RATE)
-    start = time.time()
+    waits: list[float] = []
+    throttle = FileThrottle(tmp_path, RATE, sleep=waits.append)
     for i in range(10):
         throttle.acquire(f"account-{i}.amocrm.ru")
-    assert time.time() - start < 0.5
+    assert waits == []  # every account's first request goes at once
     assert len(list(tmp_path.glob("*.slot"))) == 10
 
 
 def test_file_throttle_survives_a_corrupt_or_far_future_slot(tmp_path: Path) -> None:
-    throttle = FileThrottle(tmp_path, RATE)
+    waits: list[float] = []
+    throttle = FileThrottle(tmp_path, RATE, sleep=waits.append)
     key = "demo.amocrm.ru"
     throttle.path_for(key).write_text("garbage")
-    start = time.time()
     throttle.acquire(key)
     throttle.path_for(key).write_text(str(time.time() + 10_000))
     throttle.acquire(key)
-    assert time.time() - start < 0.5
+    # Neither a corrupt file nor a slot hours ahead (a clock jump) makes a caller wait long.
+    assert all(wait <= pace_interval(RATE) for wait in waits)
 
 
 def test_file_throttle_key_names_are_safe(tmp_path: Path) -> None:
@@ -258,11 +239,13 @@ def _child(kind: str, target: str, key: str, n: int, out: multiprocessing.Queue)
 
 
 @pytest.mark.parametrize("kind", ["file", "redis"])
-def test_processes_share_the_budget(kind: str, tmp_path: Path, redis_client: redis.Redis) -> None:
+def test_processes_share_the_budget(
+    kind: str, tmp_path: Path, redis_client: redis.Redis, redis_url: str
+) -> None:
     ctx = multiprocessing.get_context("fork")
     out: multiprocessing.Queue = ctx.Queue()
     key = unique_key()
-    target = str(tmp_path / "shared") if kind == "file" else REDIS_URL
+    target = str(tmp_path / "shared") if kind == "file" else redis_url
     procs = [ctx.Process(target=_child, args=(kind, target, key, 6, out)) for _ in range(3)]
     for p in procs:
         p.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import threading
@@ -30,7 +29,7 @@ from crm_app.models import (
 from crm_app.sandbox.server import SandboxServer
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = Path(os.environ.get("AMOCRM_SAMPLES", "/work/shared/amocrm/samples"))
+SAMPLES = ROOT / "tests" / "fixtures" / "amocrm"  # documented examples, see its README
 MODELS = {"contacts": Contact, "leads": Lead, "tasks": Task}
 
 
@@ -78,31 +77,13 @@ def sample_bytes(name: str) -> bytes:
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
-    servers: list[SandboxServer] = []
-
-    def start(**options: Any) -> SandboxServer:
-        options.setdefault("quiet", True)
-        options.setdefault("contacts", 30)
-        options.setdefault("leads", 30)
-        options.setdefault("tasks", 20)
-        server = SandboxServer(port=0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
-    return make_sandbox()
+def sandbox(make_sandbox) -> SandboxServer:
+    return make_sandbox(contacts=30, leads=30, tasks=20)
 
 
 def connect_owner(
     app, server: SandboxServer, name: str = "acme", user_id: int | None = None
-) -> int:  # type: ignore[no-untyped-def]
+) -> int:
     """Owner + AmoConfig matching the sandbox + tokens from a real code exchange.
 
     Users are left to the tests that sign in (`make_user(..., owner=name)`): hashing a password
@@ -146,7 +127,7 @@ def connect_owner(
 class Owner:
     """The connected owner plus helpers tests keep needing."""
 
-    def __init__(self, app, client, server: SandboxServer, owner_id: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, client, server: SandboxServer, owner_id: int) -> None:
         from crm_app.services.webhooks import ensure_webhook_token
 
         self.app = app
@@ -187,7 +168,7 @@ class Owner:
 
 
 @pytest.fixture
-def owner(app, client, sandbox) -> Owner:  # type: ignore[no-untyped-def]
+def owner(app, client, sandbox) -> Owner:
     return Owner(app, client, sandbox, connect_owner(app, sandbox))
 
 
@@ -245,7 +226,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def serve_app(app) -> Iterator[Callable[[], str]]:  # type: ignore[no-untyped-def]
+def serve_app(app) -> Iterator[Callable[[], str]]:
     """serve_app() → base URL of `app` on a threaded werkzeug server (PUBLIC_URL set to it)."""
     from werkzeug.serving import make_server
 
@@ -267,7 +248,7 @@ def serve_app(app) -> Iterator[Callable[[], str]]:  # type: ignore[no-untyped-de
 
 
 @pytest.fixture
-def gunicorn_app(app, tmp_path) -> Iterator[Callable[..., str]]:  # type: ignore[no-untyped-def]
+def gunicorn_app(app, tmp_path) -> Iterator[Callable[..., str]]:
     """gunicorn_app(env={...}) → base URL of a real gunicorn serving wsgi:app like production."""
     from tests.conftest import app_env
 
@@ -363,7 +344,7 @@ class PrivateRedis:
 
 
 @pytest.fixture
-def private_redis(tmp_path) -> Iterator[PrivateRedis]:  # type: ignore[no-untyped-def]
+def private_redis(tmp_path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
     server.start()
     yield server

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from crm_app.extensions import db
-from crm_app.models import AmoConfig, InboxStatus, SyncLog, WebhookDelivery
+from crm_app.models import AmoConfig, InboxStatus, Note, SyncLog, WebhookDelivery
 from crm_app.services.sync import refetch_entities
 from tests.webhooks.conftest import (
     SAMPLES,
@@ -124,10 +124,9 @@ def test_task_update_sample_with_extra_nesting(owner: Owner) -> None:
     assert mirror(owner.id, "tasks", task_id).text == "Позвонить клиенту"
 
 
-def test_task_add_raw_sample_from_the_fact_sheet(owner: Owner) -> None:
+def test_task_add_raw_sample_reaches_the_mirror(owner: Owner) -> None:
     task_id = owner.ids("tasks")[1]
-    text = (SAMPLES.parent / "api-facts.md").read_text()
-    raw = next(line for line in text.splitlines() if line.startswith("task%5Badd%5D"))
+    raw = (SAMPLES / "webhook_task_add_kommo.form.txt").read_text().strip()
     raw = raw.replace(
         "task%5Badd%5D%5B0%5D%5Bid%5D=1564671", f"task%5Badd%5D%5B0%5D%5Bid%5D={task_id}"
     )
@@ -229,23 +228,35 @@ def test_ru_delete_wording_with_a_bare_id(owner: Owner) -> None:
     assert mirror(owner.id, "leads", lead_id) is None
 
 
-def test_lead_note_needs_no_read(owner: Owner) -> None:
+def test_lead_note_reads_only_the_note(owner: Owner) -> None:
     lead_id = owner.ids("leads")[6]
+    created = owner.sandbox(
+        "POST", f"leads/{lead_id}/notes", json={"note_type": "common", "params": {"text": "Привет"}}
+    ).json()
+    owner.server.clear_requests()
     row = _post_and_process(
         owner,
         {
             "leads": {
                 "note": [
                     {
-                        "note": {"id": "5", "element_id": str(lead_id), "text": "Привет"},
+                        "note": {
+                            "id": str(created["id"]),
+                            "element_id": str(lead_id),
+                            "text": "Привет",
+                            "last_modified": str(created["updated_at"]),
+                        },
                         "type": "lead",
                     }
                 ]
             }
         },
     )
-    assert row.status == InboxStatus.IGNORED
-    assert _api_gets(owner, "leads") == []
+    assert row.status == InboxStatus.PROCESSED
+    # The note is read into the notes mirror; the lead itself is not re-read.
+    assert [r["path"].split("?")[0] for r in _api_gets(owner, "leads")] == ["/api/v4/leads/notes"]
+    note = db.session.get(Note, (owner.id, created["id"]))
+    assert note is not None and note.text == "Привет" and note.entity_id == lead_id
 
 
 def test_unknown_keys_are_stored_and_ignored(owner: Owner) -> None:
@@ -361,7 +372,7 @@ def test_amocrm_failure_keeps_deliveries_pending_then_they_apply(owner: Owner) -
     _assert_lead_matches(owner, lead_id)
 
 
-def test_gives_up_after_max_attempts(owner: Owner, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_gives_up_after_max_attempts(owner: Owner, monkeypatch) -> None:
     from crm_app.services.webhooks import apply
 
     monkeypatch.setattr(apply, "MAX_ATTEMPTS", 2)

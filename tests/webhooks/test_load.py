@@ -31,8 +31,8 @@ SENDERS = 8
 
 
 @pytest.fixture
-def sandbox(make_sandbox):  # type: ignore[no-untyped-def]
-    return make_sandbox(leads=LEADS + 10)
+def sandbox(make_sandbox):
+    return make_sandbox(contacts=30, leads=LEADS + 10, tasks=20)
 
 
 def _send_all(base: str, path: str, bodies: Iterable[bytes]) -> list[int]:
@@ -80,7 +80,7 @@ def _send_all(base: str, path: str, bodies: Iterable[bytes]) -> list[int]:
 
 def test_load_with_broker_outage_loses_nothing_and_applies_once(
     app, owner: Owner, gunicorn_app, celery_worker, private_redis
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     rng = random.Random(2024)
     leads = owner.ids("leads")[:LEADS]
     env = {"REDIS_URL": private_redis.url}

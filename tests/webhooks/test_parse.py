@@ -113,9 +113,8 @@ def test_task_update_with_the_docs_extra_nesting() -> None:
     assert event.data["result"] == {"id": "155155155", "text": "Success"}
 
 
-def test_task_add_raw_body_from_the_fact_sheet() -> None:
-    text = (SAMPLES.parent / "api-facts.md").read_text()
-    raw = next(line for line in text.splitlines() if line.startswith("task%5Badd%5D"))
+def test_task_add_raw_sample_parses() -> None:
+    raw = (SAMPLES / "webhook_task_add_kommo.form.txt").read_text().strip()
     [event] = parse_delivery(raw.encode()).events
     assert (event.entity, event.action, event.entity_id, event.modified) == (
         "tasks",
@@ -148,7 +147,9 @@ def test_unsorted_add_and_decline() -> None:
     ]
 
 
-# Shapes described in api-facts §5.1 (Kommo examples and the RU wording), built as amoCRM sends them.
+# Shapes the webhook documentation describes, built as amoCRM sends them:
+# https://www.amocrm.ru/developers/content/crm_platform/webhooks-format and
+# https://developers.kommo.com/docs/webhooks-general
 DOCUMENTED = [
     ({"leads": {"add": [{"id": "1", "name": "A", "last_modified": "10"}]}}, "leads", "add", 1),
     ({"leads": {"update": [{"id": "2", "updated_at": "11"}]}}, "leads", "update", 2),

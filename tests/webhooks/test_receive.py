@@ -22,7 +22,7 @@ URLENCODED = sorted(p.name for p in SAMPLES.glob("webhook_*.urlencoded.txt"))
 
 
 @pytest.fixture(autouse=True, params=["fast-path", "flask-view"])
-def ingest_route(request, app):  # type: ignore[no-untyped-def]
+def ingest_route(request, app):
     """Every test runs through the WSGI fast path and through the plain Flask view."""
     app.config["WEBHOOK_FAST_PATH"] = request.param == "fast-path"
     return request.param
@@ -142,7 +142,7 @@ def test_disconnected_owner_refuses_deliveries(owner: Owner) -> None:
     _nothing_written()
 
 
-def test_another_owners_token_cannot_post_for_this_account(owner: Owner, make_user, app) -> None:  # type: ignore[no-untyped-def]
+def test_another_owners_token_cannot_post_for_this_account(owner: Owner, make_user, app) -> None:
     from crm_app.extensions import db
     from crm_app.models import AmoConfig
     from crm_app.services.webhooks import ensure_webhook_token
@@ -212,7 +212,7 @@ def test_compressed_body_is_refused(owner: Owner) -> None:
     _nothing_written()
 
 
-def test_oversized_body_is_413(owner: Owner, app) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_body_is_413(owner: Owner, app) -> None:
     app.config["WEBHOOK_MAX_BODY"] = 4096
     filler = "x" * 5000
     body = owner.body({"leads": {"add": [{"id": "1", "name": filler}]}})
@@ -225,7 +225,7 @@ def test_oversized_body_is_413(owner: Owner, app) -> None:  # type: ignore[no-un
     assert owner.post(small).status_code == 200
 
 
-def test_too_many_fields_is_400(owner: Owner, app) -> None:  # type: ignore[no-untyped-def]
+def test_too_many_fields_is_400(owner: Owner, app) -> None:
     app.config["WEBHOOK_MAX_BODY"] = 1024 * 1024
     body = owner.body({"leads": {"add": [{"id": "1"}]}}) + b"".join(
         b"&f%d=1" % i for i in range(20_001)
@@ -260,7 +260,7 @@ def test_acknowledgement_does_not_wait_for_processing(owner: Owner) -> None:
 # -- storage and broker trouble -------------------------------------------------------------------
 
 
-def test_broker_down_still_stores_and_answers(base_config, tmp_path, _schema) -> None:  # type: ignore[no-untyped-def]
+def test_broker_down_still_stores_and_answers(base_config, tmp_path, _schema) -> None:
     from crm_app import create_app
     from crm_app.extensions import db
     from crm_app.models import AmoConfig, Owner
@@ -296,7 +296,7 @@ def test_broker_down_still_stores_and_answers(base_config, tmp_path, _schema) ->
         db.session.remove()
 
 
-def test_embedded_sqlite_default_stores_deliveries(base_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_sqlite_default_stores_deliveries(base_config, tmp_path) -> None:
     from crm_app import create_app
     from crm_app.extensions import db
     from crm_app.models import AmoConfig, Owner
@@ -338,7 +338,7 @@ def test_embedded_sqlite_default_stores_deliveries(base_config, tmp_path) -> Non
 
 
 @pytest.mark.parametrize("sync_commit", [False, True])
-def test_commit_mode_of_the_fast_path_connections(owner: Owner, app, sync_commit: bool) -> None:  # type: ignore[no-untyped-def]
+def test_commit_mode_of_the_fast_path_connections(owner: Owner, app, sync_commit: bool) -> None:
     from crm_app.extensions import db
     from crm_app.services.webhooks import fastpath
 

@@ -47,7 +47,7 @@ def test_token_is_stable_hashed_and_encrypted(owner: Owner) -> None:
     assert token not in stored  # ciphertext at rest
 
 
-def test_tokens_differ_per_owner(app, owner: Owner) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_differ_per_owner(app, owner: Owner) -> None:
     from crm_app.commands.users import get_or_create_owner
 
     other = get_or_create_owner("second").id
@@ -55,7 +55,7 @@ def test_tokens_differ_per_owner(app, owner: Owner) -> None:  # type: ignore[no-
     assert ensure_webhook_token(other) != owner.token
 
 
-def test_webhook_url_uses_public_url(app, owner: Owner) -> None:  # type: ignore[no-untyped-def]
+def test_webhook_url_uses_public_url(app, owner: Owner) -> None:
     app.config["PUBLIC_URL"] = "https://crm.example.org/"
     assert webhook_url(owner.id) == f"https://crm.example.org/webhooks/amocrm/{owner.token}"
 
@@ -109,7 +109,7 @@ def test_disconnect_unsubscribes(owner: Owner) -> None:
     )
 
 
-def test_no_admin_rights_means_manual_set_up(app, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_no_admin_rights_means_manual_set_up(app, sandbox) -> None:
     manager = next(u for u in sandbox.account.users if not u.is_admin)
     owner_id = connect_owner(app, sandbox, "managers", user_id=manager.id)
     state = subscribe(owner_id)
@@ -137,7 +137,7 @@ def test_outage_is_recorded(owner: Owner) -> None:
     assert state["error"].startswith("amoCRM")
 
 
-def test_not_connected_owner(app) -> None:  # type: ignore[no-untyped-def]
+def test_not_connected_owner(app) -> None:
     from crm_app.commands.users import get_or_create_owner
 
     owner_id = get_or_create_owner("lonely").id
@@ -155,7 +155,7 @@ def _csrf_from(html: str) -> str:
     return match.group(1)
 
 
-def test_card_for_an_admin_shows_the_url_and_the_button(owner: Owner, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_card_for_an_admin_shows_the_url_and_the_button(owner: Owner, make_user, login) -> None:
     make_user("boss", role="admin", owner="acme")
     login("boss")
     owner.post(owner.body({"leads": {"add": [{"id": "1"}]}}))
@@ -171,7 +171,7 @@ def test_card_for_an_admin_shows_the_url_and_the_button(owner: Owner, make_user,
 
 def test_guest_sees_the_card_without_secret_and_cannot_subscribe(
     owner: Owner, make_user, login
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     make_user("viewer", role="guest", owner="acme")
     login("viewer")
     resp = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"})
@@ -188,7 +188,7 @@ def test_guest_sees_the_card_without_secret_and_cannot_subscribe(
     assert _hooks(owner) == []
 
 
-def test_subscribe_button(owner: Owner, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_subscribe_button(owner: Owner, make_user, login) -> None:
     make_user("boss", role="admin", owner="acme")
     login("boss")
     html = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"}).get_data(
@@ -213,7 +213,7 @@ def test_subscribe_button(owner: Owner, make_user, login) -> None:  # type: igno
     assert resp.status_code == 303
 
 
-def test_card_needs_login_and_respects_owners(owner: Owner, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_card_needs_login_and_respects_owners(owner: Owner, make_user, login) -> None:
     resp = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"})
     assert resp.status_code == 401 and "HX-Redirect" in resp.headers
     assert owner.client.get("/admin/crm/ui/webhooks").status_code == 302
@@ -225,7 +225,7 @@ def test_card_needs_login_and_respects_owners(owner: Owner, make_user, login) ->
     assert owner.token not in html  # their own card, not acme's
 
 
-def test_admin_may_look_at_another_owner(owner: Owner, make_user, login) -> None:  # type: ignore[no-untyped-def]
+def test_admin_may_look_at_another_owner(owner: Owner, make_user, login) -> None:
     make_user("root", role="admin", owner="hq")
     login("root")
     resp = owner.client.get(f"/admin/crm/ui/webhooks?owner_id={owner.id}")

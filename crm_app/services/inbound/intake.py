@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import select
+from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
 from crm_app.models import InboundPerson, InboundRequest, InboundStatus
+from crm_app.services import queue
 from crm_app.services.inbound.schema import InboundPayload, parse_payload
 
 logger = logging.getLogger(__name__)
@@ -146,17 +147,24 @@ def submit(
 
 def enqueue(request_id: int) -> bool:
     """Send ``inbound.process``; a broker outage leaves the row for the beat to pick up."""
-    celery = current_app.extensions.get("celery")
-    if celery is None:
-        return False
     try:
-        if celery.conf.task_always_eager:
-            from workers.inbound import process_request
-
-            process_request.apply(args=[request_id])
-        else:
-            celery.send_task(PROCESS_TASK, args=[request_id])
+        queue.enqueue(PROCESS_TASK, request_id)
     except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later
         logger.warning("could not enqueue inbound request %s: %s", request_id, type(exc).__name__)
+        mark_due(request_id)
         return False
     return True
+
+
+def mark_due(request_id: int, delay: float = 0.0) -> None:
+    """Let the next inbound.retry_stale pass after `delay` send it (its message was not sent)."""
+    try:
+        db.session.execute(
+            sa_update(InboundRequest)
+            .where(InboundRequest.id == request_id, InboundRequest.status == InboundStatus.QUEUED)
+            .values(next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
+        )
+        db.session.commit()
+    except Exception as exc:  # the stale sweep still finds it, only later
+        db.session.rollback()
+        logger.warning("could not mark inbound request %s due: %s", request_id, type(exc).__name__)

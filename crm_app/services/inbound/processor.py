@@ -66,6 +66,7 @@ from crm_app.models import (
     SyncLog,
 )
 from crm_app.models.inbound import InboundOutcome
+from crm_app.services.echo import remember_own_writes
 from crm_app.services.inbound.fields import forget_field_map, get_field_map
 from crm_app.services.inbound.intake import STALE_AFTER_SECONDS, enqueue, get_or_create_person
 from crm_app.services.locks import LockTimeout, named_lock
@@ -261,6 +262,8 @@ def process(request_id: int) -> Result:
 def _run(req: InboundRequest) -> Result:
     from crm_app.services.amo import get_config
 
+    began = _now()
+
     cfg = get_config(req.owner_id)
     if cfg is None or not cfg.auto_create_lead:
         return _fail(
@@ -281,7 +284,7 @@ def _run(req: InboundRequest) -> Result:
             _resolve(req, person, ctx)
         if not req.note_added:
             _note(req, ctx)
-        return _done(req)
+        return _done(req, began)
     except _Retry as exc:
         db.session.rollback()
         return _retry_later(req, exc)
@@ -583,11 +586,15 @@ def _lead_item(
     cfg = ctx.cfg
     label = CHANNEL_LABELS.get(req.channel, req.channel)
     name = _display_name(req.payload, req.external_id)[:200]
+    stamp = int(_now().timestamp())
     item: dict[str, Any] = {
         # The ref lets a retry find this deal if amoCRM never answered the create.
         "name": f"{label}: {name} [{person.ref}]",
         "request_id": person.ref,
         "tags_to_add": [{"name": label}],
+        # Our own version stamp: the webhook echo of this write is recognised by it.
+        "created_at": stamp,
+        "updated_at": stamp,
     }
     if cfg.lead_pipeline_id:
         item["pipeline_id"] = int(cfg.lead_pipeline_id)
@@ -602,6 +609,8 @@ def _lead_item(
         contact = {"id": int(contact_id)} if contact_id else _contact_item(req, ctx)
     else:
         contact = {"id": int(contact_id)} if contact_id else _plain_contact(req, ctx)
+    if not contact_id:
+        contact.update(created_at=stamp, updated_at=stamp)
     item["_embedded"] = {"contacts": [contact]}
     return item
 
@@ -670,13 +679,17 @@ def _create_deal(
     lead_id = int(row["id"])
     new_contact = row.get("contact_id")
     final_contact = int(new_contact) if isinstance(new_contact, int) else contact_id
+    written = [("leads", lead_id, int(item["updated_at"]))]
+    if contact_id is None and final_contact and not row.get("merged"):
+        written.append(("contacts", final_contact, int(item["updated_at"])))
+    remember_own_writes(req.owner_id, written)
     person.contact_id, person.lead_id = final_contact, lead_id
     person.create_started_at = None
     req.contact_id, req.lead_id, req.outcome = final_contact, lead_id, outcome
     db.session.commit()  # the ids are safe before anything else can fail
     _log(req, "success", {"merged": bool(row.get("merged"))})
     try:
-        _mirror_created(req, ctx.cfg, final_contact, lead_id, new_contact=contact_id is None)
+        _mirror_created(req, ctx.cfg, final_contact, lead_id, item, new_contact=contact_id is None)
         db.session.commit()
     except Exception:  # the mirror is a cache; the next sync fills it anyway
         db.session.rollback()
@@ -695,13 +708,22 @@ def _about_custom_fields(exc: AmoCRMValidationError) -> bool:
 
 
 def _mirror_created(
-    req: InboundRequest, cfg: AmoConfig, contact_id: int | None, lead_id: int, *, new_contact: bool
+    req: InboundRequest,
+    cfg: AmoConfig,
+    contact_id: int | None,
+    lead_id: int,
+    item: dict[str, Any],
+    *,
+    new_contact: bool,
 ) -> None:
     """Put what we just created into the local mirror, so the next dedup lookup sees it.
 
-    The sync replaces these rows with amoCRM's full data; inserting never overwrites a row.
+    The webhook echo of this write is not re-read (see crm_app.services.echo), so the rows carry
+    everything we sent, stamped with the version we gave amoCRM; the sync replaces them with
+    amoCRM's full data later. Inserting never overwrites a row.
     """
-    now = int(_now().timestamp())
+    now = int(item["updated_at"])
+    pipeline_id, status_id = _lead_stage(req.owner_id, cfg)
     payload = req.payload
     rows: list[tuple[type, dict[str, Any]]] = []
     if new_contact and contact_id:
@@ -721,7 +743,9 @@ def _mirror_created(
                     "phones": [phone] if phone else [],
                     "emails": [email] if email else [],
                     "telegram_id": req.external_id if req.channel == "telegram" else None,
+                    "responsible_user_id": cfg.lead_responsible_user_id,
                     "created_at": now,
+                    "updated_at": now,
                     "raw": {"id": contact_id, "source": "inbound"},
                     "synced_at": _now(),
                 },
@@ -733,12 +757,15 @@ def _mirror_created(
             {
                 "owner_id": req.owner_id,
                 "id": lead_id,
-                "name": None,
-                "pipeline_id": cfg.lead_pipeline_id,
-                "status_id": cfg.lead_status_id,
+                "name": str(item.get("name") or "")[:255] or None,
+                "price": 0,
+                "pipeline_id": pipeline_id,
+                "status_id": status_id,
+                "responsible_user_id": cfg.lead_responsible_user_id,
                 "main_contact_id": contact_id,
                 "contact_ids": [contact_id] if contact_id else [],
                 "created_at": now,
+                "updated_at": now,
                 "raw": {"id": lead_id, "source": "inbound"},
                 "synced_at": _now(),
             },
@@ -750,6 +777,31 @@ def _mirror_created(
         else:
             from sqlalchemy.dialects.sqlite import insert
         db.session.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def _lead_stage(owner_id: int, cfg: AmoConfig) -> tuple[int | None, int | None]:
+    """Pipeline and status a new deal lands in: the settings, else amoCRM's default (the main
+    pipeline's first stage, as mirrored)."""
+    from crm_app.models import Pipeline, PipelineStatus
+
+    pipeline_id = cfg.lead_pipeline_id
+    if pipeline_id is None:
+        pipeline_id = db.session.scalar(
+            select(Pipeline.id).where(Pipeline.owner_id == owner_id, Pipeline.is_main.is_(True))
+        )
+    status_id = cfg.lead_status_id
+    if status_id is None and pipeline_id is not None:
+        status_id = db.session.scalar(
+            select(PipelineStatus.id)
+            .where(
+                PipelineStatus.owner_id == owner_id,
+                PipelineStatus.pipeline_id == pipeline_id,
+                PipelineStatus.type == 0,
+            )
+            .order_by(PipelineStatus.sort)
+            .limit(1)
+        )
+    return pipeline_id, status_id
 
 
 def _note_text(req: InboundRequest) -> str | None:
@@ -822,12 +874,16 @@ def _log(req: InboundRequest, status: str, extra: dict[str, Any] | None = None) 
     db.session.commit()
 
 
-def _done(req: InboundRequest) -> Result:
+def _done(req: InboundRequest, began: datetime | None = None) -> Result:
     req.status = InboundStatus.CREATED
     req.error = None
     req.next_attempt_at = None
     req.processed_at = _now()
     db.session.commit()
+    if began is not None:
+        from crm_app.services.amo import record_api_success
+
+        record_api_success(req.owner_id, began)
     logger.info(
         "inbound request %s: %s (contact %s, lead %s)",
         req.id,

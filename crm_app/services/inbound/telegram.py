@@ -135,15 +135,6 @@ def store_secret(cfg: AmoConfig, secret: str) -> None:
     db.session.commit()
 
 
-def set_webhook(cfg: AmoConfig, bot_token: str) -> str:
-    """Register the owner's webhook with Telegram, then store the secret; returns the URL."""
-    setup = prepare_webhook(bot_token)
-    call_set_webhook(setup)
-    # Stored only after Telegram accepted it: a failed call leaves the old webhook working.
-    store_secret(cfg, setup.secret)
-    return setup.body["url"]
-
-
 def owner_webhook_url(cfg: AmoConfig | None) -> str | None:
     """The owner's full webhook URL (it contains the path secret: never show or log it)."""
     if cfg is None or not cfg.telegram_secret:

@@ -24,14 +24,21 @@ from crm_app.amocrm.errors import (
     AmoCRMRateLimited,
 )
 from crm_app.amocrm.throttle import pace_interval
+from crm_app.extensions import db
 from crm_app.models import RunStatus
-from crm_app.services.amo import NotConfigured, client_for_owner, record_api_failure
+from crm_app.services.amo import (
+    NotConfigured,
+    client_for_owner,
+    record_api_failure,
+    record_api_success,
+    sync_retry_policy,
+)
+from crm_app.services.sync.checkpoint import Checkpoint, EntityProgress, Mode
 from crm_app.services.sync.mappers import map_items
 from crm_app.services.sync.paging import (
     PAGE_LIMIT,
     PageStream,
     SpacedThrottle,
-    make_patient,
     parallel_pages,
     prefetch,
 )
@@ -41,12 +48,14 @@ from crm_app.services.sync.runs import (
     LeaseLost,
     RunLease,
     claim_run,
+    heartbeat_interval,
     read_cursor,
     run_connection,
     save_cursor,
+    utcnow,
     write_log,
 )
-from crm_app.services.sync.upsert import ENTITIES, entity_table, upsert_rows
+from crm_app.services.sync.upsert import ENTITIES, entity_scope, entity_table, upsert_rows
 from crm_app.services.tokens import NotConnected
 
 logger = logging.getLogger(__name__)
@@ -116,7 +125,7 @@ class RunContext:
         self.entities: list[str] = [e for e in row["entities"] or [] if e in ENTITIES]
         self.full: bool = bool(row["full"])
         self.trigger: str = row["trigger"]
-        self.checkpoint: dict[str, Any] = dict(row["checkpoint"] or {})
+        self.checkpoint = Checkpoint.from_json(row["checkpoint"])
         self.counts: dict[str, Any] = dict(row["counts"] or {})
         self.client = client
         self.counter = counter
@@ -134,8 +143,9 @@ class RunContext:
     # -- progress -------------------------------------------------------------------------
 
     def totals(self) -> dict[str, Any]:
-        pages = sum(int(v.get("pages", 0)) for k, v in self.checkpoint.items() if k in ENTITIES)
-        records = sum(int(v.get("records", 0)) for k, v in self.checkpoint.items() if k in ENTITIES)
+        progress = self.checkpoint.entities.values()
+        pages = sum(p.pages for p in progress)
+        records = sum(p.records for p in progress)
         return {
             "pages": pages,
             "records": records,
@@ -146,7 +156,7 @@ class RunContext:
     def save(self, entity: str | None) -> None:
         """Write checkpoint and progress in the current transaction (lease-checked)."""
         self.lease.write(
-            checkpoint=self.checkpoint,
+            checkpoint=self.checkpoint.to_json(),
             counts=self.counts,
             current_entity=entity,
             **self.totals(),
@@ -187,7 +197,7 @@ class PageWriter:
         self.wait()
         ctx = self.ctx
         # A snapshot: the run's thread keeps changing the live checkpoint.
-        checkpoint = copy.deepcopy(ctx.checkpoint)
+        checkpoint = ctx.checkpoint.to_json()
         counts = copy.deepcopy(ctx.counts)
         totals = ctx.totals()
 
@@ -214,58 +224,34 @@ class PageWriter:
         self.pool.shutdown(wait=True)
 
 
-def _new_state(ctx: RunContext, entity: str) -> dict[str, Any]:
+def _new_state(ctx: RunContext, entity: str) -> EntityProgress:
     with ctx.conn.begin():
         cursor = read_cursor(ctx.conn, ctx.owner_id, entity)
+    mode: Mode
     if ctx.trigger == "reconcile":
         mode = "reconcile"
     elif ctx.full or cursor is None:
         mode = "full"
     else:
         mode = "incremental"
-    return {
-        "mode": mode,
-        "page": 1,
-        "done": False,
-        "cursor_from": cursor if mode == "incremental" else None,
-        "previous_cursor": cursor,
-        "max_updated_at": None,
-        "started": _epoch(),
-        "records": 0,
-        "pages": 0,
-        "older": 0,
-        "deleted": 0,
-        "filter_ignored": False,
-        "order_ignored": False,
-    }
-
-
-def _next_cursor(state: dict[str, Any], overlap: int) -> int | None:
-    """The next incremental starting point.
-
-    Not simply the newest ``updated_at`` seen: a record edited while we paged may sit on a page
-    already read, with a stamp below the newest one we saw later. Anything edited after the
-    pass began has a stamp at or after its start, so the cursor never passes the start (less
-    a margin for clock skew). ``from`` is inclusive: re-reading a record is harmless.
-    """
-    seen = state.get("max_updated_at")
-    previous = state.get("previous_cursor")
-    if seen is None:
-        return previous
-    candidate = min(int(seen), int(state["started"]) - overlap)
-    return max(candidate, previous) if previous is not None else candidate
+    return EntityProgress(
+        mode=mode,
+        started=_epoch(),
+        cursor_from=cursor if mode == "incremental" else None,
+        previous_cursor=cursor,
+    )
 
 
 def _sync_entity(ctx: RunContext, entity: str) -> None:
-    state = ctx.checkpoint.get(entity)
-    if not isinstance(state, dict) or state.get("done"):
-        if isinstance(state, dict) and state.get("done"):
-            return
+    state = ctx.checkpoint.entities.get(entity)
+    if state is None:
         state = _new_state(ctx, entity)
-    elif state.get("mode") == "reconcile" and state.get("page", 1) > 1:
+    elif state.done:
+        return
+    elif state.mode == "reconcile" and state.page > 1:
         # The id set seen so far lived in the dead worker's memory: start the scan again.
-        state.update(page=1, records=0, pages=0, started=_epoch())
-    ctx.checkpoint[entity] = state
+        state.page, state.records, state.pages, state.started = 1, 0, 0, _epoch()
+    ctx.checkpoint.entities[entity] = state
     with ctx.conn.begin():
         ctx.save(entity)
     logger.info(
@@ -273,28 +259,28 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
         ctx.run_id,
         ctx.owner_id,
         entity,
-        state["mode"],
-        state["page"],
+        state.mode,
+        state.page,
     )
     started = time.monotonic()
     table = entity_table(entity)
-    seen_ids = array("q") if state["mode"] == "reconcile" else None
+    seen_ids = array("q") if state.mode == "reconcile" else None
     stream = PageStream(
         ctx.client,
         entity,
-        int(state["page"]),
-        "incremental" if state["mode"] == "incremental" else "full",
-        state.get("cursor_from"),
+        state.page,
+        "incremental" if state.mode == "incremental" else "full",
+        state.cursor_from,
     )
     concurrency = int(current_app.config.get("SYNC_FETCH_CONCURRENCY", 3))
-    if state["mode"] != "incremental" and concurrency > 1:
+    if state.mode != "incremental" and concurrency > 1:
         pages = parallel_pages(
             ctx.app,
             ctx.client,
             entity,
-            int(state["page"]),
+            state.page,
             concurrency,
-            _expected_pages(ctx, table),
+            _expected_pages(ctx, entity, table),
             lambda: ctx.counter.in_flight_for(ctx.rate, ctx.page_seconds),
         )
     else:
@@ -313,18 +299,18 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
                 with ctx.conn.begin():
                     items = _changed_only(ctx.conn, table, ctx.owner_id, items)
             rows = map_items(entity, ctx.owner_id, items, now, ctx.region)
-            state["page"] = result.page.page + 1
-            state["pages"] += 1
-            state["records"] += len(rows) if seen_ids is None else len(result.items)
-            state["older"] += result.older
+            state.page = result.page.page + 1
+            state.pages += 1
+            state.records += len(rows) if seen_ids is None else len(result.items)
+            state.older += result.older
             stamps = [r["updated_at"] for r in rows if r["updated_at"] is not None]
             if stamps:
-                top = max(stamps)
-                if state["max_updated_at"] is None or top > state["max_updated_at"]:
-                    state["max_updated_at"] = top
+                top = int(max(stamps))
+                if state.max_updated_at is None or top > state.max_updated_at:
+                    state.max_updated_at = top
             if stream.check is not None:
-                state["filter_ignored"] = not stream.check.filter_ok
-                state["order_ignored"] = not stream.check.order_ok
+                state.filter_ignored = not stream.check.filter_ok
+                state.order_ignored = not stream.check.order_ok
             # The page and the checkpoint that points past it commit together, in the writer
             # thread, while this thread maps the next page.
             writer.submit(table, rows, entity)
@@ -343,24 +329,29 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             ctx.owner_id,
             entity,
         )
-    if state["mode"] == "full":
-        state["deleted"] += _sweep_unseen(ctx, entity, state)
+    if state.mode == "full":
+        state.deleted += _sweep_unseen(ctx, entity, state)
     elif seen_ids is not None:
-        state["deleted"] += _sweep_missing(ctx, entity, seen_ids)
+        state.deleted += _sweep_missing(ctx, entity, seen_ids)
     duration = time.monotonic() - started
-    state["done"] = True
-    state["duration"] = round(state.get("duration", 0.0) + duration, 3)
+    state.done = True
+    state.duration = round(state.duration + duration, 3)
     ctx.counts[entity] = {
-        k: state[k] for k in ("mode", "records", "pages", "deleted", "older", "filter_ignored")
+        "mode": state.mode,
+        "records": state.records,
+        "pages": state.pages,
+        "deleted": state.deleted,
+        "older": state.older,
+        "filter_ignored": state.filter_ignored,
     }
     with ctx.conn.begin():
         save_cursor(
             ctx.conn,
             ctx.owner_id,
             entity,
-            cursor=_next_cursor(state, ctx.overlap),
-            full=state["mode"] in ("full", "reconcile"),
-            reconcile=state["mode"] == "reconcile",
+            cursor=state.next_cursor(ctx.overlap),
+            full=state.mode in ("full", "reconcile"),
+            reconcile=state.mode == "reconcile",
         )
         write_log(
             ctx.conn,
@@ -369,12 +360,12 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
             "success",
             {
                 "run_id": ctx.run_id,
-                "mode": state["mode"],
-                "records": state["records"],
-                "pages": state["pages"],
-                "deleted": state["deleted"],
-                "duration_s": state["duration"],
-                "filter_ignored": state["filter_ignored"],
+                "mode": state.mode,
+                "records": state.records,
+                "pages": state.pages,
+                "deleted": state.deleted,
+                "duration_s": state.duration,
+                "filter_ignored": state.filter_ignored,
                 "trigger": ctx.trigger,
             },
             ctx.run_id,
@@ -383,11 +374,13 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
     ctx.notify(entity)
 
 
-def _expected_pages(ctx: RunContext, table: Any) -> int | None:
+def _expected_pages(ctx: RunContext, entity: str, table: Any) -> int | None:
     """How many pages the listing should have, judging by the mirror (None when it is empty)."""
     with ctx.conn.begin():
         rows = ctx.conn.execute(
-            select(func.count()).select_from(table).where(table.c.owner_id == ctx.owner_id)
+            select(func.count())
+            .select_from(table)
+            .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         ).scalar()
     return math.ceil(rows / PAGE_LIMIT) if rows else None
 
@@ -399,7 +392,7 @@ def _changed_only(
     ids = [i["id"] for i in items if isinstance(i.get("id"), int)]
     if not ids:
         return []
-    known = dict(
+    known: dict[Any, Any] = dict(
         conn.execute(
             select(table.c.id, table.c.updated_at).where(
                 table.c.owner_id == owner_id, table.c.id.in_(ids)
@@ -433,14 +426,18 @@ def _confirm_and_delete(ctx: RunContext, entity: str, candidates: list[int]) -> 
     return deleted
 
 
-def _sweep_unseen(ctx: RunContext, entity: str, state: dict[str, Any]) -> int:
+def _sweep_unseen(ctx: RunContext, entity: str, state: EntityProgress) -> int:
     """After a full pass: rows the pass did not touch are candidates for deletion."""
     table = entity_table(entity)
-    since = datetime.fromtimestamp(float(state["started"]), UTC)
+    since = datetime.fromtimestamp(state.started, UTC)
     candidates = list(
         ctx.conn.execute(
             select(table.c.id)
-            .where(table.c.owner_id == ctx.owner_id, table.c.synced_at < since)
+            .where(
+                table.c.owner_id == ctx.owner_id,
+                table.c.synced_at < since,
+                *entity_scope(entity, table),
+            )
             .order_by(table.c.id)
         ).scalars()
     )
@@ -448,7 +445,7 @@ def _sweep_unseen(ctx: RunContext, entity: str, state: dict[str, Any]) -> int:
     return _confirm_and_delete(ctx, entity, candidates)
 
 
-def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
+def _sweep_missing(ctx: RunContext, entity: str, seen: array[int]) -> int:
     """After a reconcile scan: mirror ids amoCRM did not list (sorted merge, 8 bytes an id)."""
     table = entity_table(entity)
     ordered = sorted(seen)
@@ -457,7 +454,7 @@ def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
     # A server-side cursor for this one statement (Connection.execution_options would stick).
     result = ctx.conn.execute(
         select(table.c.id)
-        .where(table.c.owner_id == ctx.owner_id)
+        .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         .order_by(table.c.id)
         .execution_options(yield_per=5000)
     )
@@ -476,14 +473,16 @@ def _sweep_missing(ctx: RunContext, entity: str, seen: array) -> int:
 
 def _fail_entities(ctx: RunContext, error: str) -> None:
     for entity in ctx.entities:
-        state = ctx.checkpoint.get(entity)
-        if isinstance(state, dict) and state.get("done"):
+        state = ctx.checkpoint.entities.get(entity)
+        if state is not None and state.done:
             continue
-        details = {"run_id": ctx.run_id, "error": error[:500], "trigger": ctx.trigger}
-        if isinstance(state, dict):
-            details.update(
-                mode=state.get("mode"), records=state.get("records"), pages=state.get("pages")
-            )
+        details: dict[str, Any] = {
+            "run_id": ctx.run_id,
+            "error": error[:500],
+            "trigger": ctx.trigger,
+        }
+        if state is not None:
+            details.update(mode=state.mode, records=state.records, pages=state.pages)
         else:
             details["skipped"] = True
         write_log(ctx.conn, ctx.owner_id, f"sync_{entity}", "error", details, ctx.run_id)
@@ -495,6 +494,7 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
     Failures end the run with status ``error`` and a sync-log entry per entity; an amoCRM 403
     block also turns the owner's badge red. The checkpoint stays, so the next run resumes.
     """
+    began = utcnow()
     with run_connection() as conn:
         claimed = claim_run(conn, run_id)
         if claimed is None:
@@ -504,7 +504,7 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
         owner_id = row["owner_id"]
         counter = RequestCounter()
         try:
-            client = client_for_owner(owner_id)
+            client = client_for_owner(owner_id, retry=sync_retry_policy())
         except (NotConfigured, NotConnected) as exc:
             lease.finish(RunStatus.ERROR, f"amoCRM не подключён: {exc}")
             with conn.begin():
@@ -521,11 +521,15 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
         counter.attach(client)
         rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
         if rate > 0:
-            client.throttle = SpacedThrottle(client.throttle, pace_interval(rate))
-        make_patient(client, max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)))
+            client.throttle = SpacedThrottle(
+                client.throttle,
+                pace_interval(rate),
+                float(current_app.config.get("SYNC_LIMITER_MAX_WAIT", 300)),
+            )
         ctx = RunContext(conn, lease, row, client, counter, progress)
         try:
-            _execute(ctx)
+            with lease.kept_alive(db.engine, heartbeat_interval()):
+                _execute(ctx)
         except LeaseLost:
             logger.warning("sync run %s: lease lost, another worker continues it", run_id)
             return
@@ -534,15 +538,25 @@ def run_sync(run_id: int, *, progress: Progress | None = None) -> None:
         except Exception as exc:
             logger.exception("sync run %s failed", run_id)
             _fail(ctx, exc, f"{type(exc).__name__}: {str(exc)[:300]}")
+        else:
+            _clear_badge(owner_id, began)
         finally:
             client.close()
 
 
+def _clear_badge(owner_id: int, began: datetime) -> None:
+    """A finished run proves amoCRM answers: an older error on the badge is stale."""
+    try:
+        record_api_success(owner_id, began)
+    except Exception:  # the run itself succeeded; the badge catches up on the next success
+        db.session.rollback()
+        logger.warning("could not clear the badge of owner %s", owner_id, exc_info=True)
+
+
 def _execute(ctx: RunContext) -> None:
-    reference = ctx.checkpoint.get("_reference")
-    if not (isinstance(reference, dict) and reference.get("done")):
+    if ctx.checkpoint.reference is None:
         summary = sync_reference_data(ctx.owner_id, client=ctx.client, conn=ctx.conn)
-        ctx.checkpoint["_reference"] = {"done": True, **summary}
+        ctx.checkpoint.reference = summary
         with ctx.conn.begin():
             ctx.save(None)
     for entity in ctx.entities:
@@ -551,7 +565,7 @@ def _execute(ctx: RunContext) -> None:
     ctx.lease.finish(
         RunStatus.SUCCESS,
         None,
-        checkpoint=ctx.checkpoint,
+        checkpoint=ctx.checkpoint.to_json(),
         counts=ctx.counts,
         **totals,
     )
@@ -585,7 +599,7 @@ def _fail(ctx: RunContext, exc: Exception, message: str) -> None:
         ctx.lease.finish(
             RunStatus.ERROR,
             message[:1000],
-            checkpoint=ctx.checkpoint,
+            checkpoint=ctx.checkpoint.to_json(),
             counts=ctx.counts,
             **ctx.totals(),
         )

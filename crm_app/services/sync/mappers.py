@@ -11,6 +11,10 @@ from crm_app.amocrm.fields import EMAIL, PHONE, normalize_email, normalize_phone
 
 Row = dict[str, Any]
 
+# Note sync entities → the amoCRM entity type whose notes they list (one table, told apart by
+# entity_type).
+NOTE_SCOPES: dict[str, str] = {"lead_notes": "leads", "contact_notes": "contacts"}
+
 # The Telegram ID lives in a user-made text field; accounts name it differently. Its code is
 # set only when an integration created the field (ours and the sandbox use TELEGRAM_ID).
 TELEGRAM_CODES = ("TELEGRAM_ID", "TELEGRAMID", "TG_ID")
@@ -267,8 +271,47 @@ def map_task(
     }
 
 
+def map_note(entity_type: str, owner_id: int, item: Mapping[str, Any], synced_at: datetime) -> Row:
+    """A crm_notes row of a lead's or contact's note (``entity_type`` = leads | contacts)."""
+    params = item.get("params")
+    params = dict(params) if isinstance(params, Mapping) else {}
+    text = params.get("text")
+    return {
+        "owner_id": owner_id,
+        "id": as_int(item.get("id")),
+        "entity_type": entity_type,
+        "entity_id": as_int(item.get("entity_id")),
+        "note_type": _text(item.get("note_type"), 64),
+        "text": str(text) if text not in (None, "") else None,
+        "params": params,
+        "responsible_user_id": as_int(item.get("responsible_user_id")),
+        "created_by": as_int(item.get("created_by")),
+        "created_at": as_int(item.get("created_at")),
+        "updated_at": as_int(item.get("updated_at")),
+        "synced_at": synced_at,
+    }
+
+
+def map_lead_note(
+    owner_id: int, item: Mapping[str, Any], synced_at: datetime, region: str = "RU"
+) -> Row:
+    return map_note("leads", owner_id, item, synced_at)
+
+
+def map_contact_note(
+    owner_id: int, item: Mapping[str, Any], synced_at: datetime, region: str = "RU"
+) -> Row:
+    return map_note("contacts", owner_id, item, synced_at)
+
+
 Mapper = Callable[[int, Mapping[str, Any], datetime, str], Row]
-MAPPERS: dict[str, Mapper] = {"contacts": map_contact, "leads": map_lead, "tasks": map_task}
+MAPPERS: dict[str, Mapper] = {
+    "contacts": map_contact,
+    "leads": map_lead,
+    "tasks": map_task,
+    "lead_notes": map_lead_note,
+    "contact_notes": map_contact_note,
+}
 
 
 def map_items(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,76 +15,19 @@ from typing import Any
 from flask import Flask
 
 from crm_app.amocrm.client import AmoCRMClient, Page
-from crm_app.amocrm.errors import AmoCRMRateLimited
-from crm_app.services.sync.mappers import as_int
+from crm_app.amocrm.errors import ThrottleUnavailable
+from crm_app.services.sync.mappers import NOTE_SCOPES, as_int
 
 logger = logging.getLogger(__name__)
 
 PAGE_LIMIT = 250
-# Documented order fields (api-facts §3): tasks have no order[updated_at], see docs/sync.md.
+# Documented order fields: tasks have no order[updated_at], see docs/sync.md
+# (https://www.amocrm.ru/developers/content/crm_platform/tasks-api).
 ORDER_FIELDS = {
     "contacts": ("updated_at", "id"),
     "leads": ("created_at", "updated_at", "id"),
     "tasks": ("created_at", "complete_till", "id"),
 }
-
-
-def backoff_delay(attempt: int, retry_after: float | None, max_wait: float) -> float:
-    """Seconds to wait before retry ``attempt`` (1, 2, ...) after a 429, before jitter.
-
-    amoCRM's limit is counted per second, and our throttle already paces below it, so a lone
-    429 is network jitter bunching two requests: the first retry waits 1.5 s, long enough for
-    the window to clear. A second 429 in a row means amoCRM really wants a pause: from then on
-    its ``retry_after`` (Kommo documents 300 s) is honoured, capped at ``max_wait``, and the
-    wait doubles each time; never hammering matters, since repeated 429s earn a sticky block.
-    """
-    delay = 1.5 * 2 ** (attempt - 1)
-    if attempt >= 2 and retry_after:
-        delay = max(delay, float(retry_after))
-    return min(delay, max_wait)
-
-
-def fetch_with_backoff(
-    fetch: Callable[[], Page],
-    *,
-    retries: int = 3,
-    max_wait: float = 60.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Page:
-    """Call ``fetch``; after a 429 the client gave up on, wait (with jitter) and try again.
-
-    The client already retries short 429s itself. It gives up at once when amoCRM asks for a
-    long pause; a sync can afford to wait a bounded while (``backoff_delay``) rather than fail
-    the run. After ``retries`` the 429 propagates and the run stops (the next one resumes).
-    """
-    attempt = 0
-    while True:
-        try:
-            return fetch()
-        except AmoCRMRateLimited as exc:
-            attempt += 1
-            if attempt > retries:
-                raise
-            delay = backoff_delay(attempt, exc.retry_after, max_wait) * random.uniform(1.0, 1.25)
-            logger.warning(
-                "amoCRM rate limit (429): waiting %.1f s before retry %d", delay, attempt
-            )
-            sleep(delay)
-
-
-def make_patient(client: AmoCRMClient, *, retries: int = 3, max_wait: float = 60.0) -> None:
-    """Give every request of ``client`` the bounded 429 backoff of ``fetch_with_backoff``.
-
-    A sync only reads, and amoCRM rejects a 429 before doing anything, so resending is safe.
-    """
-    original = client.request
-
-    def request(method: str, path: str, **kwargs: Any) -> Any:
-        return fetch_with_backoff(
-            lambda: original(method, path, **kwargs), retries=retries, max_wait=max_wait
-        )
-
-    client.request = request  # type: ignore[method-assign]
 
 
 class SpacedThrottle:
@@ -97,14 +39,33 @@ class SpacedThrottle:
     Measuring from when each request really left the throttle keeps them spaced.
     """
 
-    def __init__(self, inner: Any, interval: float) -> None:
+    def __init__(self, inner: Any, interval: float, limiter_max_wait: float = 0.0) -> None:
         self.inner = inner
         self.interval = interval
+        self.limiter_max_wait = limiter_max_wait
         self._lock = threading.Lock()
         self._last: float | None = None
 
+    def _shared_slot(self, key: str) -> None:
+        """The shared throttle's slot; while its Redis is down, wait for it (up to a limit).
+
+        Going on unpaced could earn a 403 block, and failing would throw the run away for an
+        outage that usually lasts seconds; the run's heartbeat goes on meanwhile.
+        """
+        deadline = time.monotonic() + self.limiter_max_wait
+        delay = 0.5
+        while True:
+            try:
+                self.inner.acquire(key)
+                return
+            except ThrottleUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def acquire(self, key: str) -> None:
-        self.inner.acquire(key)
+        self._shared_slot(key)
         with self._lock:
             now = time.monotonic()
             if self._last is not None and now < self._last + self.interval:
@@ -121,7 +82,7 @@ def fetch_page(
     filter_: dict[str, Any] | None = None,
     order: dict[str, str] | None = None,
 ) -> Page:
-    """One page of contacts, leads (``with=contacts``) or tasks."""
+    """One page of contacts, leads (``with=contacts``), tasks, or lead/contact notes."""
     if entity == "contacts":
         return client.get_contacts(limit=PAGE_LIMIT, page=page, filter_=filter_, order=order)
     if entity == "leads":
@@ -130,6 +91,10 @@ def fetch_page(
         )
     if entity == "tasks":
         return client.get_tasks(limit=PAGE_LIMIT, page=page, filter_=filter_, order=order)
+    if entity in NOTE_SCOPES:
+        return client.get_notes(
+            NOTE_SCOPES[entity], limit=PAGE_LIMIT, page=page, filter_=filter_, order=order
+        )
     raise ValueError(f"unknown entity {entity!r}")
 
 

@@ -14,7 +14,13 @@ from crm_app.i18n import translate as _t
 from crm_app.models import RunStatus, SyncRun
 
 RECENT_RUNS = 5
-ENTITY_LABELS = {"contacts": _n("Контакты"), "leads": _n("Сделки"), "tasks": _n("Задачи")}
+ENTITY_LABELS = {
+    "contacts": _n("Контакты"),
+    "leads": _n("Сделки"),
+    "tasks": _n("Задачи"),
+    "lead_notes": _n("Примечания сделок"),
+    "contact_notes": _n("Примечания контактов"),
+}
 
 
 @dataclass(frozen=True)

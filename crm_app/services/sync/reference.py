@@ -1,4 +1,4 @@
-"""Reference data for the settings dropdowns: pipelines with statuses, and the account's users."""
+"""Reference data: pipelines with statuses, users, loss reasons and task types."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, not_, tuple_
 
 from crm_app.amocrm.client import AmoCRMClient
-from crm_app.amocrm.errors import AmoCRMBlocked
+from crm_app.amocrm.errors import AmoCRMBlocked, AmoCRMNotFound
 from crm_app.extensions import db
+from crm_app.models import LossReason, TaskType
 from crm_app.services.amo import client_for_owner
-from crm_app.services.sync.mappers import map_pipeline, map_status, map_user
+from crm_app.services.sync.mappers import as_int, map_pipeline, map_status, map_user
 from crm_app.services.sync.upsert import reference_tables, upsert_rows
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,44 @@ def store_reference(
     return {"pipelines": len(p_rows), "statuses": len(s_rows), "users": len(u_rows)}
 
 
+def fetch_choices(client: AmoCRMClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(loss reasons, task types). Loss reasons are documented by Kommo and the official
+    library; an account without the route (404) simply has none."""
+    try:
+        reasons = client.get_loss_reasons()
+    except AmoCRMNotFound:
+        reasons = []
+    account = client.get_account(with_="task_types")
+    raw = account.get("_embedded")
+    embedded: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    types = embedded.get("task_types") or []
+    return [r for r in reasons if isinstance(r, dict)], [t for t in types if isinstance(t, dict)]
+
+
+def store_choices(
+    conn: Connection, owner_id: int, reasons: list[dict[str, Any]], types: list[dict[str, Any]]
+) -> dict[str, int]:
+    """Replace the owner's loss reasons and task types with amoCRM's current lists."""
+    now = datetime.now(UTC)
+    r_rows = [
+        {"owner_id": owner_id, "id": as_int(r.get("id")), "name": str(r.get("name") or ""),
+         "sort": as_int(r.get("sort")) or 0, "synced_at": now}
+        for r in reasons
+    ]  # fmt: skip
+    t_rows = [
+        {"owner_id": owner_id, "id": as_int(t.get("id")), "name": str(t.get("name") or ""),
+         "code": t.get("code"), "color": t.get("color"), "synced_at": now}
+        for t in types
+    ]  # fmt: skip
+    r_rows = [r for r in r_rows if r["id"] is not None]
+    t_rows = [t for t in t_rows if t["id"] is not None]
+    for table, rows in ((LossReason.__table__, r_rows), (TaskType.__table__, t_rows)):
+        conn.execute(delete(table).where(table.c.owner_id == owner_id))
+        if rows:
+            conn.execute(table.insert(), rows)
+    return {"loss_reasons": len(r_rows), "task_types": len(t_rows)}
+
+
 def sync_reference_data(
     owner_id: int, *, client: AmoCRMClient | None = None, conn: Connection | None = None
 ) -> dict[str, Any]:
@@ -92,14 +131,17 @@ def sync_reference_data(
     api = client if client is not None else client_for_owner(owner_id)
     try:
         pipelines, users, users_error = fetch_reference(api)
+        reasons, types = fetch_choices(api)
     finally:
         if own_client:
             api.close()
     if conn is not None:
         with conn.begin():
             counts = store_reference(conn, owner_id, pipelines, users)
+            counts.update(store_choices(conn, owner_id, reasons, types))
     else:
         counts = store_reference(db.session.connection(), owner_id, pipelines, users)
+        counts.update(store_choices(db.session.connection(), owner_id, reasons, types))
         db.session.commit()
     summary: dict[str, Any] = {**counts, "users_error": users_error}
     logger.info("owner %s reference data: %s", owner_id, summary)

@@ -7,14 +7,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import Connection
 
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.extensions import db
-from crm_app.services.amo import client_for_owner
-from crm_app.services.sync.mappers import as_int, map_items
-from crm_app.services.sync.paging import PAGE_LIMIT, fetch_page, make_patient
+from crm_app.services.amo import client_for_owner, sync_retry_policy
+from crm_app.services.sync.mappers import NOTE_SCOPES, as_int, map_items
+from crm_app.services.sync.paging import PAGE_LIMIT, fetch_page
 from crm_app.services.sync.upsert import delete_rows, entity_table, upsert_rows
 
 logger = logging.getLogger(__name__)
@@ -25,6 +24,8 @@ def _get_one(client: AmoCRMClient, entity: str, entity_id: int) -> dict[str, Any
         return client.get_contact(entity_id)
     if entity == "leads":
         return client.get_lead(entity_id, with_="contacts")
+    if entity in NOTE_SCOPES:
+        return client.get_note(NOTE_SCOPES[entity], entity_id)
     return client.get_task(entity_id)
 
 
@@ -72,9 +73,7 @@ def refetch_entities(
     if not wanted:
         return 0, 0
     own_client = client is None
-    api = client if client is not None else client_for_owner(owner_id)
-    if own_client:
-        make_patient(api, max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)))
+    api = client if client is not None else client_for_owner(owner_id, retry=sync_retry_policy())
     upserted = deleted = 0
     try:
         for start in range(0, len(wanted), PAGE_LIMIT):

@@ -5,19 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, CursorResult, Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
 from crm_app.models import AmoConfig, RunStatus, SyncCursor, SyncLog, SyncRun
+from crm_app.services import queue
 from crm_app.services.locks import LockTimeout, named_lock
+from crm_app.services.sync.checkpoint import Checkpoint
 from crm_app.services.sync.upsert import ENTITIES
 
 logger = logging.getLogger(__name__)
@@ -48,26 +51,38 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:128]
 
 
+# What callers may name: the mirrored entities, plus `notes` for the notes of both kinds.
+ENTITY_NAMES: tuple[str, ...] = ("contacts", "leads", "tasks", "notes")
+
+
 def enabled_entities(owner_id: int) -> list[str]:
-    """The entities the owner's sync flags switch on (contacts, leads, tasks)."""
+    """The entities the owner's sync flags switch on; notes come with their leads/contacts."""
     cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner_id))
     if cfg is None:
         return []
-    flags = {"contacts": cfg.sync_contacts, "leads": cfg.sync_leads, "tasks": cfg.sync_tasks}
+    flags = {
+        "contacts": cfg.sync_contacts,
+        "leads": cfg.sync_leads,
+        "tasks": cfg.sync_tasks,
+        "lead_notes": cfg.sync_leads,
+        "contact_notes": cfg.sync_contacts,
+    }
     return [e for e in ENTITIES if flags[e]]
 
 
 def normalize_entities(entities: Sequence[str] | None, owner_id: int) -> list[str]:
     if entities is None:
         return enabled_entities(owner_id)
-    wanted = []
+    wanted: list[str] = []
     for entity in entities:
         if entity == "all":
             return list(ENTITIES)
+        if entity == "notes":
+            wanted.extend(("lead_notes", "contact_notes"))
+            continue
         if entity not in ENTITIES:
-            raise SyncError(f"unknown entity {entity!r}: use {', '.join(ENTITIES)} or all")
-        if entity not in wanted:
-            wanted.append(entity)
+            raise SyncError(f"unknown entity {entity!r}: use {', '.join(ENTITY_NAMES)} or all")
+        wanted.append(entity)
     return [e for e in ENTITIES if e in wanted]
 
 
@@ -102,7 +117,7 @@ def _inherited_checkpoint(owner_id: int, entities: list[str], full: bool) -> dic
     max_age = timedelta(seconds=float(current_app.config.get("SYNC_RESUME_WINDOW_SECONDS", 86400)))
     if last.created_at is None or utcnow() - last.created_at > max_age:
         return {}
-    return {e: v for e, v in last.checkpoint.items() if e in entities and isinstance(v, dict)}
+    return Checkpoint.from_json(last.checkpoint).only(entities).to_json()
 
 
 def start_sync(
@@ -190,13 +205,55 @@ def _create_or_find(
 
 
 def _enqueue(run: SyncRun) -> None:
-    celery = current_app.extensions["celery"]
     try:
-        celery.send_task("sync.run", args=[run.id])
+        queue.enqueue("sync.run", run.id)
     except Exception as exc:
         logger.error("could not enqueue sync run %s: %s", run.id, type(exc).__name__)
         fail_unclaimed(run.id, "Очередь задач недоступна: синхронизация не запущена")
         raise
+
+
+def heartbeat_interval() -> float:
+    """How often a running sync renews its lease: well inside SYNC_STALE_SECONDS."""
+    configured = float(current_app.config.get("SYNC_HEARTBEAT_SECONDS", 10))
+    return max(0.5, min(configured, stale_after().total_seconds() / 3))
+
+
+def take_over_stale(limit: int = 100) -> list[int]:
+    """Re-enqueue active runs whose worker went silent; a live worker resumes each one.
+
+    A queued run whose message was lost and a running run whose worker was killed (or lost
+    the database, or the broker) look the same: no sign of life for SYNC_STALE_SECONDS. Each
+    is put back to ``queued`` with no lease (the silent worker can no longer write) and sent
+    again; the claim then continues from the checkpoint.
+    """
+    cutoff = utcnow() - stale_after()
+    seen = func.coalesce(
+        runs_table.c.heartbeat_at, runs_table.c.started_at, runs_table.c.created_at
+    )
+    stale = and_(runs_table.c.status.in_(RunStatus.ACTIVE), seen < cutoff)
+    ids = list(db.session.scalars(select(runs_table.c.id).where(stale).limit(limit)))
+    taken: list[int] = []
+    for run_id in ids:
+        result = cast(
+            "CursorResult[Any]",
+            db.session.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, stale)
+                .values(status=RunStatus.QUEUED, lease=None, heartbeat_at=utcnow())
+            ),
+        )
+        db.session.commit()
+        if result.rowcount != 1:  # it came back to life, or another beat was first
+            continue
+        logger.warning("sync run %s went silent; handing it to a live worker", run_id)
+        try:
+            queue.enqueue("sync.run", run_id)
+        except Exception as exc:  # broker down: still queued, the next pass sends it
+            logger.warning("could not re-enqueue sync run %s: %s", run_id, type(exc).__name__)
+            continue
+        taken.append(run_id)
+    return taken
 
 
 def fail_unclaimed(run_id: int, message: str) -> None:
@@ -232,6 +289,36 @@ class RunLease:
         result = self.conn.execute(update(runs_table).where(self._where()).values(**values))
         if result.rowcount != 1:
             raise LeaseLost(f"sync run {self.run_id} was taken over by another worker")
+
+    @contextmanager
+    def kept_alive(self, engine: Engine, interval: float) -> Iterator[None]:
+        """Renew the lease from a side thread while the body runs.
+
+        Page writes renew it too, but a page can take long (429 waits, a slow amoCRM), and only
+        a silent worker (killed, frozen, cut off) may be taken over.
+        """
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    with engine.begin() as conn:
+                        renewed = conn.execute(
+                            update(runs_table).where(self._where()).values(heartbeat_at=utcnow())
+                        ).rowcount
+                except Exception as exc:  # database down: the next beat tries again
+                    logger.warning("sync run %s: heartbeat failed (%s)", self.run_id, exc)
+                    continue
+                if renewed != 1:
+                    return  # taken over or finished; the main thread finds out on its next write
+
+        thread = threading.Thread(target=beat, name=f"sync-heartbeat-{self.run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=interval + 5)
 
     def heartbeat(self, **values: Any) -> None:
         """Write progress in its own short transaction."""

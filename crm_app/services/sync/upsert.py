@@ -13,24 +13,36 @@ from sqlalchemy import Connection, Table, delete, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from crm_app.extensions import db
-from crm_app.models import AmoUser, Contact, Lead, Pipeline, PipelineStatus, Task
-from crm_app.services.sync.mappers import Row, as_int, map_items
+from crm_app.models import AmoUser, Contact, Lead, Note, Pipeline, PipelineStatus, Task
+from crm_app.services.sync.mappers import NOTE_SCOPES, Row, as_int, map_items
 
 logger = logging.getLogger(__name__)
 
-ENTITY_MODELS: dict[str, Any] = {"contacts": Contact, "leads": Lead, "tasks": Task}
-ENTITIES: tuple[str, ...] = ("contacts", "leads", "tasks")
+ENTITY_MODELS: dict[str, Any] = {
+    "contacts": Contact,
+    "leads": Lead,
+    "tasks": Task,
+    "lead_notes": Note,
+    "contact_notes": Note,
+}
+ENTITIES: tuple[str, ...] = ("contacts", "leads", "tasks", "lead_notes", "contact_notes")
 # Rows per statement: big enough to amortise round trips, small enough for SQLite's
 # bound-parameter cap (32 766) with ~16 columns.
 CHUNK = 1000
 
 
 def entity_table(entity: str) -> Table:
-    """The mirror table of ``contacts``, ``leads`` or ``tasks``; ValueError otherwise."""
+    """The mirror table of a sync entity (notes share one); ValueError for an unknown one."""
     try:
         return ENTITY_MODELS[entity].__table__
     except KeyError:
         raise ValueError(f"entity must be one of {', '.join(ENTITIES)}") from None
+
+
+def entity_scope(entity: str, table: Table) -> list[Any]:
+    """Extra WHERE clauses that pick one sync entity's rows out of a shared table."""
+    scope = NOTE_SCOPES.get(entity)
+    return [table.c.entity_type == scope] if scope is not None else []
 
 
 def _insert(conn: Connection, table: Table) -> Any:
@@ -250,7 +262,17 @@ def upsert_tasks(
     return _upsert_entity("tasks", owner_id, items, conn, commit)
 
 
-UPSERTERS = {"contacts": upsert_contacts, "leads": upsert_leads, "tasks": upsert_tasks}
+def upsert_notes(
+    owner_id: int,
+    entity_type: str,
+    items: Sequence[dict[str, Any]],
+    *,
+    conn: Connection | None = None,
+    commit: bool = True,
+) -> int:
+    """Upsert API-shaped notes of ``leads`` or ``contacts`` into the mirror."""
+    entity = {"leads": "lead_notes", "contacts": "contact_notes"}[entity_type]
+    return _upsert_entity(entity, owner_id, items, conn, commit)
 
 
 def delete_entities(

@@ -22,10 +22,12 @@ from crm_app.extensions import db
 from crm_app.models import (
     AmoConfig,
     InboxStatus,
+    Note,
     SyncLog,
     WebhookDelivery,
     WebhookEventKey,
 )
+from crm_app.services.echo import is_own_echo, own_echoes, unix_version
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.webhooks import inbox
 from crm_app.services.webhooks.parse import Event, MalformedBody, parse_delivery
@@ -36,9 +38,11 @@ BATCH_DELIVERIES = 500
 MAX_ATTEMPTS = 12
 LOG_MERGE_WINDOW = timedelta(seconds=60)
 
-MIRROR_MODELS: tuple[str, ...] = ("contacts", "leads", "tasks")
+MIRROR_MODELS: tuple[str, ...] = ("contacts", "leads", "tasks", "lead_notes", "contact_notes")
 # Which sync flag of the owner's config lets an entity into the mirror.
 SYNC_FLAGS = {"leads": "sync_leads", "contacts": "sync_contacts", "tasks": "sync_tasks"}
+# `note` events of these entities re-read the note into the notes mirror.
+NOTE_ENTITIES = {"leads": "lead_notes", "contacts": "contact_notes"}
 
 
 class RetryLater(RuntimeError):
@@ -60,6 +64,7 @@ class Plan:
     changes: int = 0
     duplicates: int = 0
     ignored: int = 0
+    echoes: int = 0  # our own writes coming back: nothing to re-read
     statuses: dict[int, str] = field(default_factory=dict)
     summaries: dict[int, dict[str, int]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
@@ -132,6 +137,7 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
             if event.entity_id is not None and event.modified:
                 wanted.add((event.entity, event.action, event.entity_id, event.modified))
     existing = _existing_keys(owner_id, wanted) if wanted else {}
+    echoes = _own_echoes(owner_id, parsed, mirrored)
     seen_here: set[tuple[str, str, int, str]] = set()
     for row, events in parsed:
         summary: Counter[str] = Counter()
@@ -147,13 +153,26 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
                     plan.duplicates += 1
                     earlier = existing.get(key) if key not in seen_here else None
                     # The earlier read may predate this delivery; re-reading is cheap and safe.
-                    if actionable and earlier is not None and earlier < row.received_at:
+                    if (
+                        actionable
+                        and earlier is not None
+                        and earlier < row.received_at
+                        and _echo_key(event) not in echoes
+                    ):
                         _add(plan, event)
                     continue
                 seen_here.add(key)
                 plan.new_keys.append((*key, row.id))
-            if not actionable or event.action == "note":
+            if event.action == "note" and (
+                NOTE_ENTITIES.get(event.entity) is None or event.note_id is None
+            ):
+                actionable = False
+            if not actionable:
                 plan.ignored += 1
+                continue
+            if _echo_key(event) in echoes or _own_note_echo(owner_id, event):
+                # The mirror was written when we made this change; amoCRM only confirms it.
+                plan.echoes += 1
                 continue
             fresh += 1
             plan.changes += 1
@@ -169,8 +188,47 @@ def plan_batch(owner_id: int, rows: list[WebhookDelivery], mirrored: set[str]) -
     return plan
 
 
+def _echo_key(event: Event) -> tuple[str, int, int] | None:
+    version = unix_version(event.modified)
+    if event.entity_id is None or version is None or event.is_delete:
+        return None
+    return (event.entity, event.entity_id, version)
+
+
+def _own_note_echo(owner_id: int, event: Event) -> bool:
+    """A note we added ourselves, still as we wrote it: the webhook carries no version we could
+    match (amoCRM's answer to a note POST has no updated_at), so the text is compared."""
+    note_id = event.note_id
+    if note_id is None or not is_own_echo(owner_id, "notes", note_id, 0):
+        return False
+    note = db.session.get(Note, (owner_id, note_id))
+    raw = event.data.get("note")
+    sent: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    return note is not None and (note.text or "") == str(sent.get("text") or "")
+
+
+def _own_echoes(
+    owner_id: int, parsed: list[tuple[WebhookDelivery, list[Event]]], mirrored: set[str]
+) -> set[tuple[str, int, int] | None]:
+    """Which of the batch's change events announce a version we wrote ourselves."""
+    keys = {
+        key
+        for _row, events in parsed
+        for event in events
+        if event.entity in mirrored and (key := _echo_key(event)) is not None
+    }
+    found: set[tuple[str, int, int] | None] = set()
+    found.update(own_echoes(owner_id, keys) if keys else ())
+    return found
+
+
 def _add(plan: Plan, event: Event) -> None:
     assert event.entity_id is not None
+    if event.action == "note":
+        note_entity = NOTE_ENTITIES.get(event.entity)
+        if note_entity is not None and event.note_id is not None:
+            plan.refetch.setdefault(note_entity, set()).add(event.note_id)
+        return
     target = plan.deletes if event.is_delete else plan.refetch
     target.setdefault(event.entity, set()).add(event.entity_id)
 
@@ -355,6 +413,7 @@ def process_batch(owner_id: int, rows: list[WebhookDelivery]) -> dict[str, Any]:
         "changes": applied_changes,
         "duplicates": plan.duplicates,
         "ignored": plan.ignored,
+        "echoes": plan.echoes,
         "events": dict(plan.events),
         **applied,
     }
@@ -383,20 +442,10 @@ def process_owner(
                     details = process_batch(owner_id, rows)
                 except RetryLater as exc:
                     return {**totals, "more": False, "retry_in": exc.delay}
-                for key in ("deliveries", "changes", "duplicates", "ignored"):
+                for key in ("deliveries", "changes", "duplicates", "ignored", "echoes"):
                     totals[key] += int(details.get(key, 0))
                 if time.monotonic() - started > max_seconds:
                     return {**totals, "more": True}
     except LockTimeout:
         # Another pass holds the owner for longer than we waited; it will see our rows.
         return {**totals, "more": True}
-
-
-def retry_delivery(delivery_id: int) -> None:
-    """Make one failed delivery pending again (admin action)."""
-    db.session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id)
-        .values(status=InboxStatus.PENDING, next_attempt_at=None, error=None)
-    )
-    db.session.commit()

@@ -18,6 +18,8 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from crm_app.services import queue
+
 logger = logging.getLogger(__name__)
 
 PROCESS_TASK = "webhooks.process"
@@ -58,19 +60,12 @@ def kick_now(owner_id: int, countdown: float | None = None, app: Flask | None = 
     """Queue processing for one owner unless a task is already waiting; False on failure."""
     if app is None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if app.config.get("CELERY_EAGER"):
-        from crm_app.services.webhooks.apply import process_owner
-
-        with app.app_context():
-            process_owner(owner_id)
-        return True
-    client = _redis(app)
+    client = None if app.config.get("CELERY_EAGER") else _redis(app)
     try:
         if client is not None and not client.set(_flag_key(owner_id), "1", nx=True, ex=FLAG_TTL):
             return True  # a queued task will see the new rows
-        app.extensions["celery"].send_task(
-            PROCESS_TASK, args=[owner_id], countdown=countdown, retry=False
-        )
+        with app.app_context():
+            queue.enqueue(PROCESS_TASK, owner_id, countdown=countdown)
         return True
     except Exception as exc:
         logger.warning(

@@ -180,14 +180,3 @@ def lookup_token(engine: Engine, digest: str, *, sync_commit: bool = True) -> To
     with engine.connect() as conn:
         found = conn.execute(query).first()
     return TokenOwner(*found) if found is not None else None
-
-
-def close_all() -> None:
-    """Close this process's idle fast-path connections (tests, shutdown)."""
-    with _guard:
-        stacks = [s for k, s in _stacks.items() if k[0] == os.getpid()]
-    for stack in stacks:
-        with stack.lock:
-            idle, stack.idle = stack.idle, []
-        for conn in idle:
-            conn.close()

@@ -46,19 +46,6 @@ def insert_statement(dialect: str) -> Any:
 _STATEMENTS: dict[str, Any] = {}
 
 
-def store_delivery(owner_id: int, body: bytes, request_id: str | None = None) -> int | None:
-    """Store one delivery durably; the new row id, or None for a redelivery of stored bytes.
-
-    The row is committed when this returns (its own autocommit INSERT, one round trip),
-    whatever the caller's session is doing.
-    """
-    from crm_app.services.webhooks.fastpath import insert_delivery
-
-    return insert_delivery(
-        owner_id, body, body_hash(body), (request_id or None) and request_id[:64]
-    )
-
-
 def owners_with_pending(now: datetime | None = None) -> list[int]:
     """Owners that have deliveries due for processing (backed-off ones excluded)."""
     now = now or datetime.now(UTC)

@@ -51,6 +51,14 @@ class Event:
     def is_delete(self) -> bool:
         return self.action in DELETE_ACTIONS
 
+    @property
+    def note_id(self) -> int | None:
+        """The note a `note` event announces (its entity_id is the lead or contact)."""
+        if self.action != "note":
+            return None
+        note = self.data.get("note")
+        return to_int(note.get("id")) if isinstance(note, dict) else None
+
 
 @dataclass
 class Delivery:
@@ -261,7 +269,10 @@ def _entity_events(entity: str, action: str, value: Any) -> list[Event]:
         if action == "note":
             note = item.get("note") if isinstance(item.get("note"), dict) else {}
             entity_id = to_int(note.get("element_id")) or to_int(item.get("element_id"))
-            modified = _modified(note) or note.get("id")
+            # Two notes on one entity can share a second: the note id keeps their keys apart.
+            note_id = to_int(note.get("id"))
+            stamp = _modified(note)
+            modified = f"{note_id}:{stamp}" if note_id and stamp else (stamp or note.get("id"))
             events.append(Event(kind, action, entity_id, modified, item))
             continue
         events.append(Event(kind, action, to_int(item.get("id")), _modified(item), item))

@@ -17,6 +17,7 @@ from typing import IO, Any
 from flask import Flask
 
 from crm_app.models import ConnectionStatus
+from crm_app.services.availability import database_unavailable
 from crm_app.services.webhooks import enqueue, fastpath, inbox
 from crm_app.services.webhooks.parse import MalformedBody, inspect_envelope
 
@@ -75,7 +76,7 @@ def _engine(app: Flask) -> Any:
 
 def lookup(app: Flask, token: str) -> fastpath.TokenOwner | None:
     """The owner of a webhook token (cached for a few seconds)."""
-    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    digest = _token_hash(token)
     ttl = float(app.config.get("WEBHOOK_TOKEN_CACHE_SECONDS", 5))
     cache: TokenCache | None = app.extensions.get("crm_webhook_tokens")
     if cache is None or cache.ttl != ttl:
@@ -134,13 +135,19 @@ def ingest(
     """Check one delivery and store it durably before the caller answers (see docs/webhooks.md)."""
     if not token or len(token) > MAX_TOKEN:
         return Outcome(404, "Unknown webhook URL.")
+    cfg: fastpath.TokenOwner | None = None
     try:
         cfg = lookup(app, token)
-    except Exception:
-        logger.exception("webhook token lookup failed")
-        return Outcome(503, "The delivery could not be stored; send it again later.")
-    if cfg is None:
-        return Outcome(404, "Unknown webhook URL.")
+    except Exception as exc:
+        if not database_unavailable(exc):
+            logger.exception("webhook token lookup failed")
+            return Outcome(503, "The delivery could not be stored; send it again later.")
+        # Database down: checked against the token and the account when it is swept in.
+        database_down = True
+    else:
+        database_down = False
+        if cfg is None:
+            return Outcome(404, "Unknown webhook URL.")
     if mimetype and mimetype != FORM:
         return Outcome(415, f"Webhooks must be sent as {FORM}.")
     if encoding and encoding.lower() != "identity":
@@ -153,25 +160,84 @@ def ingest(
         envelope = inspect_envelope(body)
     except MalformedBody as exc:
         return Outcome(400, f"Malformed webhook body: {exc}.")
-    refused = check_account(cfg, envelope.account_id, envelope.subdomain)
-    if refused is not None:
-        return refused
+    if cfg is not None:
+        refused = check_account(cfg, envelope.account_id, envelope.subdomain)
+        if refused is not None:
+            return refused
     if not envelope.has_payload:
         return Outcome(400, "The body names no events.")
-    digest = inbox.body_hash(body)
+    request_id = (request_id or None) and request_id[:64]
+    if database_down:
+        return _spool(app, token, body, request_id)
+    assert cfg is not None
     try:
         new_id = fastpath.insert_delivery(
             _engine(app),
             cfg.owner_id,
             body,
-            digest,
-            (request_id or None) and request_id[:64],
+            inbox.body_hash(body),
+            request_id,
             sync_commit=bool(app.config.get("WEBHOOK_SYNC_COMMIT", False)),
         )
-    except Exception:
+    except Exception as exc:
+        if database_unavailable(exc):
+            return _spool(app, token, body, request_id)
         # Not stored means not acknowledged: amoCRM retries a 5xx (5 min, 15 min, ...).
         logger.exception("webhook delivery could not be stored")
         return Outcome(503, "The delivery could not be stored; send it again later.")
     if new_id is not None:
         enqueue.kick(cfg.owner_id, app)
     return Outcome(200, new=new_id is not None)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _spool(app: Flask, token: str, body: bytes, request_id: str | None) -> Outcome:
+    """The database is down: keep the delivery on local disk and acknowledge it."""
+    from crm_app.services.webhooks import spool
+
+    try:
+        spool.spool_for(app).append(spool.Spooled(_token_hash(token), body, request_id))
+    except Exception:
+        logger.exception("webhook delivery could not be spooled either")
+        return Outcome(503, "The delivery could not be stored; send it again later.")
+    logger.warning("database unavailable: webhook delivery spooled")
+    return Outcome(200, new=True)
+
+
+def probe_database(app: Flask) -> None:
+    """Raises while the database cannot answer the token lookup."""
+    fastpath.lookup_token(
+        _engine(app), "0" * 64, sync_commit=bool(app.config.get("WEBHOOK_SYNC_COMMIT", False))
+    )
+
+
+def restore(app: Flask, item: Any) -> int:
+    """Move one spooled delivery into the inbox with the usual checks; 1 if it was new."""
+    sync_commit = bool(app.config.get("WEBHOOK_SYNC_COMMIT", False))
+    cfg = fastpath.lookup_token(_engine(app), item.token_hash, sync_commit=sync_commit)
+    if cfg is None:
+        logger.warning("spooled webhook delivery for an unknown URL dropped")
+        return 0
+    try:
+        envelope = inspect_envelope(item.body)
+    except MalformedBody:  # checked before spooling; kept for files from older versions
+        return 0
+    refused = check_account(cfg, envelope.account_id, envelope.subdomain)
+    if refused is not None:
+        logger.warning("spooled webhook delivery dropped: %s", refused.detail)
+        return 0
+    new_id = fastpath.insert_delivery(
+        _engine(app),
+        cfg.owner_id,
+        item.body,
+        inbox.body_hash(item.body),
+        item.request_id,
+        sync_commit=sync_commit,
+    )
+    if new_id is None:
+        return 0
+    enqueue.kick(cfg.owner_id, app)
+    return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/amocrm/"
 MANUAL = "subscribe manually"
 
-# amoCRM's `settings` names per mirrored entity (api-facts §4.12).
+# amoCRM's `settings` names per mirrored entity
+# (https://www.amocrm.ru/developers/content/crm_platform/webhooks-api).
 EVENTS_BY_ENTITY: dict[str, list[str]] = {
     "leads": [
         "add_lead",
@@ -113,7 +115,7 @@ def subscribe(owner_id: int) -> dict[str, Any]:
     402 record "subscribe manually" so the page shows the manual set-up; other failures are
     recorded on the config and returned.
     """
-    from crm_app.services.amo import client_for_owner, record_api_failure
+    from crm_app.services.amo import client_for_owner, record_api_failure, record_api_success
 
     url = webhook_url(owner_id)
     cfg = _config(owner_id)
@@ -130,6 +132,7 @@ def subscribe(owner_id: int) -> dict[str, Any]:
         _record(cfg, False, f"not connected: {exc}")
         state["error"] = cfg.webhook_error
         return state
+    began = datetime.now(UTC)
     try:
         hook = client.subscribe_webhook(url, events)
     except (AmoCRMBlocked, AmoCRMPaymentRequired) as exc:
@@ -145,6 +148,7 @@ def subscribe(owner_id: int) -> dict[str, Any]:
     finally:
         client.close()
     _record(cfg, not hook.get("disabled", False), None)
+    record_api_success(owner_id, began)
     logger.info("owner %s subscribed to %d webhook events", owner_id, len(events))
     state.update(subscribed=cfg.webhook_subscribed, error=None, hook_id=hook.get("id"))
     return state

@@ -1,4 +1,4 @@
-"""Connect an owner to a running amoCRM sandbox account without a browser (tests, benchmarks)."""
+"""Connect an owner to a running amoCRM sandbox account without a browser."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def connect_owner_to_sandbox(
     """
     current_app.config["AMOCRM_BASE_URL"] = server.url
     acc = server.sandbox.find_account(account) if account is not None else server.account
+    if acc is None:
+        raise ValueError(f"the sandbox has no account {account!r}")
     sb = server.config
     cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner_id))
     if cfg is None:
