@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -193,7 +194,8 @@ def _ui_messages() -> list[str]:
     with open(ROOT / "translations" / "en" / "LC_MESSAGES" / "messages.po", "rb") as fh:
         catalog = read_po(fh)
     ids = [str(m.id[0] if isinstance(m.id, tuple | list) else m.id) for m in catalog if m.id]
-    return [i for i in ids if "%(" not in i and len(i) >= 6]
+    cyrillic = re.compile("[а-яА-ЯёЁ]")
+    return [i for i in ids if "%(" not in i and len(i) >= 6 and cyrillic.search(i)]
 
 
 def _check_english(browser, storage_state, url: str) -> None:
