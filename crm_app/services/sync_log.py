@@ -22,6 +22,8 @@ OPERATION_LABELS = {
     "sync_contacts": _n("Синхронизация контактов"),
     "sync_leads": _n("Синхронизация сделок"),
     "sync_tasks": _n("Синхронизация задач"),
+    "sync_lead_notes": _n("Синхронизация примечаний сделок"),
+    "sync_contact_notes": _n("Синхронизация примечаний контактов"),
     "sync_reference": _n("Справочники"),
     "create_lead": _n("Создание сделки"),
     "webhook": _n("Вебхук"),
