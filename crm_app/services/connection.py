@@ -522,3 +522,11 @@ def account_info(owner_id: int) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def is_connected(owner_id: int) -> bool:
+    """Connected with tokens at hand: a sync can start (an error badge does not stop it)."""
+    cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner_id))
+    if cfg is None or cfg.status == ConnectionStatus.DISCONNECTED:
+        return False
+    return _token_row(owner_id) is not None
