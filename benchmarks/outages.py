@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ def run(quick: bool) -> list[Row]:
         drain_seconds = time.monotonic() - healed
         sent = dep.server.deliveries()[seen_before:]
         acked = sum(1 for d in sent if d["ok"])
+        refused = Counter(str(d["status_code"] or d["error"]) for d in sent if not d["ok"])
         hashes = {hashlib.sha256(d["body"].encode("ascii")).hexdigest() for d in sent if d["ok"]}
         stored = dep.scalar(
             select(func.count()).where(
@@ -137,7 +139,8 @@ def run(quick: bool) -> list[Row]:
     applied_pct = 100.0 * (changes_applied + created) / (deliveries + calls)
     return [
         Row(AREA, f"webhook deliveries acknowledged ({len(sent)} sent, PG and Redis stops)",
-            f"{ack_pct:.1f}%", "100%", ack_pct == 100.0),
+            f"{ack_pct:.1f}%" + (f" (not: {dict(refused)})" if refused else ""), "100%",
+            ack_pct == 100.0),
         Row(AREA, f"inbound calls acknowledged ({calls}, {stats['retried']} 503-retries)",
             f"{inbound_pct:.1f}%", "100%", inbound_pct == 100.0 and stats["http_500"] == 0),
         Row(AREA, f"applied ({deliveries} changes + {calls} deals)", f"{applied_pct:.1f}%",
