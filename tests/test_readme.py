@@ -7,6 +7,12 @@ instance folder. Every fenced `sh`/`bash`/`shell` block of the README is then ru
 URLs replaced by the running app's and the sandbox's. Commands that cannot run here are listed in
 NOT_RUNNABLE with the reason; every entry must still match a command, so the list stays honest.
 
+How to write a README block: ```sh (or bash/shell/console) blocks are run, so their commands
+must work against `make run` (use `http://127.0.0.1:5000` or `https://crm.example.com` for the
+app, `http://127.0.0.1:8100` for the sandbox, owner `demo`, user admin); expected output goes in a
+comment or in a block without a language. A command that cannot run here gets an entry in
+NOT_RUNNABLE below.
+
 The same processes check what the terminal of `make run` shows and that sign-in throttling is
 shared by gunicorn's two workers (no Redis: the counter is in the database).
 """
@@ -30,6 +36,9 @@ from pathlib import Path
 
 import pytest
 
+# Starting make run's processes on a busy machine can take minutes.
+pytestmark = pytest.mark.timeout(1200)
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SHELLS = {"sh", "bash", "shell", "console"}
@@ -40,9 +49,12 @@ NOT_RUNNABLE: list[tuple[str, str]] = [
     (r"^make test\b", "runs the test suite, this test included"),
     (r"\btelegram set-webhook\b", "calls api.telegram.org with a real bot token (no internet)"),
 ]
-# README text → what it stands for in the test.
-EXAMPLE_BASES = ("https://crm.example.com", "http://127.0.0.1:5000")
-EXAMPLE_SANDBOX = "http://127.0.0.1:8100"
+# README text → what it stands for in the test: the app's example origins (PUBLIC_URL, make run's
+# and gunicorn's default ports) and make run's sandbox.
+EXAMPLE_BASE = re.compile(
+    r"https://crm\.example\.com|http://(?:127\.0\.0\.1|localhost):(?:5000|8000)"
+)
+EXAMPLE_SANDBOX = re.compile(r"http://(?:127\.0\.0\.1|localhost):8100")
 # curl exits non-zero on an HTTP error, so a README command that gets a 4xx/5xx fails the test.
 PRELUDE = 'set -euo pipefail\ncurl() { command curl --fail-with-body --max-time 60 "$@"; }\n'
 
@@ -147,7 +159,7 @@ def _collect(proc: subprocess.Popen[str], out: list[str]) -> threading.Thread:
 def _wait_for(proc: subprocess.Popen[str], out: list[str], marker: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if any(marker in line for line in out):
+        if marker in "".join(out):
             return
         if proc.poll() is not None:
             time.sleep(0.5)  # let the reader take the last lines
@@ -205,9 +217,8 @@ def _script(block: Block, demo: Demo) -> tuple[str, list[str]]:
         if reason:
             skipped.append(f"{command.strip().splitlines()[0]}  ({reason})")
             continue
-        for example in EXAMPLE_BASES:
-            command = command.replace(example, demo.base)
-        parts.append(command.replace(EXAMPLE_SANDBOX, demo.sandbox))
+        command = EXAMPLE_BASE.sub(demo.base, command)
+        parts.append(EXAMPLE_SANDBOX.sub(demo.sandbox, command))
     return "\n".join(parts) + "\n", skipped
 
 
