@@ -138,6 +138,10 @@ def submit(
     )
     db.session.add(req)
     try:
+        db.session.flush()
+        # Read before the commit expires it: reading it back after the commit needs the
+        # database, and if that fails the stored request would not be sent until the stale sweep.
+        request_id = req.id
         db.session.commit()
     except IntegrityError:
         # Two copies with one idempotency key raced: the other one was stored first.
@@ -147,7 +151,7 @@ def submit(
             raise
         return existing
     if enqueue_now:
-        enqueue(req.id, owner_id)
+        enqueue(request_id, owner_id)
     return req
 
 
