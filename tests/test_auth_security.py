@@ -200,9 +200,6 @@ def test_next_never_leaves_the_site(app: Flask, make_user: Any, target: str) -> 
         "/login?next=" + quote(target, safe=""),
         data={"username": "ivan", "password": PASSWORD, "csrf_token": _csrf(client)},
     )
-    if "\x00" in target:  # refused before any view runs (NUL characters are a 400)
-        assert resp.status_code == 400
-        return
     assert resp.status_code == 302
     location = resp.headers["Location"]
     parts = urlsplit(location)
