@@ -118,6 +118,9 @@ class ChatMessage(Model):
     source_key: Mapped[str | None] = mapped_column(String(128))
     telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
     to_amo: Mapped[str] = mapped_column(String(10), default=Leg.NONE)
+    # Set (and committed) before the first send to amoCRM: after a crash the next try first
+    # looks for the message in the chat's history instead of sending it blindly.
+    amo_tried: Mapped[bool] = mapped_column(default=False)
     to_person: Mapped[str] = mapped_column(String(10), default=Leg.NONE)
     # The delivery status reported back to amoCRM for a manager's message.
     status_reported: Mapped[bool] = mapped_column(default=False)

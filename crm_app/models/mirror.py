@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import DDL, BigInteger, ForeignKey, Index, String, Text, event
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_app.extensions import Model
@@ -56,9 +56,24 @@ class Lead(_Mirrored, Model):
         # then (updated_at, id) descending straight off the index.
         Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id", "updated_at", "id"),
         Index("ix_crm_leads_owner_updated", "owner_id", "updated_at"),
+        # The deals table's search inside names and tags (trigrams; a plain index on SQLite).
+        Index(
+            "ix_crm_leads_name_trgm",
+            "name",
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+        ),
+        Index(
+            "ix_crm_leads_tags_trgm",
+            "tag_names",
+            postgresql_using="gin",
+            postgresql_ops={"tag_names": "gin_trgm_ops"},
+        ),
     )
 
     name: Mapped[str | None] = mapped_column(String(255))
+    # The names of the deal's tags, space-separated: what the table's search looks in.
+    tag_names: Mapped[str | None] = mapped_column(Text)
     price: Mapped[int | None] = mapped_column(BigInteger)
     pipeline_id: Mapped[int | None] = mapped_column(BigInteger)
     status_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -157,3 +172,11 @@ class AmoUser(Model):
     is_admin: Mapped[bool] = mapped_column(default=False)
     is_active: Mapped[bool] = mapped_column(default=True)
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# The trigram indexes above need PostgreSQL's pg_trgm extension (shipped with PostgreSQL).
+event.listen(
+    Lead.__table__,
+    "before_create",
+    DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"),
+)

@@ -112,6 +112,8 @@ class ChatHub:
         self.hook_log: list[dict[str, Any]] = []
         self.next_talk = 1
         self.post: Callable[..., requests.Response] = _post
+        # Fault injection for the Chats API routes: answer this status to every signed call.
+        self.fault_status: int | None = None
 
     # --- channels and connections -------------------------------------------------------
     def register(self, channel: Channel) -> Channel:

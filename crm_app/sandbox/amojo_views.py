@@ -27,6 +27,8 @@ def _error(exc: ChatError) -> Response:
 
 def _signed_body(secret: str) -> dict[str, Any]:
     """Check X-Signature (and the Date's 15 minutes) exactly as documented; the JSON body."""
+    if hub().fault_status is not None:
+        raise ChatError(hub().fault_status or 503, "SANDBOX_FAULT", "service unavailable")
     raw = request.get_data(cache=True)
     headers = {
         k: request.headers.get(k, "")
@@ -269,6 +271,19 @@ def reply(chat_id: str) -> Response:
     except ChatError as exc:
         return _error(exc)
     return errors.json_response(result, 201)
+
+
+@bp.patch("/_sandbox/chat-faults")
+def chat_faults() -> Response:
+    """``{"status": 503}`` makes every Chats API call fail that way; ``{"status": null}`` heals."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "status" not in body:
+        return errors.problem(400, "status is required (a number, or null)")
+    status = body["status"]
+    if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
+        return errors.problem(400, "status must be 400-599 or null")
+    hub().fault_status = status
+    return errors.json_response({"status": status})
 
 
 @bp.get("/_sandbox/chat-hooks")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:19:06.069745
+Create Date: 2026-12-03 11:00:33.789664
 
 """
 
@@ -228,6 +228,7 @@ def upgrade():
     op.create_table(
         "crm_leads",
         sa.Column("name", sa.String(length=255), nullable=True),
+        sa.Column("tag_names", sa.Text(), nullable=True),
         sa.Column("price", sa.BigInteger(), nullable=True),
         sa.Column("pipeline_id", sa.BigInteger(), nullable=True),
         sa.Column("status_id", sa.BigInteger(), nullable=True),
@@ -256,12 +257,26 @@ def upgrade():
             batch_op.f("ix_crm_leads_main_contact_id"), ["main_contact_id"], unique=False
         )
         batch_op.create_index(
+            "ix_crm_leads_name_trgm",
+            ["name"],
+            unique=False,
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+        )
+        batch_op.create_index(
             "ix_crm_leads_owner_updated", ["owner_id", "updated_at"], unique=False
         )
         batch_op.create_index(
             "ix_crm_leads_status",
             ["owner_id", "pipeline_id", "status_id", "updated_at", "id"],
             unique=False,
+        )
+        batch_op.create_index(
+            "ix_crm_leads_tags_trgm",
+            ["tag_names"],
+            unique=False,
+            postgresql_using="gin",
+            postgresql_ops={"tag_names": "gin_trgm_ops"},
         )
 
     op.create_table(
@@ -528,6 +543,7 @@ def upgrade():
         sa.Column("source_key", sa.String(length=128), nullable=True),
         sa.Column("telegram_message_id", sa.BigInteger(), nullable=True),
         sa.Column("to_amo", sa.String(length=10), nullable=False),
+        sa.Column("amo_tried", sa.Boolean(), nullable=False),
         sa.Column("to_person", sa.String(length=10), nullable=False),
         sa.Column("status_reported", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -786,8 +802,18 @@ def downgrade():
     op.drop_table("crm_notes")
     op.drop_table("crm_loss_reasons")
     with op.batch_alter_table("crm_leads", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_crm_leads_tags_trgm",
+            postgresql_using="gin",
+            postgresql_ops={"tag_names": "gin_trgm_ops"},
+        )
         batch_op.drop_index("ix_crm_leads_status")
         batch_op.drop_index("ix_crm_leads_owner_updated")
+        batch_op.drop_index(
+            "ix_crm_leads_name_trgm",
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+        )
         batch_op.drop_index(batch_op.f("ix_crm_leads_main_contact_id"))
 
     op.drop_table("crm_leads")

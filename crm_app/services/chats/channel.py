@@ -178,6 +178,13 @@ def connect_channel(owner_id: int) -> str:
     return scope
 
 
+def reconnect_channel(owner_id: int) -> str | None:
+    """After the account is (re)connected: connect the channel again if one is set up."""
+    if get_channel(owner_id) is None:
+        return None
+    return connect_channel(owner_id)
+
+
 def disconnect_channel(owner_id: int) -> None:
     """Disconnect the account from the channel (best effort) and forget the scope."""
     ch = get_channel(owner_id)

@@ -9,9 +9,11 @@ loses nothing (the beat's sweep picks them up again).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
+from flask import current_app
 from sqlalchemy import and_, or_, select
 
 from crm_app.amocrm.chats import DELIVERED, FAILED, ChatsAPIError, ChatsClient
@@ -67,21 +69,35 @@ def pending_query(conversation_id: int):  # type: ignore[no-untyped-def]
     )
 
 
+def lock_ttl() -> float:
+    """How long a conversation's lock outlives a killed holder (CHATS_LOCK_TTL, seconds)."""
+    value = current_app.config.get("CHATS_LOCK_TTL") or os.environ.get("CHATS_LOCK_TTL") or 60
+    return float(value)
+
+
 def deliver(conversation_id: int) -> float | None:
-    """Send what is pending; the seconds until the next try if something must wait, else None."""
+    """Send what is pending; the seconds until the next try if something must wait, else None.
+
+    One hold of the conversation's lock sends for at most a third of the lock's life, so the
+    lock never expires under a live holder; what is left is picked up by the next try.
+    """
+    ttl = lock_ttl()
     try:
-        with named_lock(f"chat-conversation-{conversation_id}", ttl=300, wait=0):
-            return _deliver(conversation_id)
+        with named_lock(f"chat-conversation-{conversation_id}", ttl=ttl, wait=0):
+            return _deliver(conversation_id, time.monotonic() + ttl / 3)
     except LockTimeout:
-        return None  # another worker holds it and sends everything pending before it lets go
+        # Another worker holds it, or a killed one did until its lock expires: try again soon.
+        return min(5.0, ttl)
 
 
-def _deliver(conversation_id: int) -> float | None:
+def _deliver(conversation_id: int, until: float) -> float | None:
     conv = db.session.get(Conversation, conversation_id)
     if conv is None:
         return None
     ch = db.session.get(ChatChannel, conv.owner_id)
     while True:
+        if time.monotonic() > until:
+            return 0.1  # enough for one hold of the lock: the rest in a moment
         db.session.expire_all()
         msg = db.session.scalars(pending_query(conversation_id).limit(1)).first()
         if msg is None:
@@ -179,8 +195,10 @@ def _to_amo(ch: ChatChannel, conv: Conversation, msg: ChatMessage) -> None:
     scope = str(ch.scope_id)
     if conv.amojo_chat_id is None:
         _open_chat(ch, client, conv, msg)
-    if msg.attempts and _already_there(client, scope, conv, msg):
+    if msg.amo_tried and _already_there(client, scope, conv, msg):
         return
+    msg.amo_tried = True
+    db.session.commit()
     person = {"id": _person_user_id(conv), "name": conv.name or conv.external_id}
     if _profile(conv):
         person["profile"] = _profile(conv)  # type: ignore[assignment]
@@ -212,6 +230,8 @@ def _to_amo(ch: ChatChannel, conv: Conversation, msg: ChatMessage) -> None:
     except ChatsAPIError as exc:
         if exc.retryable:
             raise _retry_from(exc, msg.attempts) from None
+        if _already_there(client, scope, conv, msg):
+            return  # refused as a double of a try whose answer was lost
         msg.to_amo = Leg.FAILED
         msg.error = exc.message[:500]
         db.session.commit()

@@ -6,7 +6,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, and_, cast, func, or_, select
+from sqlalchemy import func, or_, select, tuple_, union_all
 
 from crm_app.amocrm.fields import normalize_email, normalize_phone
 from crm_app.extensions import db
@@ -117,34 +117,46 @@ def _decode(cursor: str | None) -> tuple[int, int] | None:
         return None
 
 
-def _cards(owner_id: int, leads: list[Lead]) -> list[DealCard]:
-    """Cards with the names and markers they show, in three batched queries."""
+# The columns a card needs: loading whole rows would decode every deal's raw JSON.
+CARD_COLUMNS = (
+    Lead.id,
+    Lead.name,
+    Lead.price,
+    Lead.pipeline_id,
+    Lead.status_id,
+    Lead.responsible_user_id,
+    Lead.main_contact_id,
+    Lead.created_at,
+    Lead.updated_at,
+    Lead.closed_at,
+)
+
+
+def _cards(owner_id: int, leads: list[Any]) -> list[DealCard]:
+    """Cards (from Lead rows or CARD_COLUMNS rows) with their names and markers, in four
+    batched queries whatever the number of cards."""
     if not leads:
         return []
     contact_ids = {lead.main_contact_id for lead in leads if lead.main_contact_id}
-    contacts = (
-        dict(
+    contacts: dict[int, str | None] = {}
+    if contact_ids:
+        contacts = dict(
             db.session.execute(
                 select(Contact.id, Contact.name).where(
                     Contact.owner_id == owner_id, Contact.id.in_(contact_ids)
                 )
             ).all()
         )
-        if contact_ids
-        else {}
-    )
     user_ids = {lead.responsible_user_id for lead in leads if lead.responsible_user_id}
-    users = (
-        dict(
+    users: dict[int, str | None] = {}
+    if user_ids:
+        users = dict(
             db.session.execute(
                 select(AmoUser.id, AmoUser.name).where(
                     AmoUser.owner_id == owner_id, AmoUser.id.in_(user_ids)
                 )
             ).all()
         )
-        if user_ids
-        else {}
-    )
     ids = [lead.id for lead in leads]
     with_tasks = set(
         db.session.scalars(
@@ -187,55 +199,69 @@ def _cards(owner_id: int, leads: list[Lead]) -> list[DealCard]:
     ]
 
 
-def _column_page(
+def _page_query(
     owner_id: int, pipeline_id: int, status_id: int, after: str | None, limit: int
-) -> tuple[list[DealCard], str | None]:
-    # Newest change first, keyset-paged on (updated_at, id): served by ix_crm_leads_board,
+) -> Any:
+    # Newest change first, keyset-paged on (updated_at, id): served by ix_crm_leads_status,
     # as cheap on page 500 as on page 1.
-    stmt = select(Lead).where(
+    stmt = select(*CARD_COLUMNS).where(
         Lead.owner_id == owner_id, Lead.pipeline_id == pipeline_id, Lead.status_id == status_id
     )
     position = _decode(after)
     if position is not None:
         stamp, lead_id = position
-        stmt = stmt.where(
-            or_(Lead.updated_at < stamp, and_(Lead.updated_at == stamp, Lead.id < lead_id))
-        )
-    rows = list(
-        db.session.scalars(stmt.order_by(Lead.updated_at.desc(), Lead.id.desc()).limit(limit + 1))
-    )
+        # A row-value comparison: the index's (updated_at, id) order, one range scan.
+        stmt = stmt.where(tuple_(Lead.updated_at, Lead.id) < tuple_(stamp, lead_id))
+    return stmt.order_by(Lead.updated_at.desc(), Lead.id.desc()).limit(limit + 1)
+
+
+def _split_page(rows: list[Any], limit: int) -> tuple[list[Any], str | None]:
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = _encode(rows[-1].updated_at, rows[-1].id) if more and rows else None
-    return _cards(owner_id, rows), cursor
+    return rows, cursor
 
 
-def _totals(owner_id: int, pipeline_id: int) -> dict[int, tuple[int, int]]:
-    rows = db.session.execute(
-        select(Lead.status_id, func.count(), func.coalesce(func.sum(Lead.price), 0))
-        .where(Lead.owner_id == owner_id, Lead.pipeline_id == pipeline_id)
-        .group_by(Lead.status_id)
-    ).all()
-    totals: dict[int, tuple[int, int]] = {}
-    for status_id, count, total in rows:
-        if status_id is not None:
-            totals[int(status_id)] = (int(count), int(total or 0))
+def _totals(
+    owner_id: int, pipeline_id: int, status_id: int | None = None
+) -> dict[int, tuple[int, int, int]]:
+    """status → (deals, sum of prices, newest updated_at)."""
+    stmt = select(
+        Lead.status_id,
+        func.count(),
+        func.coalesce(func.sum(Lead.price), 0),
+        func.coalesce(func.max(Lead.updated_at), 0),
+    ).where(Lead.owner_id == owner_id, Lead.pipeline_id == pipeline_id)
+    if status_id is not None:
+        stmt = stmt.where(Lead.status_id == status_id)
+    totals: dict[int, tuple[int, int, int]] = {}
+    for sid, count, total, newest in db.session.execute(stmt.group_by(Lead.status_id)).all():
+        if sid is not None:
+            totals[int(sid)] = (int(count), int(total or 0), int(newest or 0))
     return totals
 
 
-def board_version(owner_id: int, pipeline_id: int) -> str:
-    """A cheap fingerprint of the pipeline's deals: newest change and count (an ETag)."""
-    newest, count = db.session.execute(
-        select(func.max(Lead.updated_at), func.count()).where(
-            Lead.owner_id == owner_id, Lead.pipeline_id == pipeline_id
+def _pending_count(owner_id: int) -> int:
+    return int(
+        db.session.scalar(
+            select(func.count())
+            .select_from(OutboxWrite)
+            .where(OutboxWrite.owner_id == owner_id, OutboxWrite.status.in_(OutboxStatus.OPEN))
         )
-    ).one()
-    pending = db.session.scalar(
-        select(func.count())
-        .select_from(OutboxWrite)
-        .where(OutboxWrite.owner_id == owner_id, OutboxWrite.status.in_(OutboxStatus.OPEN))
+        or 0
     )
-    return f"{pipeline_id}-{newest or 0}-{count}-{pending}"
+
+
+def _version(pipeline_id: int, totals: dict[int, tuple[int, int, int]], pending: int) -> str:
+    newest = max((t[2] for t in totals.values()), default=0)
+    count = sum(t[0] for t in totals.values())
+    return f"{pipeline_id}-{newest}-{count}-{pending}"
+
+
+def board_version(owner_id: int, pipeline_id: int) -> str:
+    """A cheap fingerprint of the pipeline's deals: newest change, count, pending edits (an
+    ETag for polling: it changes whenever the board would)."""
+    return _version(pipeline_id, _totals(owner_id, pipeline_id), _pending_count(owner_id))
 
 
 def board(owner_id: int, pipeline_id: int | None = None, *, per_column: int = 20) -> Board | None:
@@ -246,25 +272,53 @@ def board(owner_id: int, pipeline_id: int | None = None, *, per_column: int = 20
         return None
     pipeline = next((p for p in choices if p.id == pipeline_id), choices[0])
     totals = _totals(owner_id, pipeline.id)
+    statuses = [s for s in pipeline.statuses if totals.get(s.id)]
+    pages: dict[int, list[Any]] = {}
+    if statuses:
+        # Every stage's first page in one round trip (one index range per stage).
+        parts: list[Any] = [
+            _page_query(owner_id, pipeline.id, s.id, None, per_column).subquery().select()
+            for s in statuses
+        ]
+        query: Any = parts[0] if len(parts) == 1 else union_all(*parts)
+        for row in db.session.execute(query):
+            pages.setdefault(int(row.status_id), []).append(row)
+    split = {sid: _split_page(rows, per_column) for sid, rows in pages.items()}
+    cards = {c.id: c for c in _cards(owner_id, [r for rows, _c in split.values() for r in rows])}
     columns = []
     for status in pipeline.statuses:
-        cards, cursor = _column_page(owner_id, pipeline.id, status.id, None, per_column)
-        count, total = totals.get(status.id, (0, 0))
-        columns.append(Column(status, count, total, cards, cursor))
-    return Board(pipeline, choices, columns, board_version(owner_id, pipeline.id))
+        rows, cursor = split.get(status.id, ([], None))
+        count, total, _newest = totals.get(status.id, (0, 0, 0))
+        columns.append(Column(status, count, total, [cards[r.id] for r in rows], cursor))
+    return Board(
+        pipeline, choices, columns, _version(pipeline.id, totals, _pending_count(owner_id))
+    )
 
 
 def board_column(
-    owner_id: int, pipeline_id: int, status_id: int, *, after: str | None = None, limit: int = 20
+    owner_id: int,
+    pipeline_id: int,
+    status_id: int,
+    *,
+    after: str | None = None,
+    limit: int = 20,
+    totals: bool = True,
 ) -> Column | None:
-    """One stage's next page of cards (``after`` = the previous page's ``next_cursor``)."""
+    """One stage's next page of cards (``after`` = the previous page's ``next_cursor``).
+
+    ``totals=False`` skips the stage's count and sum (0 in the answer): a scroll that only
+    appends cards does not need them again.
+    """
     status = db.session.get(PipelineStatus, (owner_id, pipeline_id, status_id))
     if status is None:
         return None
-    count, total = _totals(owner_id, pipeline_id).get(status_id, (0, 0))
-    cards, cursor = _column_page(owner_id, pipeline_id, status_id, after, limit)
+    count = total = 0
+    if totals:
+        count, total, _newest = _totals(owner_id, pipeline_id, status_id).get(status_id, (0, 0, 0))
+    rows = list(db.session.execute(_page_query(owner_id, pipeline_id, status_id, after, limit)))
+    page, cursor = _split_page(rows, limit)
     choice = StatusChoice(status.id, status.name, status.color, status.sort, status.type)
-    return Column(choice, count, total, cards, cursor)
+    return Column(choice, count, total, _cards(owner_id, page), cursor)
 
 
 # -- the deals table ---------------------------------------------------------------------------
@@ -318,7 +372,7 @@ def _search(owner_id: int, q: str) -> Any:
     """Deals whose name or tag matches, or whose contact has that phone or e-mail."""
     conds: list[Any] = [
         Lead.name.ilike(_like(q), escape="\\"),
-        cast(Lead.raw["_embedded"]["tags"], String).ilike(_like(q), escape="\\"),
+        Lead.tag_names.ilike(_like(q), escape="\\"),
     ]
     if q.isdigit() and len(q) <= 18:
         conds.append(Lead.id == int(q))
@@ -337,7 +391,7 @@ def _search(owner_id: int, q: str) -> Any:
 
 def deals_table(owner_id: int, f: DealFilter) -> DealsPage:
     """One page of the owner's deals under the filters, with the total count."""
-    stmt = select(Lead).where(Lead.owner_id == owner_id)
+    stmt = select(*CARD_COLUMNS).where(Lead.owner_id == owner_id)
     if f.q.strip():
         stmt = stmt.where(_search(owner_id, f.q.strip()))
     if f.pipeline_id is not None:
@@ -358,13 +412,20 @@ def deals_table(owner_id: int, f: DealFilter) -> DealsPage:
         stmt = stmt.where(or_(Lead.status_id.is_(None), Lead.status_id.not_in(CLOSED)))
     elif f.state == "closed":
         stmt = stmt.where(Lead.status_id.in_(CLOSED))
-    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     column = SORTS.get(f.sort, Lead.updated_at)
     order = column.desc().nulls_last() if f.desc else column.asc().nulls_last()
     tie = Lead.id.desc() if f.desc else Lead.id.asc()
     per_page = max(1, min(f.per_page, 200))
     page = max(1, f.page)
+    # The page and the total in one statement (the count is taken before LIMIT applies).
+    counted = stmt.add_columns(func.count().over().label("total_rows"))
     rows = list(
-        db.session.scalars(stmt.order_by(order, tie).limit(per_page).offset((page - 1) * per_page))
+        db.session.execute(
+            counted.order_by(order, tie).limit(per_page).offset((page - 1) * per_page)
+        )
     )
+    if rows:
+        total = int(rows[0].total_rows)
+    else:  # past the last page: count on its own
+        total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     return DealsPage(_cards(owner_id, rows), int(total), page, per_page, f)

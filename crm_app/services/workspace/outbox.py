@@ -28,6 +28,7 @@ from crm_app.services.echo import remember_own_write
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.workspace import lookup
 from crm_app.services.workspace.send import (
+    NO_RETRY,
     UPDATE_MODELS,
     Refused,
     field_errors,
@@ -402,8 +403,7 @@ def drain(owner_id: int, *, max_seconds: float = 10.0) -> Pass:
                 p.retry_in = backoff(2)
                 return p
             # A 429 or 5xx ends the pass at once: the outbox's own backoff takes over.
-            client.max_429_retries = 0
-            client.max_retries = 0
+            client.retry = NO_RETRY
             try:
                 while _round(client, owner_id, p):
                     if time.monotonic() - started > max_seconds:

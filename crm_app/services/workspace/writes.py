@@ -30,7 +30,7 @@ from crm_app.services.workspace.results import (
     Outcome,
     Pending,
 )
-from crm_app.services.workspace.send import is_temporary, no_answer, refused, send
+from crm_app.services.workspace.send import NO_RETRY, is_temporary, no_answer, refused, send
 from crm_app.services.workspace.views import entity_view
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,7 @@ def _client(owner_id: int) -> AmoCRMClient:
     if db.session.scalar(select(AmoToken.id).where(AmoToken.owner_id == owner_id)) is None:
         raise NotConfigured("amoCRM is not connected")
     client = client_for_owner(owner_id)
-    client.max_429_retries = 0
-    client.max_retries = 0
+    client.retry = NO_RETRY
     client.timeout = current_app.config.get("WORKSPACE_WRITE_TIMEOUT", (3.05, 10.0))
     return client
 
