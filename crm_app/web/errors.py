@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify, render_template, request
 from flask_babel import get_locale, lazy_gettext
 from flask_babel.speaklater import LazyString
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from werkzeug.exceptions import BadRequest, Conflict, HTTPException, InternalServerError
 
@@ -119,6 +119,18 @@ def init_errorhandlers(app: Flask) -> None:
         return handle_http(
             Conflict(lazy_gettext("amoCRM не подключена: сначала подключите аккаунт."))
         )
+
+    @app.errorhandler(DataError)
+    def handle_data_error(exc: DataError) -> Response | tuple[str, int]:
+        # PostgreSQL cannot store a NUL character in text: whatever carried one (a path, a
+        # query, a form or JSON field) is bad input, not our failure.
+        if "NUL (0x00)" in str(exc.orig):
+            from crm_app.extensions import db
+
+            db.session.rollback()
+            logger.info("NUL character refused on %s %s", request.method, request.path)
+            return handle_http(BadRequest("NUL characters are not allowed in text."))
+        return handle_unexpected(exc)
 
     @app.errorhandler(RecursionError)
     def handle_recursion(exc: RecursionError) -> Response | tuple[str, int]:
