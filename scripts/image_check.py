@@ -248,7 +248,7 @@ class Check:
             log(f"installing {', '.join(missing)} from Debian's packages")
             run(["apt-get", "update", "-qq"], timeout=600)
             run(
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends"]
+                ["apt-get", "install", "-y", "-qq"]
                 + [f"{pkg}={wanted[pkg][1]}" for pkg in missing],
                 env={"DEBIAN_FRONTEND": "noninteractive"},
                 timeout=900,
@@ -772,6 +772,33 @@ class Check:
         self.compose("down", "--volumes", "--remove-orphans", check=False, timeout=300)
 
 
+class Background:
+    """Work started early in a thread; the step that needs it waits for it."""
+
+    def __init__(self, fn: Callable[[], str]) -> None:
+        self.started = time.monotonic()
+        self.seconds = 0.0
+        self.result = ""
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], str]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # handed to the waiting step
+            self.error = exc
+        self.seconds = time.monotonic() - self.started
+
+    def wait(self) -> str:
+        self.thread.join()
+        if isinstance(self.error, StepFailed):
+            raise self.error
+        if self.error is not None:
+            raise StepFailed(f"{type(self.error).__name__}: {self.error}")
+        return f"{self.result}; {self.seconds:.0f} s in the background"
+
+
 # How each stand-in base is made: mmdebstrap hooks, then `docker import --change` lines.
 BASES: dict[str, dict[str, list[str]]] = {
     "python": {
@@ -848,14 +875,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.compose_file = args.compose_file.resolve()
     args.dockerfile = args.dockerfile.resolve()
     check = Check(args)
+    background: dict[str, Background] = {}
+
+    def bases() -> str:
+        # PostgreSQL and Redis are only needed at stack-up: build them while the app image builds.
+        for name in ("postgres", "redis"):
+            background[name] = Background(functools.partial(check.base, name))
+        return check.base("python")
+
     plan: list[tuple[str, Callable[[], str | None]]] = [
         ("tools", check.tools),
         ("engine", check.engine),
-        ("base-python", lambda: check.base("python")),
-        ("base-postgres", lambda: check.base("postgres")),
-        ("base-redis", lambda: check.base("redis")),
+        ("base-python", bases),
         ("wheels", lambda: "skipped (--no-build)" if args.no_build else check.wheels()),
         ("app-image", check.app_image),
+        ("base-postgres", lambda: background["postgres"].wait()),
+        ("base-redis", lambda: background["redis"].wait()),
         ("compose-config", check.write_env),
         ("stack-up", check.up),
         ("migrate-once", check.migrate_once),
@@ -868,7 +903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("worker-restart-mid-sync", check.restart_worker),
         ("down", check.down),
     ]
-    stop_after = {"engine": "engine", "bases": "base-redis", "image": "app-image"}.get(
+    if args.only == "bases":
+        plan = [step for step in plan if step[0] not in {"wheels", "app-image"}]
+    stop_after = {"engine": "engine", "bases": "base-redis", "image": "base-redis"}.get(
         args.only or ""
     )
     code = 0
