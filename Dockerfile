@@ -35,8 +35,8 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home \
        --shell /usr/sbin/nologin app \
     && python -m compileall -q /app/crm_app /app/workers /app/proxy \
-    && mkdir -p /app/instance /var/lib/crm-beat \
-    && chown app:app /app/instance /var/lib/crm-beat
+    && mkdir -p /app/instance/webhook-spool /var/lib/crm-beat \
+    && chown app:app /app/instance /app/instance/webhook-spool /var/lib/crm-beat
 USER 10001:10001
 EXPOSE 8000
 # Liveness of the web role; compose replaces it for worker and beat, which serve no HTTP.

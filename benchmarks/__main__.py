@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Each module exposes `run(quick: bool) -> list[Row]`.
-MODULES = ["sync", "webhooks", "inbound", "pacing"]
+MODULES = ["sync", "webhooks", "inbound", "pacing", "outages", "workspace"]
 
 
 @dataclass

@@ -21,14 +21,15 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise redis.exceptions.ConnectionError(
                 "the broker connection was closed (Redis went away); reconnecting"
             )
-        return super()._connparams(asynchronous=asynchronous)
+        parent: Any = super()
+        return parent._connparams(asynchronous=asynchronous)
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     Channel = Channel

@@ -14,6 +14,7 @@ TASK_MODULES = [
     "workers.webhooks",
     "workers.inbound",
     "workers.workspace",
+    "workers.chats",
 ]
 
 
@@ -27,7 +28,13 @@ def broker_settings(app: Flask) -> dict[str, object]:
             # Redis died under it (see crm_app/broker.py).
             "broker_transport": "crm_app.broker:Transport",
             # Above the longest task (a full sync of a big account), so no redelivery mid-run.
-            "broker_transport_options": {"visibility_timeout": 4 * 3600},
+            "broker_transport_options": {
+                "visibility_timeout": 4 * 3600,
+                # Publishing (web requests, the beat) tries the broker once instead of retrying
+                # for seconds: with Redis down a request would otherwise hang ~6 s before its
+                # fallback. The worker's consumer reconnects by its own, unaffected, settings.
+                "max_retries": 0,
+            },
         }
     base = Path(app.instance_path) / "celery"
     queue, processed, control = base / "queue", base / "processed", base / "control"

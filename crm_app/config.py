@@ -108,6 +108,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "WEBHOOK_WATCHDOG_SECONDS": _float("WEBHOOK_WATCHDOG_SECONDS", 300.0),
         "WEBHOOK_DRAIN_SECONDS": _float("WEBHOOK_DRAIN_SECONDS", 30.0),
         "INBOUND_SWEEP_SECONDS": _float("INBOUND_SWEEP_SECONDS", 15.0),
+        "INBOUND_OUTAGE_WAIT_SECONDS": _float("INBOUND_OUTAGE_WAIT_SECONDS", 120.0),
         "DB_UNAVAILABLE_RETRY_AFTER": _int("DB_UNAVAILABLE_RETRY_AFTER", 10),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

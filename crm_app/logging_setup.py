@@ -267,7 +267,7 @@ class GunicornLogger(GunicornBaseLogger):
         if not environ.get(_POLL_ENVIRON):
             super().access(resp, req, environ, request_time)
         elif self.access_log_enabled and self.access_log.isEnabledFor(logging.DEBUG):
-            atoms = self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+            atoms = self.atoms_wrapper_class(dict(self.atoms(resp, req, environ, request_time)))
             self.access_log.debug(self.cfg.access_log_format, atoms)
 
     def setup(self, cfg: Any) -> None:

@@ -115,6 +115,10 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # The deals search uses trigram indexes (crm_app/models/mirror.py).
+            connection.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

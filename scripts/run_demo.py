@@ -161,7 +161,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     up = wait_http(f"{public}/healthz") and wait_http(f"{sandbox}/_sandbox/requests")
     worker = procs[1]
-    up = up and worker.ready.wait(60)
+    # A busy machine can take a minute or more to start Celery; the banner waits for it.
+    up = up and worker.ready.wait(240)
     dead = [p for p in procs if p.proc.poll() is not None]
     if up and not dead:
         Piped.loud.set()

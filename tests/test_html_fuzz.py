@@ -10,7 +10,7 @@ bodies reach the views. Bounded: a few examples per rule and role.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -145,16 +145,11 @@ def fuzz_app(app: Flask, sandbox_url: str) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def sandbox_url(app: Flask) -> Iterator[str]:
+def sandbox_url(app: Flask, make_sandbox: Callable[..., Any]) -> str:
     """amoCRM calls the views make (consent URL, code exchange) go to a local sandbox."""
-    from crm_app.sandbox import SandboxServer
-
-    server = SandboxServer(port=0, contacts=3, leads=3, tasks=3, rate_limit=0).start()
+    server = make_sandbox(contacts=3, leads=3, tasks=3, rate_limit=0)
     app.config["AMOCRM_BASE_URL"] = server.url
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    return str(server.url)
 
 
 def _clients(app: Flask) -> dict[str, Any]:

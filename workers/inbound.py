@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from celery import shared_task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
+from flask import current_app
 
 logger = logging.getLogger(__name__)
 
 # After this many Celery retries the request stays queued and inbound.retry_stale takes over,
 # so a long amoCRM outage does not keep a growing pile of countdown messages in the broker.
 MAX_CELERY_RETRIES = 8
+# How long one task waits for the database or Redis to come back before handing over to a retry.
+OUTAGE_WAIT_SECONDS = 120.0
 
 
 @shared_task(name="inbound.process", bind=True, max_retries=None)
@@ -21,18 +26,35 @@ def process_request(self, request_id: int) -> str:
     from crm_app.services import availability
     from crm_app.services.inbound.processor import process
 
-    try:
-        result = process(int(request_id))
-    except Exception as exc:
-        if not availability.transient(exc) or self.request.is_eager:
-            raise
-        # Database or Redis down: come back in seconds; the message is not dropped.
-        db.session.rollback()
-        countdown = availability.backoff(self.request.retries)
-        logger.warning(
-            "inbound request %s: %s, retry in %.0f s", request_id, type(exc).__name__, countdown
-        )
-        return _retry(self, int(request_id), countdown, "queued")
+    # Database or Redis down: wait it out here, in seconds, holding the message. A retry sent
+    # with a countdown would wait in this worker's memory, and if the broker connection dropped
+    # meanwhile it could only come back after the visibility timeout (hours).
+    deadline = time.monotonic() + float(
+        current_app.config.get("INBOUND_OUTAGE_WAIT_SECONDS", OUTAGE_WAIT_SECONDS)
+    )
+    waited = 0
+    while True:
+        try:
+            result = process(int(request_id))
+            break
+        except Exception as exc:
+            if not availability.transient(exc) or self.request.is_eager:
+                raise
+            db.session.rollback()
+            pause = min(availability.backoff(waited), 5.0)
+            if time.monotonic() + pause > deadline:
+                logger.warning(
+                    "inbound request %s: %s, retry later", request_id, type(exc).__name__
+                )
+                return _retry(self, int(request_id), pause, "queued")
+            if waited == 0:
+                logger.warning(
+                    "inbound request %s: %s, waiting for it to come back",
+                    request_id,
+                    type(exc).__name__,
+                )
+            waited += 1
+            time.sleep(pause)
     if result.retry_in is None:
         return result.status
     if self.request.is_eager or self.request.retries >= MAX_CELERY_RETRIES:
@@ -43,7 +65,7 @@ def process_request(self, request_id: int) -> str:
     return _retry(self, int(request_id), result.retry_in, result.status)
 
 
-def _retry(task, request_id: int, countdown: float, status: str) -> str:  # type: ignore[no-untyped-def]
+def _retry(task: Any, request_id: int, countdown: float, status: str) -> str:
     """Send the retry; if the broker is down too, the beat's sweep sends it when it is due."""
     from crm_app.services import availability
     from crm_app.services.inbound.intake import mark_due
@@ -53,7 +75,9 @@ def _retry(task, request_id: int, countdown: float, status: str) -> str:  # type
     except Retry:
         raise
     except Exception as exc:
-        if not availability.broker_unavailable(exc):
+        # Celery wraps a failed retry publish in Reject(requeue=False): the message is dropped.
+        cause = getattr(exc, "reason", None) if isinstance(exc, Reject) else exc
+        if not isinstance(cause, BaseException) or not availability.broker_unavailable(cause):
             raise
         mark_due(request_id, countdown)
         return status

@@ -36,6 +36,14 @@ def beat_schedule(app: Flask) -> dict[str, dict[str, object]]:
             "task": "webhooks.watchdog",
             "schedule": float(app.config.get("WEBHOOK_WATCHDOG_SECONDS", 300.0)),
         },
+        "chats-outbox-sweep": {
+            "task": "chats.sweep",
+            "schedule": float(app.config.get("CHATS_SWEEP_SECONDS", 10.0)),
+        },
+        "chats-reconcile-history": {
+            "task": "chats.reconcile",
+            "schedule": float(app.config.get("CHATS_RECONCILE_SECONDS", 300.0)),
+        },
         "workspace-outbox-sweep": {
             "task": "workspace.outbox_sweep",
             "schedule": 15.0,

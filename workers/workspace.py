@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(name="workspace.outbox", bind=True)
-def drain_outbox(self, owner_id: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def drain_outbox(self: Any, owner_id: int) -> dict[str, Any]:
     """Send the owner's due outbox rows; queue the next pass when some are backing off."""
     from crm_app.services.workspace import outbox
 

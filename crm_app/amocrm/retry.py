@@ -12,7 +12,10 @@ class RetryPolicy:
 
     Waits double from ``base_delay`` (1.5 s, 3 s, 6 s, ...) plus up to ``jitter`` × the wait, so
     many workers hitting one limit do not come back at the same moment. After a 429 the wait is
-    at least the server's ``retry_after``. A wait longer than ``max_wait`` is never slept on:
+    at least the server's ``retry_after``, from the ``retry_after_from``-th 429 in a row on: with
+    our own pacing below the limit, a lone 429 is network jitter that bunched two requests, and
+    the per-second window clears long before Kommo's usual 300 s. A wait longer than
+    ``max_wait`` is never slept on:
     with ``wait_out_long_pauses`` the client waits ``max_wait`` and tries again (a background
     sync can afford that), otherwise it raises ``AmoCRMRateLimited`` at once so an interactive
     caller can answer or reschedule. Never hammering matters: repeated 429s earn a 403 block.
@@ -26,6 +29,7 @@ class RetryPolicy:
     base_delay: float = 1.5
     max_wait: float = 10.0
     wait_out_long_pauses: bool = False
+    retry_after_from: int = 1
     jitter: float = 0.25
 
     def backoff(self, attempt: int) -> float:
@@ -36,7 +40,9 @@ class RetryPolicy:
         """Seconds to wait before 429 retry ``attempt``, before jitter; None means give up."""
         if attempt > self.rate_limit_retries:
             return None
-        delay = max(self.backoff(attempt), retry_after or 0.0)
+        delay = self.backoff(attempt)
+        if retry_after and attempt >= self.retry_after_from:
+            delay = max(delay, retry_after)
         if delay > self.max_wait:
             return self.max_wait if self.wait_out_long_pauses else None
         return delay

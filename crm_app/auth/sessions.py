@@ -32,6 +32,14 @@ def _idle_limit() -> timedelta:
     return timedelta(seconds=int(current_app.config["SESSION_IDLE_SECONDS"]))
 
 
+def _clear_session() -> None:
+    """Empty the cookie session but keep the chosen language."""
+    lang = session.get("lang")
+    session.clear()
+    if lang in ("ru", "en"):
+        session["lang"] = lang
+
+
 def start_session(user: User) -> None:
     """Sign the browser in: a new server-side session row and Flask-Login's cookie."""
     now = utcnow()
@@ -40,7 +48,7 @@ def start_session(user: User) -> None:
     token = secrets.token_urlsafe(32)
     db.session.add(UserSession(user_id=user.id, token_hash=_hash(token), last_seen_at=now))
     db.session.commit()
-    session.clear()  # nothing from before the sign-in (a planted value) survives it
+    _clear_session()  # nothing from before the sign-in (a planted value) survives it
     session[SESSION_KEY] = token
     login_user(user)
 
@@ -52,7 +60,7 @@ def end_session() -> None:
         db.session.execute(delete(UserSession).where(UserSession.token_hash == _hash(token)))
         db.session.commit()
     logout_user()
-    session.clear()
+    _clear_session()
 
 
 def end_all_sessions(user: User) -> int:

@@ -1,5 +1,6 @@
 """All models, imported here so Alembic and create_all see every table."""
 
+from crm_app.models.chats import ChatChannel, ChatMessage, Conversation
 from crm_app.models.echo import OwnWrite
 from crm_app.models.inbound import InboundPerson, InboundRequest, InboundStatus
 from crm_app.models.integration import AmoConfig, AmoToken, ConnectionStatus, OAuthState
@@ -22,8 +23,11 @@ __all__ = [
     "AmoToken",
     "AmoUser",
     "ApiKey",
+    "ChatChannel",
+    "ChatMessage",
     "ConnectionStatus",
     "Contact",
+    "Conversation",
     "InboundPerson",
     "InboundRequest",
     "InboundStatus",

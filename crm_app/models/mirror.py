@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import DDL, BigInteger, ForeignKey, Index, String, Text, event
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_app.extensions import Model
@@ -52,11 +52,28 @@ class Contact(_Mirrored, Model):
 class Lead(_Mirrored, Model):
     __tablename__ = "crm_leads"
     __table_args__ = (
-        Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id"),
+        # A board column, newest change first, keyset-paged: (owner, pipeline, stage) equal,
+        # then (updated_at, id) descending straight off the index.
+        Index("ix_crm_leads_status", "owner_id", "pipeline_id", "status_id", "updated_at", "id"),
         Index("ix_crm_leads_owner_updated", "owner_id", "updated_at"),
+        # The deals table's search inside names and tags (trigrams; a plain index on SQLite).
+        Index(
+            "ix_crm_leads_name_trgm",
+            "name",
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+        ),
+        Index(
+            "ix_crm_leads_tags_trgm",
+            "tag_names",
+            postgresql_using="gin",
+            postgresql_ops={"tag_names": "gin_trgm_ops"},
+        ),
     )
 
     name: Mapped[str | None] = mapped_column(String(255))
+    # The names of the deal's tags, space-separated: what the table's search looks in.
+    tag_names: Mapped[str | None] = mapped_column(Text)
     price: Mapped[int | None] = mapped_column(BigInteger)
     pipeline_id: Mapped[int | None] = mapped_column(BigInteger)
     status_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -69,7 +86,12 @@ class Lead(_Mirrored, Model):
 
 class Task(_Mirrored, Model):
     __tablename__ = "crm_tasks"
-    __table_args__ = (Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),)
+    __table_args__ = (
+        Index("ix_crm_tasks_owner_updated", "owner_id", "updated_at"),
+        # A deal's or contact's tasks; the task lists (open first, by due time).
+        Index("ix_crm_tasks_entity", "owner_id", "entity_type", "entity_id"),
+        Index("ix_crm_tasks_due", "owner_id", "is_completed", "complete_till"),
+    )
 
     text: Mapped[str | None] = mapped_column(Text)
     task_type_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -150,3 +172,11 @@ class AmoUser(Model):
     is_admin: Mapped[bool] = mapped_column(default=False)
     is_active: Mapped[bool] = mapped_column(default=True)
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# The trigram indexes above need PostgreSQL's pg_trgm extension (shipped with PostgreSQL).
+event.listen(
+    Lead.__table__,
+    "before_create",
+    DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"),
+)

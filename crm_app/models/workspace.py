@@ -17,6 +17,7 @@ class OutboxStatus:
     APPLIED = "applied"
     CONFLICT = "conflict"  # amoCRM changed the entity after the version the edit was made on
     FAILED = "failed"  # amoCRM refused it (validation, entity gone); kept with the reason
+    DISMISSED = "dismissed"  # a conflict or refusal the person closed
     OPEN = (PENDING,)
 
 

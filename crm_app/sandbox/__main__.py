@@ -212,6 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.webhook_disable_threshold,
         help="invalid answers within 2 hours (scaled) that disable a hook",
     )
+
+    g = p.add_argument_group("Chats API (amojo)")
+    g.add_argument("--chat-channel-id", default=D.chat_channel_id, help="register a channel")
+    g.add_argument("--chat-secret", default=D.chat_secret, help="the channel's secret")
+    g.add_argument(
+        "--chat-hook-url", default=D.chat_hook_url, help="the channel's hook URL, with :scope_id"
+    )
+    g.add_argument(
+        "--chat-hook-timeout",
+        type=float,
+        default=D.chat_hook_timeout,
+        help="seconds a channel hook waits (sent once, never retried)",
+    )
+    g.add_argument(
+        "--chat-unsorted-setting",
+        default=D.chat_unsorted_setting,
+        help="the account-webhook setting that receives unsorted[add] for a new chat",
+    )
     del add
     return p
 

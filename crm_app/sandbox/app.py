@@ -24,12 +24,20 @@ LOGGED_BODY_LIMIT = 256 * 1024
 
 
 def create_app(sandbox: Sandbox) -> Flask:
-    from crm_app.sandbox import admin, api, api_meta, api_more, oauth_views
+    from crm_app.sandbox import admin, amojo_views, api, api_meta, api_more, oauth_views, telegram
 
     app = Flask("crm_app.sandbox")
     app.config["SANDBOX"] = sandbox
     app.url_map.strict_slashes = False
-    for blueprint in (api_meta.bp, api_more.bp, api.bp, oauth_views.bp, admin.bp):
+    for blueprint in (
+        api_meta.bp,
+        api_more.bp,
+        amojo_views.bp,
+        telegram.bp,
+        api.bp,
+        oauth_views.bp,
+        admin.bp,
+    ):
         app.register_blueprint(blueprint)
 
     @app.before_request

@@ -81,6 +81,14 @@ class SandboxConfig:
     webhook_status_also_update: bool = False
     webhook_old_pipeline_id: bool = False
     webhook_disable_threshold: int = 100
+    # Chats API (amojo): one channel registered at start; more via POST /_sandbox/chat-channels.
+    chat_channel_id: str = ""
+    chat_secret: str = ""
+    chat_hook_url: str = ""  # the channel's hook URL template, containing ":scope_id"
+    chat_hook_timeout: float = 5.0
+    # Which account-webhook setting receives unsorted[add] for a new chat: amoCRM's settings table
+    # documents none, so it is configurable.
+    chat_unsorted_setting: str = "add_lead"
     # Server.
     # Workspace writes (UNCONFIRMED points, defaults documented in docs/sandbox.md).
     loss_reasons_api: bool = True  # GET /api/v4/leads/loss_reasons (Kommo-documented)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from crm_app.sandbox.amojo import Channel, ChatHub
 from crm_app.sandbox.config import SandboxConfig
 from crm_app.sandbox.limits import Limiter
 from crm_app.sandbox.oauth import Integration, TokenStore
@@ -15,6 +16,7 @@ from crm_app.sandbox.reqlog import RequestLog
 from crm_app.sandbox.seed import build_accounts
 from crm_app.sandbox.sender import Dispatcher
 from crm_app.sandbox.store import Account
+from crm_app.sandbox.telegram import TelegramFake
 from crm_app.sandbox.webhooks import Event, ItemBuilder, build_body, encode
 
 
@@ -70,6 +72,16 @@ class Sandbox:
             self.config, lambda aid: self.account_by_id(aid).lock, clock=self.clock.monotonic
         )
         self.clock.on_advance(self.dispatcher.wake)
+        self.chats = ChatHub(self)
+        self.telegram = TelegramFake()
+        if self.config.chat_channel_id and self.config.chat_secret:
+            self.chats.register(
+                Channel(
+                    self.config.chat_channel_id,
+                    self.config.chat_secret,
+                    hook_url=self.config.chat_hook_url,
+                )
+            )
         self.faults: list[dict[str, Any]] = []
         self.faults_lock = threading.Lock()
         self.tokens.register(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import case, select, update
+from sqlalchemy import CursorResult, case, select, update
 
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMBlocked
@@ -91,14 +92,16 @@ def client_for_owner(owner_id: int, *, retry: RetryPolicy | None = None) -> AmoC
 def sync_retry_policy() -> RetryPolicy:
     """The policy of background reads (sync, re-fetches): wait out a long 429 pause, bounded.
 
-    A sync only reads and nobody waits on it, so it rather waits up to
-    SYNC_RATE_LIMIT_MAX_WAIT seconds at a time than fails the run; after five 429s in a row the
-    run stops and the next one resumes from its checkpoint.
+    A sync only reads and nobody waits on it, so it rather waits than fails the run: a lone 429
+    (jitter past our pacing) 1.5 s, a second one in a row amoCRM's ``retry_after`` capped at
+    SYNC_RATE_LIMIT_MAX_WAIT, and so on; after a fourth 429 in a row the run stops and the next
+    one resumes from its checkpoint.
     """
     return RetryPolicy(
-        rate_limit_retries=5,
+        rate_limit_retries=3,
         max_wait=float(current_app.config.get("SYNC_RATE_LIMIT_MAX_WAIT", 60)),
         wait_out_long_pauses=True,
+        retry_after_from=2,
     )
 
 
@@ -125,27 +128,30 @@ def record_api_success(owner_id: int, since: datetime) -> bool:
     from crm_app.models import AmoToken
 
     has_tokens = select(AmoToken.owner_id).where(AmoToken.owner_id == owner_id).exists()
-    result = db.session.execute(
-        update(AmoConfig)
-        .where(
-            AmoConfig.owner_id == owner_id,
-            AmoConfig.last_error.is_not(None),
-            (AmoConfig.last_error_at.is_(None)) | (AmoConfig.last_error_at <= since),
-            AmoConfig.status.in_((ConnectionStatus.CONNECTED, ConnectionStatus.ERROR)),
-            has_tokens,
-        )
-        .values(
-            last_error=None,
-            last_error_at=None,
-            status=case(
-                (AmoConfig.status == ConnectionStatus.ERROR, ConnectionStatus.CONNECTED),
-                else_=AmoConfig.status,
-            ),
-        )
-        .execution_options(synchronize_session=False)
+    result = cast(
+        "CursorResult[Any]",
+        db.session.execute(
+            update(AmoConfig)
+            .where(
+                AmoConfig.owner_id == owner_id,
+                AmoConfig.last_error.is_not(None),
+                (AmoConfig.last_error_at.is_(None)) | (AmoConfig.last_error_at <= since),
+                AmoConfig.status.in_((ConnectionStatus.CONNECTED, ConnectionStatus.ERROR)),
+                has_tokens,
+            )
+            .values(
+                last_error=None,
+                last_error_at=None,
+                status=case(
+                    (AmoConfig.status == ConnectionStatus.ERROR, ConnectionStatus.CONNECTED),
+                    else_=AmoConfig.status,
+                ),
+            )
+            .execution_options(synchronize_session=False)
+        ),
     )
     db.session.commit()
-    cleared = bool(result.rowcount)  # type: ignore[attr-defined]
+    cleared = bool(result.rowcount)
     if cleared:
         logger.info("owner %s: amoCRM answered again; the old badge error is cleared", owner_id)
     return cleared

@@ -42,6 +42,7 @@ from crm_app.models import (
     SyncLog,
 )
 from crm_app.services import tokens as token_store
+from crm_app.services.chats.channel import disconnect_channel, reconnect_channel
 from crm_app.services.settings import get_or_create_config
 from crm_app.services.sync import start_sync, sync_reference_data
 from crm_app.services.webhooks.subscription import subscribe, unsubscribe
@@ -385,6 +386,7 @@ def after_connect(owner_id: int) -> dict[str, Any]:
         ("reference data", lambda: sync_reference_data(owner_id)),
         ("webhook subscription", lambda: subscribe(owner_id)),
         ("first sync", lambda: start_sync(owner_id, trigger="connect")),
+        ("chat channel", lambda: reconnect_channel(owner_id)),
     ]
     for name, step in steps:
         try:
@@ -407,6 +409,11 @@ def disconnect(owner_id: int) -> AmoConfig:
         except Exception as exc:  # the tokens may already be dead; forgetting them still works
             db.session.rollback()
             logger.warning("owner %s: webhook unsubscribe failed: %s", owner_id, exc)
+    try:
+        disconnect_channel(owner_id)
+    except Exception as exc:  # best effort, like the webhooks: the account is disconnected anyway
+        db.session.rollback()
+        logger.warning("owner %s: chat channel disconnect failed: %s", owner_id, exc)
     token_store.delete_tokens(owner_id)
     cfg = get_or_create_config(owner_id)
     db.session.refresh(cfg)

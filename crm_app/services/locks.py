@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from flask import current_app
 
@@ -28,6 +30,41 @@ def _redis():  # type: ignore[no-untyped-def]
     return cache[url]
 
 
+# Locks this process could not release because Redis was down: released as soon as it is back,
+# instead of blocking their names until the TTL runs out (minutes, for inbound requests).
+_leftovers: list[Any] = []
+_leftovers_guard = threading.Lock()
+
+
+def _release(lock: Any) -> None:
+    import redis
+
+    token = lock.local.token  # redis-py forgets it before it tries to release
+    try:
+        lock.release()
+    except redis.exceptions.LockError:
+        pass  # expired meanwhile: nothing left to release
+    except redis.exceptions.RedisError:
+        with _leftovers_guard:
+            _leftovers.append((lock, token))
+
+
+def _release_leftovers() -> None:
+    import redis
+
+    with _leftovers_guard:
+        pending, _leftovers[:] = list(_leftovers), []
+    for index, (lock, token) in enumerate(pending):
+        try:
+            lock.do_release(token)
+        except redis.exceptions.LockError:
+            continue  # expired, or the token changed: not ours any more
+        except redis.exceptions.RedisError:
+            with _leftovers_guard:
+                _leftovers.extend(pending[index:])
+            return
+
+
 @contextlib.contextmanager
 def named_lock(name: str, *, ttl: float = 60.0, wait: float | None = 30.0) -> Iterator[None]:
     """Hold `name` across every process sharing this deployment.
@@ -37,6 +74,7 @@ def named_lock(name: str, *, ttl: float = 60.0, wait: float | None = 30.0) -> It
     """
     client = _redis()
     if client is not None:
+        _release_leftovers()
         lock = client.lock(
             f"crm:lock:{name}", timeout=ttl, blocking=wait != 0, blocking_timeout=wait
         )
@@ -45,8 +83,7 @@ def named_lock(name: str, *, ttl: float = 60.0, wait: float | None = 30.0) -> It
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):  # expired meanwhile: nothing left to release
-                lock.release()
+            _release(lock)
         return
     folder = Path(current_app.instance_path) / "locks"
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from crm_app.auth.access import page_login_required
 from crm_app.extensions import csrf, db, limiter
 from crm_app.models import ApiKey, InboundRequest, InboundStatus
 from crm_app.services import inbound as svc
+from crm_app.services.chats import intake as chats_intake
 from crm_app.services.inbound import telegram
 from crm_app.services.inbound.processor import retry_request
 from crm_app.web.context import request_context
@@ -108,6 +109,7 @@ def submit_inbound() -> Response:
             errors=svc.field_errors(exc),
         )
     req = svc.submit(key.owner_id, payload, idempotency_key=idem, api_key_id=key.id)
+    chats_intake.from_widget(key.owner_id, payload.model_dump(), req.public_id)
     resp = jsonify({"id": req.public_id, "status": req.status})
     resp.status_code = 202
     resp.headers["Location"] = url_for("inbound.inbound_status", public_id=req.public_id)
@@ -153,6 +155,7 @@ def telegram_webhook(secret: str) -> Response:
     if not isinstance(update, dict):
         abort(400, description="The body must be a Bot API Update (JSON object).")
     req = telegram.handle_update(cfg, update)
+    chats_intake.from_telegram(cfg.owner_id, (cfg.telegram_secret_hash or "")[:8], update)
     if req is None:
         logger.debug("telegram update ignored for owner %s", cfg.owner_id)
     return jsonify({"ok": True})

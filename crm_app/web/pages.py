@@ -57,15 +57,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 HTMX_VERSION = "2.0.11"
 LOG_PAGE_SIZE = 20
 NONCE_KEY = "crm_oauth_nonce"
-# Events the panels listen to (documented in docs/connect.md and at the top of static/css/crm.css).
+# Events the panels listen to (documented in docs/connect.md).
 EVT_CONNECTION = "crm-connection-changed"
 EVT_SETTINGS = "crm-settings-saved"
 EVT_STATUS = "crm-status-changed"  # only the badge: e.g. a failed connect put a reason there
-# Slots filled by other areas, loaded lazily; they degrade quietly while their routes are missing.
+# Panels loaded lazily into the page's slots: (DOM id, endpoint).
 SLOTS = (
     ("sync-panel", "sync_ui.sync_card"),
     ("webhooks-panel", "webhooks.panel"),
     ("inbound-panel", "inbound.inbound_card"),
+    ("chat-channel-panel", "inbox.channel_panel"),
 )
 # Which override of the whole page a panel's view model is (the page shows that state).
 PANEL_KEYS = {
@@ -570,7 +571,7 @@ def _template_helpers() -> dict[str, Any]:
 
 @bp.app_template_filter("masked")
 def _masked(value: Any) -> str:
-    """Free text from amoCRM or other areas, with anything secret-shaped cut out."""
+    """Free text (from amoCRM, error messages), with anything secret-shaped cut out."""
     return mask_secrets(str(value)) if value not in (None, "") else ""
 
 

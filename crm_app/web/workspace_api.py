@@ -81,7 +81,6 @@ def _answer(outcome: Outcome, created: bool = False) -> tuple[dict[str, Any], in
     raise NotFound(f"{outcome.entity_type} {outcome.entity_id} is not in the mirror")
 
 
-WRITE = {"write": True, "body": True, "amo": True, "tags": TAGS}
 ANSWERS: dict[int, type] = {202: PendingOut, 409: ConflictProblem, 422: Problem}
 
 
@@ -90,7 +89,7 @@ def _changes(json: Any) -> dict[str, Any]:
 
 
 @bp.patch("/admin/crm/leads/<int(min=1, max=9223372036854775807):lead_id>")
-@operation(LeadOut, also=ANSWERS, **WRITE)
+@operation(LeadOut, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def update_lead(lead_id: int, query: OwnerQuery, json: LeadPatch) -> tuple[dict[str, Any], int]:
     """Change a deal (name, price, stage, pipeline, responsible user, loss reason) in amoCRM.
 
@@ -103,7 +102,7 @@ def update_lead(lead_id: int, query: OwnerQuery, json: LeadPatch) -> tuple[dict[
 
 
 @bp.post("/admin/crm/leads")
-@operation(LeadOut, status=201, also=ANSWERS, **WRITE)
+@operation(LeadOut, status=201, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def create_lead(query: OwnerQuery, json: LeadCreate) -> tuple[dict[str, Any], int]:
     """Create a deal with an existing contact (`contact_id`) or a new one (`contact`)."""
     outcome = workspace.create_lead(
@@ -121,7 +120,7 @@ def create_lead(query: OwnerQuery, json: LeadCreate) -> tuple[dict[str, Any], in
 
 
 @bp.post("/admin/crm/leads/<int(min=1, max=9223372036854775807):lead_id>/notes")
-@operation(NoteOut, status=201, also=ANSWERS, **WRITE)
+@operation(NoteOut, status=201, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def add_lead_note(lead_id: int, query: OwnerQuery, json: NoteCreate) -> tuple[dict[str, Any], int]:
     """Add a text note to a deal."""
     outcome = workspace.add_note(g.owner_id, "leads", lead_id, json.text, user_id=_user_id())
@@ -129,7 +128,7 @@ def add_lead_note(lead_id: int, query: OwnerQuery, json: NoteCreate) -> tuple[di
 
 
 @bp.patch("/admin/crm/contacts/<int(min=1, max=9223372036854775807):contact_id>")
-@operation(ContactOut, also=ANSWERS, **WRITE)
+@operation(ContactOut, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def update_contact(
     contact_id: int, query: OwnerQuery, json: ContactPatch
 ) -> tuple[dict[str, Any], int]:
@@ -141,7 +140,7 @@ def update_contact(
 
 
 @bp.post("/admin/crm/contacts/<int(min=1, max=9223372036854775807):contact_id>/notes")
-@operation(NoteOut, status=201, also=ANSWERS, **WRITE)
+@operation(NoteOut, status=201, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def add_contact_note(
     contact_id: int, query: OwnerQuery, json: NoteCreate
 ) -> tuple[dict[str, Any], int]:
@@ -151,7 +150,7 @@ def add_contact_note(
 
 
 @bp.post("/admin/crm/tasks")
-@operation(TaskOut, status=201, also=ANSWERS, **WRITE)
+@operation(TaskOut, status=201, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def create_task(query: OwnerQuery, json: TaskCreate) -> tuple[dict[str, Any], int]:
     """Create a task, on a deal or contact when `entity_type` and `entity_id` are given."""
     outcome = workspace.create_task(
@@ -168,7 +167,7 @@ def create_task(query: OwnerQuery, json: TaskCreate) -> tuple[dict[str, Any], in
 
 
 @bp.patch("/admin/crm/tasks/<int(min=1, max=9223372036854775807):task_id>")
-@operation(TaskOut, also=ANSWERS, **WRITE)
+@operation(TaskOut, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def update_task(task_id: int, query: OwnerQuery, json: TaskPatch) -> tuple[dict[str, Any], int]:
     """Complete a task (`is_completed`, `result`) or change its text, due time, responsible."""
     outcome = workspace.update_task(

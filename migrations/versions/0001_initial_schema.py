@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:01:40.821382
+Create Date: 2026-12-03 10:37:50.217436
 
 """
 
@@ -135,6 +135,60 @@ def upgrade():
         batch_op.create_index(batch_op.f("ix_api_keys_owner_id"), ["owner_id"], unique=False)
 
     op.create_table(
+        "chat_channels",
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("channel_id", sa.String(length=64), nullable=False),
+        sa.Column("secret", sa.Text(), nullable=False),
+        sa.Column("bot_id", sa.String(length=64), nullable=True),
+        sa.Column("mode", sa.String(length=8), nullable=False),
+        sa.Column("amojo_account_id", sa.String(length=64), nullable=True),
+        sa.Column("scope_id", sa.String(length=160), nullable=True),
+        sa.Column("connected_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("telegram_bot_token", sa.Text(), nullable=True),
+        sa.Column("widget_callback_url", sa.String(length=500), nullable=True),
+        sa.Column("widget_secret", sa.Text(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("owner_id"),
+        sa.UniqueConstraint("scope_id"),
+    )
+    op.create_table(
+        "conversations",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("external_id", sa.String(length=128), nullable=False),
+        sa.Column("conversation_key", sa.String(length=64), nullable=False),
+        sa.Column("amojo_chat_id", sa.String(length=64), nullable=True),
+        sa.Column("amojo_user_id", sa.String(length=64), nullable=True),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("phone", sa.String(length=64), nullable=True),
+        sa.Column("email", sa.String(length=255), nullable=True),
+        sa.Column("avatar", sa.String(length=500), nullable=True),
+        sa.Column("contact_id", sa.BigInteger(), nullable=True),
+        sa.Column("lead_id", sa.BigInteger(), nullable=True),
+        sa.Column("linked", sa.Boolean(), nullable=False),
+        sa.Column("unread", sa.Integer(), nullable=False),
+        sa.Column("last_message_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_text", sa.String(length=300), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("conversation_key"),
+        sa.UniqueConstraint("owner_id", "channel", "external_id"),
+    )
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_conversations_amojo_chat_id"), ["amojo_chat_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_conversations_owner_last", ["owner_id", "last_message_at"], unique=False
+        )
+
+    op.create_table(
         "crm_contacts",
         sa.Column("name", sa.String(length=255), nullable=True),
         sa.Column("first_name", sa.String(length=255), nullable=True),
@@ -174,6 +228,7 @@ def upgrade():
     op.create_table(
         "crm_leads",
         sa.Column("name", sa.String(length=255), nullable=True),
+        sa.Column("tag_names", sa.Text(), nullable=True),
         sa.Column("price", sa.BigInteger(), nullable=True),
         sa.Column("pipeline_id", sa.BigInteger(), nullable=True),
         sa.Column("status_id", sa.BigInteger(), nullable=True),
@@ -202,10 +257,26 @@ def upgrade():
             batch_op.f("ix_crm_leads_main_contact_id"), ["main_contact_id"], unique=False
         )
         batch_op.create_index(
+            "ix_crm_leads_name_trgm",
+            ["name"],
+            unique=False,
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+        )
+        batch_op.create_index(
             "ix_crm_leads_owner_updated", ["owner_id", "updated_at"], unique=False
         )
         batch_op.create_index(
-            "ix_crm_leads_status", ["owner_id", "pipeline_id", "status_id"], unique=False
+            "ix_crm_leads_status",
+            ["owner_id", "pipeline_id", "status_id", "updated_at", "id"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_crm_leads_tags_trgm",
+            ["tag_names"],
+            unique=False,
+            postgresql_using="gin",
+            postgresql_ops={"tag_names": "gin_trgm_ops"},
         )
 
     op.create_table(
@@ -302,6 +373,12 @@ def upgrade():
         sa.PrimaryKeyConstraint("owner_id", "id"),
     )
     with op.batch_alter_table("crm_tasks", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_crm_tasks_due", ["owner_id", "is_completed", "complete_till"], unique=False
+        )
+        batch_op.create_index(
+            "ix_crm_tasks_entity", ["owner_id", "entity_type", "entity_id"], unique=False
+        )
         batch_op.create_index(
             "ix_crm_tasks_owner_updated", ["owner_id", "updated_at"], unique=False
         )
@@ -449,6 +526,44 @@ def upgrade():
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
         batch_op.create_index(
             "ix_webhook_inbox_owner_status", ["owner_id", "status", "id"], unique=False
+        )
+
+    op.create_table(
+        "chat_messages",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=False),
+        sa.Column("conversation_id", sa.Integer(), nullable=False),
+        sa.Column("direction", sa.String(length=3), nullable=False),
+        sa.Column("author", sa.String(length=16), nullable=False),
+        sa.Column("author_name", sa.String(length=255), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("media", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True),
+        sa.Column("msgid", sa.String(length=64), nullable=False),
+        sa.Column("amojo_msgid", sa.String(length=64), nullable=True),
+        sa.Column("source_key", sa.String(length=128), nullable=True),
+        sa.Column("telegram_message_id", sa.BigInteger(), nullable=True),
+        sa.Column("to_amo", sa.String(length=10), nullable=False),
+        sa.Column("amo_tried", sa.Boolean(), nullable=False),
+        sa.Column("to_person", sa.String(length=10), nullable=False),
+        sa.Column("status_reported", sa.Boolean(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["conversation_id"], ["conversations.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("msgid"),
+        sa.UniqueConstraint("owner_id", "amojo_msgid"),
+        sa.UniqueConstraint("owner_id", "source_key"),
+    )
+    with op.batch_alter_table("chat_messages", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_chat_messages_conversation", ["conversation_id", "id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_chat_messages_pending", ["owner_id", "next_attempt_at"], unique=False
         )
 
     op.create_table(
@@ -640,6 +755,11 @@ def downgrade():
         batch_op.drop_index("ix_crm_outbox_due")
 
     op.drop_table("crm_outbox")
+    with op.batch_alter_table("chat_messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_chat_messages_pending")
+        batch_op.drop_index("ix_chat_messages_conversation")
+
+    op.drop_table("chat_messages")
     with op.batch_alter_table("webhook_inbox", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_inbox_owner_status")
 
@@ -668,6 +788,8 @@ def downgrade():
     op.drop_table("crm_users")
     with op.batch_alter_table("crm_tasks", schema=None) as batch_op:
         batch_op.drop_index("ix_crm_tasks_owner_updated")
+        batch_op.drop_index("ix_crm_tasks_entity")
+        batch_op.drop_index("ix_crm_tasks_due")
 
     op.drop_table("crm_tasks")
     op.drop_table("crm_task_types")
@@ -680,8 +802,18 @@ def downgrade():
     op.drop_table("crm_notes")
     op.drop_table("crm_loss_reasons")
     with op.batch_alter_table("crm_leads", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_crm_leads_tags_trgm",
+            postgresql_using="gin",
+            postgresql_ops={"tag_names": "gin_trgm_ops"},
+        )
         batch_op.drop_index("ix_crm_leads_status")
         batch_op.drop_index("ix_crm_leads_owner_updated")
+        batch_op.drop_index(
+            "ix_crm_leads_name_trgm",
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+        )
         batch_op.drop_index(batch_op.f("ix_crm_leads_main_contact_id"))
 
     op.drop_table("crm_leads")
@@ -692,6 +824,12 @@ def downgrade():
         batch_op.drop_index("ix_crm_contacts_email")
 
     op.drop_table("crm_contacts")
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.drop_index("ix_conversations_owner_last")
+        batch_op.drop_index(batch_op.f("ix_conversations_amojo_chat_id"))
+
+    op.drop_table("conversations")
+    op.drop_table("chat_channels")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_keys_owner_id"))
 

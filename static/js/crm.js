@@ -126,7 +126,7 @@
     var detail = event.detail || {};
     var slot = optionalPanel(detail.elt);
     if (slot && slot === detail.elt) {
-      // A panel another area has not shipped yet: hide it quietly.
+      // A lazily loaded panel that could not load is hidden (data-optional-panel).
       slot.hidden = true;
       return;
     }

@@ -28,7 +28,7 @@ def _start_full_sync(dep: Deployment) -> int:
 
 def test_worker_survives_redis_dying_mid_sync(healthy: Deployment) -> None:
     dep = healthy
-    worker_pid = dep.worker.pid  # type: ignore[union-attr]
+    worker_pid = dep.worker.pid
     run_id = _start_full_sync(dep)
 
     def paging() -> bool:
@@ -39,7 +39,7 @@ def test_worker_survives_redis_dying_mid_sync(healthy: Deployment) -> None:
     dep.redis.kill()
     time.sleep(OUTAGE)
     # The same worker process is still there while the broker is gone...
-    assert dep.worker.alive() and dep.worker.pid == worker_pid, dep.worker.text()[-4000:]  # type: ignore[union-attr]
+    assert dep.worker.alive() and dep.worker.pid == worker_pid, dep.worker.text()[-4000:]
     # ...and the web tier answers 2xx or 503, never 500.
     assert dep.get("/healthz").status_code == 200
     assert dep.get("/readyz").status_code == 503
@@ -49,9 +49,9 @@ def test_worker_survives_redis_dying_mid_sync(healthy: Deployment) -> None:
     run = wait_run(dep, run_id, timeout=120)
     assert run is not None, "the run did not finish after Redis came back"
     assert run.status == "success", run.error
-    assert dep.worker.alive() and dep.worker.pid == worker_pid  # type: ignore[union-attr]
+    assert dep.worker.alive() and dep.worker.pid == worker_pid
     # The run was finished by that same worker process, not handed to a new one.
-    assert run.worker.endswith(f":{worker_pid}") or "main" in dep.worker.text()  # type: ignore[union-attr]
+    assert run.worker.endswith(f":{worker_pid}") or "main" in dep.worker.text()
     for entity in ("contacts", "leads", "tasks"):
         assert mirror_matches(dep, entity), entity
     assert time.monotonic() - healed < 120
@@ -101,7 +101,7 @@ def test_inbound_is_accepted_while_redis_is_down(healthy: Deployment) -> None:
 def test_worker_survives_redis_dying_while_tasks_finish(healthy: Deployment) -> None:
     """Tasks that end while the broker is gone must not take the worker with them."""
     dep = healthy
-    worker_pid = dep.worker.pid  # type: ignore[union-attr]
+    worker_pid = dep.worker.pid
     tag = f"busy-{int(time.time())}"
     leads_before = set(dep.server.account.tables["leads"].records)
     # Each request's write to amoCRM takes 3 s, so they are mid-flight when Redis dies.
@@ -120,7 +120,7 @@ def test_worker_survives_redis_dying_while_tasks_finish(healthy: Deployment) -> 
     assert stack.wait_for(started, 30, interval=0.05)
     dep.redis.kill()
     time.sleep(OUTAGE)
-    assert dep.worker.alive() and dep.worker.pid == worker_pid, dep.worker.text()[-6000:]  # type: ignore[union-attr]
+    assert dep.worker.alive() and dep.worker.pid == worker_pid, dep.worker.text()[-6000:]
     dep.redis.start()
 
     def created() -> bool:
@@ -135,4 +135,4 @@ def test_worker_survives_redis_dying_while_tasks_finish(healthy: Deployment) -> 
     new_leads = set(dep.server.account.tables["leads"].records) - leads_before
     assert len(new_leads) == 4
     assert dep.count(Lead, Lead.owner_id == dep.owner_id, Lead.id.in_(new_leads)) == 4
-    assert dep.worker.alive() and dep.worker.pid == worker_pid  # type: ignore[union-attr]
+    assert dep.worker.alive() and dep.worker.pid == worker_pid

@@ -74,7 +74,7 @@ def test_postgres_outage_webhooks_pages_and_probes(healthy: Deployment) -> None:
         assert dep.get("/login").status_code in (200, 503)
 
         # amoCRM's deliveries were all acknowledged: none failed, the hook stays on.
-        def delivered() -> list[dict]:  # type: ignore[type-arg]
+        def delivered() -> list[dict]:
             mine = dep.server.deliveries()[seen_before:]
             return mine if len(mine) >= len(leads) else []
 

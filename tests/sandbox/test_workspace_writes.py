@@ -8,7 +8,6 @@ Request and answer shapes follow the documented examples in tests/fixtures/amocr
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +218,6 @@ def test_a_write_can_land_while_its_answer_is_lost(api: Api, sandbox: SandboxSer
     reply = api.patch(f"/api/v4/leads/{lead_id}", json={"price": 4242})
     assert reply.status_code == 504
     assert sandbox.account.tables["leads"].get(lead_id)["price"] == 4242
-    started = time.monotonic()
     requests.post(
         f"{sandbox.url}/_sandbox/faults",
         json={"path": "/api/v4/leads", "method": "PATCH", "status": 429, "count": 2},
@@ -227,4 +225,3 @@ def test_a_write_can_land_while_its_answer_is_lost(api: Api, sandbox: SandboxSer
     )
     assert api.patch(f"/api/v4/leads/{lead_id}", json={"price": 1}).status_code == 429
     assert sandbox.account.tables["leads"].get(lead_id)["price"] == 4242
-    assert time.monotonic() - started < 5

@@ -195,8 +195,9 @@ def test_sync_reads_wait_out_long_rate_limit_pauses(app):
     app.config["SYNC_RATE_LIMIT_MAX_WAIT"] = 45
     policy = sync_retry_policy()
     # A lone 429 is jitter: a short wait. A long retry_after is waited out, capped.
-    assert policy.rate_limit_wait(1, None) == 1.5
+    assert policy.rate_limit_wait(1, 300) == 1.5
     assert policy.rate_limit_wait(2, 300) == 45
+    assert policy.rate_limit_wait(3, None) == 6.0
     assert policy.rate_limit_wait(policy.rate_limit_retries + 1, None) is None
     # Interactive calls (the client's default) give the 429 back at once instead.
     assert RetryPolicy().rate_limit_wait(2, 300) is None

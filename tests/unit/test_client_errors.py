@@ -288,12 +288,14 @@ def test_429_long_retry_after_is_not_slept_on(
 def test_patient_policy_waits_out_long_pauses(
     mocked: responses.RequestsMock, sleeps: list[float]
 ) -> None:
-    mocked.get(ACCOUNT, status=429, body=HTML_429, content_type="text/html")
+    mocked.get(ACCOUNT, status=429, json={**PROBLEM_429, "retry_after": 300})
     mocked.get(ACCOUNT, status=429, json={**PROBLEM_429, "retry_after": 300})
     mocked.get(ACCOUNT, status=200, json={"id": 1})
-    patient = RetryPolicy(rate_limit_retries=5, max_wait=60.0, wait_out_long_pauses=True)
+    patient = RetryPolicy(
+        rate_limit_retries=3, max_wait=60.0, wait_out_long_pauses=True, retry_after_from=2
+    )
     assert make_client(sleeps, retry=patient).get_account() == {"id": 1}
-    # 1.5 s for the first 429; retry_after 300 is capped at max_wait (plus up to 25 % jitter)
+    # A lone 429 waits 1.5 s; the second in a row retry_after, capped at max_wait (+ ≤ 25 %)
     assert 1.5 <= sleeps[0] <= 1.5 * 1.25 and 60.0 <= sleeps[1] <= 75.0
 
 

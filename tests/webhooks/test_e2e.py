@@ -72,10 +72,10 @@ def test_sandbox_manager_edits_reach_the_mirror(owner: Owner, serve_app, celery_
     owner.sandbox("DELETE", f"tasks/{task_id}")
     assert _follows(owner, "tasks", task_id, lambda r: r is None)
 
-    # Every delivery was acknowledged in time, stored, and applied.
+    # Every delivery was acknowledged at the first attempt (within the sandbox's 2 s timeout,
+    # or it would not be ok), stored, and applied. How fast: the webhooks rows of make bench.
     deliveries = owner.server.deliveries()
     assert deliveries and all(d["ok"] and d["attempt"] == 1 for d in deliveries), deliveries
-    assert max(d["duration_ms"] for d in deliveries) < 2000
     assert wait_until(lambda: pending(owner.id) == 0, timeout=20)
     stored = count(WebhookDelivery, WebhookDelivery.owner_id == owner.id)
     assert stored == len({d["request_id"] for d in deliveries})

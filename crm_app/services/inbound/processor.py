@@ -44,6 +44,7 @@ from crm_app.amocrm.errors import (
     AmoCRMTokenExpired,
     AmoCRMUnavailable,
     AmoCRMValidationError,
+    ThrottleUnavailable,
 )
 from crm_app.amocrm.fields import (
     email_field,
@@ -651,7 +652,8 @@ def _create_deal(
             break
         except _Retry as exc:
             if isinstance(exc.__cause__, _REFUSED):
-                # 429/403/402 are refused before anything is stored: nothing to look for. Any
+                # 429/403/402 are refused before anything is stored, and without a rate-limit
+                # slot (Redis down) nothing was sent: nothing to look for. Any
                 # other failure (timeout, 5xx, garbled answer) may have created the deal.
                 person.create_started_at = None
                 db.session.commit()
@@ -696,7 +698,8 @@ def _create_deal(
         logger.warning("could not mirror inbound contact/deal of request %s", req.id, exc_info=True)
 
 
-_REFUSED = (AmoCRMRateLimited, AmoCRMBlocked, AmoCRMPaymentRequired)
+# Answers (or a missing rate-limit slot) that mean nothing reached amoCRM's storage.
+_REFUSED = (AmoCRMRateLimited, AmoCRMBlocked, AmoCRMPaymentRequired, ThrottleUnavailable)
 
 
 def _about_custom_fields(exc: AmoCRMValidationError) -> bool:

@@ -229,6 +229,10 @@ def map_lead(
         "closed_at": as_int(item.get("closed_at")),
         "custom_fields_values": _custom_fields(item),
     }
+    tags = _embedded(item).get("tags")
+    if isinstance(tags, list):
+        names = [str(t.get("name")) for t in tags if isinstance(t, Mapping) and t.get("name")]
+        row["tag_names"] = " ".join(names) or None
     links = lead_contacts(item)
     if links is not None:
         row["contact_ids"], row["main_contact_id"] = links

@@ -89,7 +89,8 @@ def fetch_choices(client: AmoCRMClient) -> tuple[list[dict[str, Any]], list[dict
     except AmoCRMNotFound:
         reasons = []
     account = client.get_account(with_="task_types")
-    embedded = account.get("_embedded") if isinstance(account.get("_embedded"), dict) else {}
+    raw = account.get("_embedded")
+    embedded: dict[str, Any] = raw if isinstance(raw, dict) else {}
     types = embedded.get("task_types") or []
     return [r for r in reasons if isinstance(r, dict)], [t for t in types if isinstance(t, dict)]
 

@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crm_app.extensions import db
@@ -235,10 +235,13 @@ def take_over_stale(limit: int = 100) -> list[int]:
     ids = list(db.session.scalars(select(runs_table.c.id).where(stale).limit(limit)))
     taken: list[int] = []
     for run_id in ids:
-        result = db.session.execute(
-            update(runs_table)
-            .where(runs_table.c.id == run_id, stale)
-            .values(status=RunStatus.QUEUED, lease=None, heartbeat_at=utcnow())
+        result = cast(
+            "CursorResult[Any]",
+            db.session.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, stale)
+                .values(status=RunStatus.QUEUED, lease=None, heartbeat_at=utcnow())
+            ),
         )
         db.session.commit()
         if result.rowcount != 1:  # it came back to life, or another beat was first

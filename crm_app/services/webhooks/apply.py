@@ -202,7 +202,8 @@ def _own_note_echo(owner_id: int, event: Event) -> bool:
     if note_id is None or not is_own_echo(owner_id, "notes", note_id, 0):
         return False
     note = db.session.get(Note, (owner_id, note_id))
-    sent = event.data.get("note") if isinstance(event.data.get("note"), dict) else {}
+    raw = event.data.get("note")
+    sent: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return note is not None and (note.text or "") == str(sent.get("text") or "")
 
 

@@ -28,6 +28,7 @@ from crm_app.services.echo import remember_own_write
 from crm_app.services.locks import LockTimeout, named_lock
 from crm_app.services.workspace import lookup
 from crm_app.services.workspace.send import (
+    NO_RETRY,
     UPDATE_MODELS,
     Refused,
     field_errors,
@@ -55,7 +56,7 @@ def utcnow() -> datetime:
 def backoff(attempts: int, retry_after: float | None = None) -> float:
     """Seconds until the next try: short and capped, so a healed amoCRM is noticed quickly."""
     cap = float(current_app.config.get("WORKSPACE_OUTBOX_MAX_BACKOFF", 5.0))
-    delay = min(cap, 0.5 * 2 ** max(0, attempts - 1))
+    delay: float = min(cap, 0.5 * 2.0 ** max(0, attempts - 1))
     return max(delay, min(retry_after or 0.0, 60.0))
 
 
@@ -373,17 +374,24 @@ def _round(client: AmoCRMClient, owner_id: int, p: Pass) -> bool:
     return True
 
 
-def drain(owner_id: int, *, max_seconds: float = 50.0) -> Pass:
-    """Send the owner's due outbox rows, round after round, until none is due or amoCRM fails."""
+def drain(owner_id: int, *, max_seconds: float = 10.0) -> Pass:
+    """Send the owner's due outbox rows, round after round, until none is due or amoCRM fails.
+
+    One pass per owner at a time. The lock's lifetime covers a pass plus one request in
+    flight, so a worker killed mid-pass holds the owner up for well under a minute.
+    """
     from crm_app.services.amo import NotConfigured, client_for_owner
     from crm_app.services.tokens import NotConnected
 
     p = Pass()
     started = time.monotonic()
     try:
-        with named_lock(f"workspace-outbox-{owner_id}", ttl=max_seconds + 120, wait=0):
+        connect, read = current_app.config.get("WORKSPACE_WRITE_TIMEOUT", (3.05, 10.0))
+        ttl = max_seconds + 2 * (float(connect) + float(read)) + 5
+        with named_lock(f"workspace-outbox-{owner_id}", ttl=ttl, wait=0):
             try:
                 client = client_for_owner(owner_id)
+                client.timeout = (float(connect), float(read))
                 client.tokens.access_token()
             except (NotConfigured, NotConnected) as exc:
                 # Kept until the account is connected again; the beat's sweep retries.
@@ -395,8 +403,7 @@ def drain(owner_id: int, *, max_seconds: float = 50.0) -> Pass:
                 p.retry_in = backoff(2)
                 return p
             # A 429 or 5xx ends the pass at once: the outbox's own backoff takes over.
-            client.max_429_retries = 0
-            client.max_retries = 0
+            client.retry = NO_RETRY
             try:
                 while _round(client, owner_id, p):
                     if time.monotonic() - started > max_seconds:
@@ -405,7 +412,9 @@ def drain(owner_id: int, *, max_seconds: float = 50.0) -> Pass:
             finally:
                 client.close()
     except LockTimeout:
-        # Another pass is sending this owner's rows; it picks up what is due.
+        # Another pass holds the owner (or a killed one's lock has not expired yet): look
+        # again shortly rather than leave the rows to the beat.
+        p.retry_in = 5.0
         return p
     if p.retry_in is None and not p.more:
         p.retry_in = _next_due(owner_id)

@@ -13,6 +13,7 @@ from crm_app.amocrm.errors import (
     AmoCRMUnavailable,
     AmoCRMValidationError,
 )
+from crm_app.amocrm.retry import RetryPolicy
 from crm_app.extensions import db
 from crm_app.models import Contact, Lead, Task
 from crm_app.services.workspace import apply
@@ -21,6 +22,9 @@ from crm_app.services.workspace.results import Sent
 logger = logging.getLogger(__name__)
 
 UPDATE_MODELS: dict[str, Any] = {"leads": Lead, "contacts": Contact, "tasks": Task}
+# Workspace writes are never retried inside the call: a failure goes to the outbox, whose own
+# backoff decides when to try again (a person never waits on amoCRM's pauses).
+NO_RETRY = RetryPolicy(rate_limit_retries=0, failure_retries=0)
 # amoCRM paths (dot notation into the request item) → the field a form or the API names.
 FIELD_ALIASES = {"result.text": "result", "params.text": "text"}
 

@@ -20,6 +20,7 @@ from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMAPIError, AmoCRMRateLimited
 from crm_app.extensions import db
 from crm_app.models import Contact, Lead, LossReason, PipelineStatus, Task
+from crm_app.services.echo import remember_own_write
 from crm_app.services.workspace import outbox
 from crm_app.services.workspace.results import (
     Applied,
@@ -29,7 +30,7 @@ from crm_app.services.workspace.results import (
     Outcome,
     Pending,
 )
-from crm_app.services.workspace.send import is_temporary, no_answer, refused, send
+from crm_app.services.workspace.send import NO_RETRY, is_temporary, no_answer, refused, send
 from crm_app.services.workspace.views import entity_view
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,7 @@ def _client(owner_id: int) -> AmoCRMClient:
     if db.session.scalar(select(AmoToken.id).where(AmoToken.owner_id == owner_id)) is None:
         raise NotConfigured("amoCRM is not connected")
     client = client_for_owner(owner_id)
-    client.max_429_retries = 0
-    client.max_retries = 0
+    client.retry = NO_RETRY
     client.timeout = current_app.config.get("WORKSPACE_WRITE_TIMEOUT", (3.05, 10.0))
     return client
 
@@ -114,16 +114,15 @@ def _write(
     if op == "note":
         from crm_app.models import Note
 
-        outbox.remember_own_write(
-            owner_id, "notes", int(sent.extra["note_id"]), outbox.NOTE_VERSION
-        )
+        remember_own_write(owner_id, "notes", int(sent.extra["note_id"]), outbox.NOTE_VERSION)
         note = db.session.get(Note, (owner_id, sent.extra["note_id"]))
         view = note_view(note) if note is not None else {}
         return Applied("notes", int(sent.extra["note_id"]), view)
     if sent.updated_at is not None and target_id is not None:
-        outbox.remember_own_write(owner_id, target_type, int(target_id), sent.updated_at)
-    row = db.session.get(MODELS[target_type], (owner_id, target_id))
-    return Applied(target_type, int(target_id or 0), entity_view(target_type, row) if row else {})
+        remember_own_write(owner_id, target_type, int(target_id), sent.updated_at)
+    mirrored = db.session.get(MODELS[target_type], (owner_id, target_id))
+    view = entity_view(target_type, mirrored) if mirrored is not None else {}
+    return Applied(target_type, int(target_id or 0), view)
 
 
 def _pending(row: Any, answer_row: Any) -> Pending:
@@ -395,6 +394,24 @@ def update_contact(
     if not payload:
         db.session.rollback()
         return Invalid({"_": "nothing to change"})
+    return _write(
+        owner_id, "contacts", contact_id, "update", payload, seen_updated_at, user_id, row
+    )
+
+
+def contact_payload_update(
+    owner_id: int,
+    contact_id: int,
+    payload: dict[str, Any],
+    seen_updated_at: int | None,
+    *,
+    user_id: int | None = None,
+) -> Outcome:
+    """Send an amoCRM-shaped contact body again (a conflict re-applied on top of theirs)."""
+    row = _locked(Contact, owner_id, contact_id)
+    if row is None:
+        db.session.rollback()
+        return NotFound("contacts", contact_id)
     return _write(
         owner_id, "contacts", contact_id, "update", payload, seen_updated_at, user_id, row
     )

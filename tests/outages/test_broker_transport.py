@@ -1,0 +1,56 @@
+"""The broker transport turns kombu's closed-connection AttributeError into a connection error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Queue
+from kombu.transport import redis as kombu_redis
+
+from tests.outages.conftest import Deployment
+
+pytestmark = [pytest.mark.worker]
+
+
+def _left_behind(url: str, transport: str | None) -> object:
+    """An unacknowledged message whose channel outlived its closed connection.
+
+    This is the state a Redis outage leaves in a busy worker: Celery closes the broken
+    connection (kombu detaches the transport and drops the channel's pools) while a task still
+    runs; its acknowledgement or the return of the message then asks for a new Redis client.
+    """
+    conn = Connection(url, transport=transport) if transport else Connection(url)
+    channel: Any = conn.channel()
+    queue = Queue("outage-transport-check")
+    conn.Producer(channel).publish({"n": 1}, routing_key=queue.name, declare=[queue])
+    got: list[object] = []
+    conn.Consumer(queue, callbacks=[lambda body, msg: got.append(msg)], channel=channel).consume()
+    conn.drain_events(timeout=5)
+    channel._pool = None  # dropped by Channel.close()
+    channel.connection.client = None  # detached by Connection.close()
+    return got[0]
+
+
+def test_stock_kombu_raises_attribute_error(healthy: Deployment) -> None:
+    message = _left_behind(healthy.redis.url, None)
+    with pytest.raises(AttributeError, match="hostname"):
+        message.ack()  # type: ignore[attr-defined]
+
+
+def test_our_transport_raises_a_connection_error(healthy: Deployment) -> None:
+    message = _left_behind(healthy.redis.url, "crm_app.broker:Transport")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        message.ack()  # type: ignore[attr-defined]
+    # ...which kombu lists among the errors Celery recovers from by reconnecting.
+    assert redis.exceptions.ConnectionError in kombu_redis.Transport.connection_errors or any(
+        issubclass(redis.exceptions.ConnectionError, e)
+        for e in kombu_redis.Transport.connection_errors
+    )
+
+
+def test_celery_uses_it(healthy: Deployment) -> None:
+    celery = healthy.app.extensions["celery"]
+    with celery.connection_for_write() as conn:
+        assert type(conn.transport).__module__ == "crm_app.broker"
