@@ -613,6 +613,25 @@ class Check:
             raise StepFailed(f"containers {sorted(seen)}, expected {sorted(expected)}")
         return ", ".join(f"{k}={v}" for k, v in sorted(seen.items()))
 
+    def volumes_writable(self) -> str:
+        """Each named volume is writable by its container's (non-root) user."""
+        checked = []
+        for cid in run(
+            ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"]
+        ).stdout.split():
+            info = self.inspect(cid)
+            name = info["Config"]["Labels"].get("com.docker.compose.service", cid)
+            for mount in info["Mounts"]:
+                if mount["Type"] != "volume":
+                    continue
+                target = mount["Destination"]
+                if run(["docker", "exec", cid, "test", "-w", target], check=False).returncode:
+                    raise StepFailed(f"{name}: {target} is not writable by its user")
+                checked.append(f"{name}:{target}")
+        if not checked:
+            raise StepFailed("no named volumes found")
+        return ", ".join(sorted(checked))
+
     def web_serves(self) -> str:
         base = self.web_url
         for path, wanted in (("/healthz", 200), ("/readyz", 200), ("/login", 200)):
@@ -896,6 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("migrate-once", check.migrate_once),
         ("healthy", check.healthy),
         ("non-root", check.non_root),
+        ("volumes-writable", check.volumes_writable),
         ("web-serves", check.web_serves),
         ("admin-cli", check.admin),
         ("connect-private-code", check.connect),
