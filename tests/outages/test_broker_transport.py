@@ -57,7 +57,7 @@ def test_celery_uses_it(healthy: Deployment) -> None:
         assert type(conn.transport).__module__ == "crm_app.broker"
 
 
-def test_messages_stranded_by_a_redis_restart_are_restored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_messages_stranded_by_a_redis_restart_are_restored(tmp_path) -> None:
     """Taken by a worker, then Redis died: back in the queue at reconnect, not hours later."""
     import time
 
