@@ -146,8 +146,10 @@ def submit(
     db.session.add(req)
     try:
         db.session.flush()
-        # Kept out of commit()'s expiry: the row was just written, reading it back (req.id for
-        # the kick, public_id and status for the answer) would cost a query each time.
+        # Read before the commit: the kick needs it even if the database fails right after.
+        request_id = req.id
+        # Kept out of commit()'s expiry: the row was just written, reading it back (public_id
+        # and status for the answer) would cost a query.
         db.session.expunge(req)
         db.session.commit()
     except IntegrityError:
@@ -159,7 +161,7 @@ def submit(
         return existing
     db.session.add(req)
     if enqueue_now:
-        enqueue(req.id, owner_id)
+        enqueue(request_id, owner_id)
     return req
 
 
