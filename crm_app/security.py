@@ -92,6 +92,7 @@ def init_security(app: Flask) -> None:
     if hops:
         # Behind TLS-terminating proxies: the client address (rate limits) and https scheme
         # (HSTS, secure cookies) come from their headers, and only from that many hops.
+        # Flask's documented way to wrap the WSGI app; mypy sees a method being replaced.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.extensions["crm_csp"] = build_csp(str(app.config.get("AMOCRM_BASE_URL") or ""))
     app.after_request(_set_headers)
