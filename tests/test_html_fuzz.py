@@ -243,3 +243,9 @@ def test_a_nul_character_is_bad_input(fuzz_app: Flask, method: str, url: str, da
     client = _clients(fuzz_app)["admin"]
     resp = client.open(url, method=method, data=data)
     assert resp.status_code in (400, 422), resp.get_data(as_text=True)[:300]
+
+
+def test_a_long_lived_token_with_control_characters_is_refused(fuzz_app: Flask) -> None:
+    client = _clients(fuzz_app)["user"]
+    resp = client.post("/admin/crm/ui/token", data={"token": "\x03\x16ڢ\U000a766fO\x13Å\x05р"})
+    assert 400 <= resp.status_code < 500, resp.status_code

@@ -294,7 +294,14 @@ def connect_with_long_lived_token(owner_id: int, token: str) -> AmoConfig:
     from crm_app.services.amo import hosts_for, shared_throttle
 
     token = (token or "").strip()
-    if not token or len(token) > _MAX_TOKEN_LENGTH or any(c.isspace() for c in token):
+    # A token is printable ASCII; anything else could not even be sent in a header.
+    if (
+        not token
+        or len(token) > _MAX_TOKEN_LENGTH
+        or not token.isascii()
+        or not token.isprintable()
+        or any(c.isspace() for c in token)
+    ):
         raise ConnectError(_t("Вставьте долгосрочный токен из настроек интеграции"))
     cfg = get_or_create_config(owner_id)
     if not cfg.subdomain:
