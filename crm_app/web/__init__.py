@@ -10,6 +10,7 @@ from crm_app.web.inbox import bp as inbox_bp
 from crm_app.web.pages import bp as pages_bp
 from crm_app.web.sync_ui import bp as sync_ui_bp
 from crm_app.web.webhooks import bp as webhooks_bp
+from crm_app.web.workspace import bp as workspace_bp
 
 BLUEPRINTS = [
     auth_bp,
@@ -21,4 +22,5 @@ BLUEPRINTS = [
     inbound_bp,
     chats_hook_bp,
     inbox_bp,
+    workspace_bp,
 ]
