@@ -12,7 +12,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Each module exposes `run(quick: bool) -> list[Row]`.
-MODULES = ["sync", "webhooks", "inbound", "pacing", "outages", "workspace"]
+MODULES = [
+    "sync",
+    "webhooks",
+    "inbound",
+    "pacing",
+    "outages",
+    "workspace",
+    "batch",
+    "people",
+    "inbox",
+]
 
 
 @dataclass

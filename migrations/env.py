@@ -65,6 +65,13 @@ def render_item(type_, obj, autogen_context):
     return False
 
 
+def include_name(name, type_, parent_names):
+    """Leave the full-text search objects alone: plain DDL (migration 0002), not models."""
+    from crm_app.models.search import is_search_object
+
+    return not (name and is_search_object(name))
+
+
 def run_migrations_offline():
     """Run migrations in 'offline' mode.
 
@@ -84,6 +91,7 @@ def run_migrations_offline():
         literal_binds=True,
         render_item=render_item,
         render_as_batch=True,
+        include_name=include_name,
     )
 
     with context.begin_transaction():
@@ -123,6 +131,7 @@ def run_migrations_online():
             connection=connection,
             target_metadata=get_metadata(),
             render_item=render_item,
+            include_name=include_name,
             **conf_args,
         )
 

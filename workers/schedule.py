@@ -48,4 +48,8 @@ def beat_schedule(app: Flask) -> dict[str, dict[str, object]]:
             "task": "workspace.outbox_sweep",
             "schedule": 15.0,
         },
+        "inbound-refresh-fields": {
+            "task": "inbound.refresh_fields",
+            "schedule": 600.0,
+        },
     }

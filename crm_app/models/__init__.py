@@ -1,5 +1,6 @@
 """All models, imported here so Alembic and create_all see every table."""
 
+from crm_app.models import search as _search  # noqa: F401  (search DDL on the mirror tables)
 from crm_app.models.chats import ChatChannel, ChatMessage, Conversation
 from crm_app.models.echo import OwnWrite
 from crm_app.models.inbound import InboundPerson, InboundRequest, InboundStatus

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="complex add merges a new contact into one with the same phone/email",
     )
     g.add_argument(
+        "--complex-merge-in-batch",
+        action="store_true",
+        help="with --duplicate-control: items of one complex request sharing a phone/email "
+        "become one deal naming all their request_ids (UNCONFIRMED)",
+    )
+    g.add_argument(
         "--payment-required",
         choices=CHOICES["payment_required"],
         default=D.payment_required,

@@ -61,6 +61,7 @@ class SandboxConfig:
     next_link: str = "exact"
     api_filter: bool = True
     duplicate_control: bool = False
+    complex_merge_in_batch: bool = False  # UNCONFIRMED: duplicates inside one complex request
     payment_required: str = "off"
     multitext_enum_keys: str = "both"
     unauthorized_lang: str = "en"

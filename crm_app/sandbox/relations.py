@@ -43,8 +43,33 @@ class Relations(Writer):
                     plans.append((plan, rid))
             if problems:
                 raise ValidationFailed(problems)
-            results = [self._commit_complex(plan, rid) for plan, rid in plans]
+            results = self._commit_all(plans)
         self.flush()
+        return results
+
+    def _commit_all(self, plans: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+        """Commit every planned item; with ``complex_merge_in_batch`` (UNCONFIRMED, off by
+        default) items whose new contacts share a phone or e-mail become one deal whose
+        ``request_id`` array lists them all, ``merged: true`` (§4.5 reads both ways)."""
+        in_batch = self.sb.config.duplicate_control and self.sb.config.complex_merge_in_batch
+        phone = self.acc.field_by_code("contacts", "PHONE")
+        email = self.acc.field_by_code("contacts", "EMAIL")
+        seen: dict[str, dict[str, Any]] = {}
+        results: list[dict[str, Any]] = []
+        for plan, rid in plans:
+            entry = plan.get("contact")
+            keys: list[str] = []
+            if in_batch and entry is not None and entry[0] == "new":
+                keys = contact_keys(entry[1], phone.id if phone else 0, email.id if email else 0)
+            target = next((seen[k] for k in keys if k in seen), None)
+            if target is not None:
+                target["request_id"].append(rid)
+                target["merged"] = True
+                continue
+            result = self._commit_complex(plan, rid)
+            results.append(result)
+            for key in keys:
+                seen.setdefault(key, result)
         return results
 
     def _plan_complex(

@@ -16,6 +16,8 @@ from crm_app.schemas.common import Problem
 logger = logging.getLogger(__name__)
 
 API_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
+# The bot's read API (/api/crm/people, /api/crm/search): the owner's API key as a Bearer token.
+BOT_SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}]
 # operationIds whose JSON body may be left out entirely (POST /sync, POST /disconnect).
 OPTIONAL_BODY: set[str] = set()
 
@@ -96,6 +98,15 @@ spec = SpecTree(
             ),
         ),
         SecurityScheme(
+            name="apiKey",
+            data=SecuritySchemeData(
+                type=SecureType.HTTP,
+                scheme="bearer",
+                bearer_format="crmk_…",
+                description="An owner's API key (flask api-keys create); sees that owner only.",
+            ),
+        ),
+        SecurityScheme(
             name="sessionCookie",
             data=SecuritySchemeData(
                 type=SecureType.API_KEY,
@@ -151,12 +162,16 @@ def openapi_document() -> dict[str, Any]:
             if body is not None and op.get("operationId") in OPTIONAL_BODY:
                 body["required"] = False
     doc["paths"]["/admin/crm/callback"] = copy.deepcopy(_CALLBACK)
+    from crm_app.schemas.people import bot_paths
+
+    doc["paths"].update(bot_paths(doc.setdefault("components", {}).setdefault("schemas", {})))
     doc["paths"] = dict(sorted(doc["paths"].items()))
     doc["tags"] = [
         {"name": "auth", "description": "Tokens for the API."},
         {"name": "connection", "description": "Settings, OAuth, status, account."},
         {"name": "mirror", "description": "Contacts, leads, tasks, pipelines (local copy)."},
         {"name": "sync", "description": "Sync runs, the sync log, statistics."},
+        {"name": "bot", "description": "The bot's read API with an API key: people, search."},
         {"name": "browser", "description": "Routes for the browser, listed for completeness."},
     ]
     return doc

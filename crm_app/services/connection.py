@@ -43,6 +43,7 @@ from crm_app.models import (
 )
 from crm_app.services import tokens as token_store
 from crm_app.services.chats.channel import disconnect_channel, reconnect_channel
+from crm_app.services.inbound.fields import load_field_map
 from crm_app.services.settings import get_or_create_config
 from crm_app.services.sync import start_sync, sync_reference_data
 from crm_app.services.webhooks.subscription import subscribe, unsubscribe
@@ -384,6 +385,7 @@ def after_connect(owner_id: int) -> dict[str, Any]:
 
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("reference data", lambda: sync_reference_data(owner_id)),
+        ("custom-field catalogue", lambda: load_field_map(owner_id)),
         ("webhook subscription", lambda: subscribe(owner_id)),
         ("first sync", lambda: start_sync(owner_id, trigger="connect")),
         ("chat channel", lambda: reconnect_channel(owner_id)),

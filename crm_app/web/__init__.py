@@ -8,6 +8,7 @@ from crm_app.web.health import bp as health_bp
 from crm_app.web.inbound import bp as inbound_bp
 from crm_app.web.inbox import bp as inbox_bp
 from crm_app.web.pages import bp as pages_bp
+from crm_app.web.people import bp as people_bp
 from crm_app.web.sync_ui import bp as sync_ui_bp
 from crm_app.web.webhooks import bp as webhooks_bp
 from crm_app.web.workspace import bp as workspace_bp
@@ -22,5 +23,6 @@ BLUEPRINTS = [
     inbound_bp,
     chats_hook_bp,
     inbox_bp,
+    people_bp,
     workspace_bp,
 ]

@@ -38,7 +38,9 @@ def _not_modified(etag: str) -> Response | None:
 
 
 def _with_etag(resp: Response, etag: str) -> Response:
+    # Kept by the browser but revalidated every time: its polls then send If-None-Match.
     resp.set_etag(etag)
+    resp.headers["Cache-Control"] = "private, no-cache"
     return resp
 
 

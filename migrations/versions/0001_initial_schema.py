@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 10:37:50.217436
+Create Date: 2026-12-03 11:00:33.789664
 
 """
 

@@ -164,3 +164,43 @@ def test_telegram_429_waits_retry_after_then_delivers(
     # The reply is in amoCRM's chat too, as an outgoing message.
     thread = sandbox_chat(chat_sandbox, sandbox_chats(chat_sandbox)[0]["id"])["messages"]
     assert thread[-1]["message"]["text"] == "Здравствуйте, Анна!" and "receiver" in thread[-1]
+
+
+def test_disconnecting_the_account_disconnects_the_channel(
+    inbox_owner: int, chat_sandbox: SandboxServer
+) -> None:
+    from crm_app.services.connection import disconnect
+
+    disconnect(inbox_owner)
+    db.session.expire_all()
+    assert db.session.get(ChatChannel, inbox_owner).scope_id is None
+    connections = requests.get(f"{chat_sandbox.url}/_sandbox/chats", timeout=5).json()[
+        "connections"
+    ]
+    assert connections == []
+    # Messages are not queued for a channel that is not connected.
+    assert intake.from_telegram(inbox_owner, "bot", update(1, "x", 99, 99)) is None
+
+
+def test_chat_mode_creates_the_deal_but_no_notes(
+    inbox_owner: int, chat_sandbox: SandboxServer
+) -> None:
+    from crm_app.services.chats.channel import save_channel
+    from crm_app.services.inbound import submit
+    from crm_app.services.inbound.runner import process
+
+    ch = db.session.get(ChatChannel, inbox_owner)
+    save_channel(inbox_owner, {"channel_id": ch.channel_id, "mode": "chat"})
+    payload = {"channel": "widget", "external_id": "v-1", "name": "Пётр", "message": "Только в чат"}
+    req = submit(inbox_owner, payload)
+    intake.from_widget(inbox_owner, payload, req.public_id)
+    process(req.id)
+    db.session.refresh(req)
+    assert req.status == "created" and req.lead_id
+    notes = chat_sandbox.account.tables["notes"].records.values()
+    assert not [n for n in notes if "Только в чат" in str(n.get("params"))]
+    deliver.deliver(conversation(inbox_owner).id)
+    chat = sandbox_chats(chat_sandbox)[0]
+    assert chat["contact_id"] == req.contact_id  # the chat joined the contact the deal has
+    texts = [m["message"]["text"] for m in sandbox_chat(chat_sandbox, chat["id"])["messages"]]
+    assert texts == ["Только в чат"]

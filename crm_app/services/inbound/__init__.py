@@ -8,7 +8,8 @@ from crm_app.services.inbound.keys import (
     revoke,
     revoke_api_key,
 )
-from crm_app.services.inbound.processor import process, requeue_stale, retry_request
+from crm_app.services.inbound.processor import retry_request
+from crm_app.services.inbound.runner import process, requeue_stale, run_owner
 from crm_app.services.inbound.schema import InboundPayload, field_errors, parse_payload
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "retry_request",
     "revoke",
     "revoke_api_key",
+    "run_owner",
     "submit",
 ]

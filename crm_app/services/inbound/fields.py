@@ -112,11 +112,13 @@ def build_map(contacts: list[dict[str, Any]], leads: list[dict[str, Any]]) -> di
 def get_field_map(
     owner_id: int, client: Callable[[], AmoCRMClient], *, refresh: bool = False
 ) -> dict[str, Any]:
-    """The owner's field map; fetched from amoCRM (2 calls) only when missing or stale."""
+    """The owner's field map; fetched from amoCRM (2 calls) only when missing or `refresh`."""
     row = db.session.get(InboundFieldMap, owner_id)
     now = datetime.now(UTC)
     ttl = timedelta(seconds=_setting("INBOUND_FIELDS_TTL", DEFAULT_TTL))
-    if row is not None and not refresh and now - row.fetched_at < ttl:
+    if row is not None and not refresh:
+        # A stale catalogue is still used: the beat reads it again (refresh_stale), so no
+        # first contact waits for two extra requests.
         return dict(row.data or {})
     try:
         api = client()
@@ -150,3 +152,35 @@ def forget_field_map(owner_id: int) -> None:
     if row is not None:
         db.session.delete(row)
         db.session.commit()
+
+
+def load_field_map(owner_id: int) -> dict[str, Any]:
+    """Read the catalogue now (on connect), so the first lead costs no extra requests."""
+    from crm_app.services.amo import client_for_owner
+
+    return get_field_map(owner_id, lambda: client_for_owner(owner_id), refresh=True)
+
+
+def refresh_stale(limit: int = 50) -> int:
+    """Beat: read again the catalogues older than INBOUND_FIELDS_TTL; returns how many."""
+    from sqlalchemy import select
+
+    ttl = timedelta(seconds=_setting("INBOUND_FIELDS_TTL", DEFAULT_TTL))
+    cutoff = datetime.now(UTC) - ttl
+    owners = list(
+        db.session.scalars(
+            select(InboundFieldMap.owner_id)
+            .where(InboundFieldMap.fetched_at < cutoff)
+            .order_by(InboundFieldMap.fetched_at)
+            .limit(limit)
+        )
+    )
+    done = 0
+    for owner_id in owners:
+        try:
+            load_field_map(owner_id)
+            done += 1
+        except Exception as exc:  # one owner's outage must not stop the others
+            db.session.rollback()
+            logger.info("field catalogue of owner %s not refreshed: %s", owner_id, exc)
+    return done

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,9 @@ from crm_app.services.inbound.schema import InboundPayload, parse_payload
 logger = logging.getLogger(__name__)
 
 PROCESS_TASK = "inbound.process"
+BATCH_TASK = "inbound.batch"
+# A queued task that never started (lost message) stops blocking kicks after this long.
+KICK_FLAG_TTL = 60
 # A queued request nobody touched for this long is enqueued again by inbound.retry_stale.
 STALE_AFTER_SECONDS = 300
 _REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud over the phone
@@ -141,23 +145,27 @@ def submit(
             raise
         return existing
     if enqueue_now:
-        enqueue(req.id)
+        enqueue(req.id, owner_id)
     return req
 
 
-def enqueue(request_id: int) -> bool:
-    """Send ``inbound.process``; a broker outage leaves the row for the beat to pick up."""
-    try:
-        queue.enqueue(PROCESS_TASK, request_id)
-    except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later
-        logger.warning("could not enqueue inbound request %s: %s", request_id, type(exc).__name__)
-        mark_due(request_id)
-        return False
-    return True
+def enqueue(request_id: int, owner_id: int | None = None) -> bool:
+    """Hand a stored request to its owner's batch runner; False if the broker is unreachable (the
+    row stays queued and the beat's ``inbound.retry_stale`` hands it over later)."""
+    if owner_id is None:
+        owner_id = db.session.scalar(
+            select(InboundRequest.owner_id).where(InboundRequest.id == request_id)
+        )
+        if owner_id is None:
+            return False
+    if kick(owner_id):
+        return True
+    mark_due(request_id)
+    return False
 
 
 def mark_due(request_id: int, delay: float = 0.0) -> None:
-    """Let the next inbound.retry_stale pass after `delay` send it (its message was not sent)."""
+    """Let the next inbound.retry_stale pass after `delay` hand it over (no task was sent)."""
     try:
         db.session.execute(
             sa_update(InboundRequest)
@@ -168,3 +176,65 @@ def mark_due(request_id: int, delay: float = 0.0) -> None:
     except Exception as exc:  # the stale sweep still finds it, only later
         db.session.rollback()
         logger.warning("could not mark inbound request %s due: %s", request_id, type(exc).__name__)
+
+
+def is_eager() -> bool:
+    """Tasks run inline (``CELERY_EAGER``): no broker, no countdowns."""
+    celery: Any = current_app.extensions.get("celery")
+    return bool(celery is not None and celery.conf.task_always_eager)
+
+
+def _flag_key(owner_id: int) -> str:
+    return f"crm:inbound:kicked:{owner_id}"
+
+
+def _redis() -> Any | None:
+    url = current_app.config.get("REDIS_URL")
+    if not url:
+        return None
+    cache = current_app.extensions.setdefault("crm_inbound_redis", {})
+    if url not in cache:
+        import redis
+
+        # Short timeouts: a hung Redis must not stall intake; the beat covers a lost kick.
+        cache[url] = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    return cache[url]
+
+
+def kick(owner_id: int, *, countdown: float | None = None, force: bool = False) -> bool:
+    """Queue ``inbound.batch`` for the owner unless one is already waiting to start.
+
+    With Redis a per-owner flag means "a task is queued and has not taken the owner's lock yet":
+    while it is set, another kick is redundant, because that task will claim every due request.
+    The runner clears the flag once it holds the lock. ``force`` (a countdown retry, a runner
+    handing over) always sends. Without Redis every kick sends; the runner's lock serialises.
+    """
+    client = None if force or is_eager() else _redis()
+    try:
+        if client is not None and not client.set(
+            _flag_key(owner_id), "1", nx=True, ex=KICK_FLAG_TTL
+        ):
+            return True
+    except Exception as exc:  # Redis trouble: send anyway, a spare task is harmless
+        logger.warning("inbound kick flag unavailable: %s", type(exc).__name__)
+        client = None
+    try:
+        queue.enqueue(BATCH_TASK, owner_id, countdown=countdown)
+    except Exception as exc:  # the request is stored; inbound.retry_stale enqueues it later
+        logger.warning(
+            "could not enqueue inbound batch of owner %s: %s", owner_id, type(exc).__name__
+        )
+        clear_kick(owner_id)
+        return False
+    return True
+
+
+def clear_kick(owner_id: int) -> None:
+    """Called by the runner once it holds the owner's lock (see ``kick``)."""
+    client = _redis()
+    if client is None:
+        return
+    try:
+        client.delete(_flag_key(owner_id))
+    except Exception as exc:
+        logger.warning("could not clear the inbound kick flag: %s", type(exc).__name__)

@@ -1,30 +1,31 @@
-"""Processing one inbound request: find or create the amoCRM contact and deal, exactly once.
+"""Processing inbound requests in batches: contacts and deals in amoCRM, exactly once.
 
-The anchor is ``InboundPerson`` (unique per owner, channel and external id). Every request of a
-person runs under that person's lock (plus locks on its phone and e-mail, so two channels of one
-human cannot race), re-reads the person inside the lock, and only then talks to amoCRM:
+The worker takes an owner's due requests together: whatever arrived within a short window
+(``INBOUND_BATCH_WINDOW_MS``, default 250 ms) or 50 of them, whichever comes first (see
+``batch``). Inside a batch:
 
-* the person already has a deal → the message becomes a note on it (or, when that deal is closed
+* requests of one human (same person, Telegram id, phone or e-mail) form one *unit*
+  (``groups``): one contact and one deal however many messages or channels it has;
+* a unit whose person already has a deal gets its messages as notes (or, when that deal is closed
   and the owner wants it, a new deal for the same contact);
-* an earlier ``leads/complex`` call got no answer → the deal is looked up by the person's ``ref``
-  (carried in the deal name) before anything is created again;
-* a matching contact already exists (Telegram ID, then phone, then e-mail; the local mirror
-  first, the API only while the mirror has never been synced) → its open deal gets the note, or a
-  new deal is attached to it;
-* otherwise one ``leads/complex`` call creates contact and deal together.
+* a unit whose earlier ``leads/complex`` got no answer is looked up by its ``ref`` first (one
+  read of the newest deals covers a whole batch);
+* a unit matching an existing contact (the mirror; the API only while it was never synced) gets
+  the contact's open deal, or a new deal attached to it;
+* every other unit is a new contact + deal: all of them in one ``leads/complex`` call per 50,
+  matched back by ``request_id``; then every message's note in one notes call per 50.
 
-A copy of a message that was already handled (same person, same content, within a window)
-is marked ``duplicate`` and costs nothing.
+A 400 naming one item fails that item only (its reason shown on the request) and the rest are
+sent again at once. A copy of a message already handled is marked ``duplicate`` and costs nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,15 +47,7 @@ from crm_app.amocrm.errors import (
     AmoCRMValidationError,
     ThrottleUnavailable,
 )
-from crm_app.amocrm.fields import (
-    email_field,
-    field_value,
-    get_emails,
-    normalize_email,
-    normalize_phone,
-    phone_field,
-    text_field,
-)
+from crm_app.amocrm.fields import field_value, get_emails, normalize_email, normalize_phone
 from crm_app.extensions import db
 from crm_app.models import (
     AmoConfig,
@@ -66,17 +59,23 @@ from crm_app.models import (
     SyncCursor,
     SyncLog,
 )
+from crm_app.models.chats import ChatMode
 from crm_app.models.inbound import InboundOutcome
+from crm_app.services.chats.channel import mode_for
 from crm_app.services.echo import remember_own_writes
+from crm_app.services.inbound import items as build
 from crm_app.services.inbound.fields import forget_field_map, get_field_map
-from crm_app.services.inbound.intake import STALE_AFTER_SECONDS, enqueue, get_or_create_person
-from crm_app.services.locks import LockTimeout, named_lock
+from crm_app.services.inbound.groups import Unit, group
+from crm_app.services.inbound.intake import enqueue
 
 logger = logging.getLogger(__name__)
 
 CLOSED_STATUSES = (142, 143)
-CHANNEL_LABELS = {"telegram": "Telegram", "widget": "Сайт"}
+CHANNEL_LABELS = build.CHANNEL_LABELS
 LOG_OPERATION = "create_lead"
+BATCH_SIZE = 50  # leads/complex takes at most 50 deals; notes go in the same chunks
+# The newest deals read to find unanswered creates: one page covers a batch of 50 easily.
+RECOVERY_PAGE = 250
 
 # Defaults of the INBOUND_* settings (app config first, then the environment).
 DEFAULTS = {
@@ -88,6 +87,8 @@ DEFAULTS = {
     # How long an unanswered leads/complex may still be in flight at amoCRM.
     "INBOUND_CREATE_GRACE_SECONDS": 60,
     "INBOUND_BLOCKED_RETRY_SECONDS": 600,
+    "INBOUND_BATCH_WINDOW_MS": 250,
+    "INBOUND_BATCH_SIZE": BATCH_SIZE,
 }
 
 
@@ -104,14 +105,14 @@ def setting(name: str) -> int:
 
 @dataclass(frozen=True)
 class Result:
-    """What one processing attempt ended with; ``retry_in`` is set when it should run again."""
+    """What processing left a request with; ``retry_in`` is set when it should run again."""
 
     status: str
     retry_in: float | None = None
 
 
 class _Retry(Exception):
-    """Try again later (amoCRM down, rate limited, blocked; a lock held elsewhere)."""
+    """Try again later (amoCRM down, rate limited, blocked; an answer still outstanding)."""
 
     def __init__(self, message: str, delay: float | None = None, *, log: bool = True) -> None:
         super().__init__(message)
@@ -121,7 +122,7 @@ class _Retry(Exception):
 
 
 class _Fail(Exception):
-    """Give up on this request (no connection, Auto Create Lead off, data refused)."""
+    """Give up on these requests (no connection, Auto Create Lead off, data refused)."""
 
     def __init__(self, outcome: str, message: str) -> None:
         super().__init__(message)
@@ -133,16 +134,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:20]
-
-
 class _Context:
-    """One request's view of the owner: config, a lazily built client, the field map."""
+    """One batch's view of the owner: config, a lazily built client, the field map."""
 
     def __init__(self, owner_id: int, cfg: AmoConfig) -> None:
         self.owner_id = owner_id
         self.cfg = cfg
+        self.attempts = 1
         self._client: AmoCRMClient | None = None
         self._fields: dict[str, Any] | None = None
 
@@ -161,6 +159,10 @@ class _Context:
             self._fields = get_field_map(self.owner_id, self.client)
         return self._fields
 
+    def forget_fields(self) -> None:
+        forget_field_map(self.owner_id)
+        self._fields = None
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -176,7 +178,7 @@ def _backoff(attempts: int) -> float:
 
 @contextlib.contextmanager
 def _amo(owner_id: int, attempts: int, what: str) -> Iterator[None]:
-    """Translate client errors: transient ones retry with backoff, the rest fail the request."""
+    """Translate client errors: transient ones retry with backoff, the rest fail the requests."""
     from crm_app.services.amo import record_api_failure
     from crm_app.services.tokens import NotConnected
 
@@ -207,179 +209,322 @@ def _amo(owner_id: int, attempts: int, what: str) -> Iterator[None]:
         raise _Retry(f"{what}: {exc.message}", _backoff(attempts)) from exc
 
 
-# -- the entry point ----------------------------------------------------------------------------
+# 429/403/402 are refused before amoCRM stores anything, and without a rate-limit slot (Redis
+# down) nothing was sent: a create that got one of these did not happen.
+_REFUSED = (AmoCRMRateLimited, AmoCRMBlocked, AmoCRMPaymentRequired, ThrottleUnavailable)
 
 
-def lock_names(req: InboundRequest) -> list[str]:
-    """The locks one request takes, in a global order (no deadlocks between two of them)."""
-    owner = req.owner_id
-    names = {f"inbound-{owner}-person-{req.person_id}"}
-    phone = normalize_phone(req.payload.get("phone"))
-    if phone:
-        names.add(f"inbound-{owner}-phone-{_digest(phone)}")
-    email = normalize_email(req.payload.get("email"))
-    if email:
-        names.add(f"inbound-{owner}-email-{_digest(email)}")
-    return sorted(names)
+# -- one batch ------------------------------------------------------------------------------------
 
 
-def process(request_id: int) -> Result:
-    """Process one stored request; safe to call any number of times, concurrently too."""
-    req = db.session.get(InboundRequest, request_id)
-    if req is None:
-        return Result("missing")
-    if req.status != InboundStatus.QUEUED:
-        return Result(req.status)
-    if req.person_id is None:
-        req.person_id = get_or_create_person(req.owner_id, req.channel, req.external_id).id
-        db.session.commit()
-    ttl = float(setting("INBOUND_LOCK_TTL_SECONDS"))
-    wait = float(setting("INBOUND_LOCK_WAIT_SECONDS"))
-    try:
-        with contextlib.ExitStack() as stack:
-            for name in lock_names(req):
-                stack.enter_context(named_lock(name, ttl=ttl, wait=wait))
-            # Inside the locks: forget what this session read before and look again.
-            db.session.rollback()
-            db.session.expire_all()
-            req = db.session.get(InboundRequest, request_id)
-            if req is None or req.status != InboundStatus.QUEUED:
-                return Result(req.status if req else "missing")
-            req.attempts = (req.attempts or 0) + 1
-            # While this attempt runs, the beat must not hand the request to another worker.
-            req.next_attempt_at = _now() + timedelta(seconds=ttl + 60)
-            db.session.commit()
-            return _run(req)
-    except LockTimeout:
-        db.session.rollback()
-        req = db.session.get(InboundRequest, request_id)
-        if req is None:
-            return Result("missing")
-        return _retry_later(
-            req, _Retry("waiting for another message of this person", 5.0, log=False)
+@dataclass(eq=False)
+class _Plan:
+    """What one unit needs, and what it got."""
+
+    unit: Unit
+    person: InboundPerson  # the anchor: its ref names the deal
+    people: list[InboundPerson]
+    contact_id: int | None = None
+    lead_id: int | None = None
+    outcome: str | None = None
+    plain: bool = False  # send without our custom fields (amoCRM refused one of their ids)
+    merged: bool = False
+    started_at: datetime | None = None
+
+
+@dataclass
+class _Batch:
+    ctx: _Context
+    requests: list[InboundRequest]
+    open: dict[int, InboundRequest] = field(default_factory=dict)
+    logs: list[SyncLog] = field(default_factory=list)
+    # The note of a request whose deal turned out deleted waits for a new deal (next round).
+    again: list[int] = field(default_factory=list)
+    ready: dict[str, bool] = field(default_factory=dict)
+
+    def mirror_ready(self, entity: str) -> bool:
+        """Whether the mirror of `entity` is trusted (asked once per batch)."""
+        if entity not in self.ready:
+            self.ready[entity] = _mirror_ready(self.owner_id, entity)
+        return self.ready[entity]
+
+    @property
+    def owner_id(self) -> int:
+        return self.ctx.owner_id
+
+    # -- terminal states (no commit here; the phases commit) -------------------------------------
+
+    def done(self, req: InboundRequest) -> None:
+        req.status = InboundStatus.CREATED
+        req.error = None
+        req.next_attempt_at = None
+        req.processed_at = _now()
+        self.open.pop(req.id, None)
+
+    def fail(self, req: InboundRequest, exc: _Fail) -> None:
+        req.status = InboundStatus.FAILED
+        req.outcome = exc.outcome
+        req.error = exc.message[:1000]
+        req.next_attempt_at = None
+        req.processed_at = _now()
+        self.open.pop(req.id, None)
+        self.log(req, "error")
+        logger.warning("inbound request %s failed: %s", req.id, exc.outcome)
+
+    def retry(self, req: InboundRequest, exc: _Retry) -> None:
+        delay = exc.delay if exc.delay is not None else _backoff(req.attempts)
+        req.error = exc.message[:1000]
+        req.next_attempt_at = _now() + timedelta(seconds=delay)
+        self.open.pop(req.id, None)
+        if exc.log and req.attempts <= 1:  # one log line per request, not one per retry
+            self.log(req, "error", {"retrying": True})
+
+    def log(self, req: InboundRequest, status: str, extra: dict[str, Any] | None = None) -> None:
+        details: dict[str, Any] = {
+            "request_id": req.public_id,
+            "channel": req.channel,
+            "outcome": req.outcome,
+            "contact_id": req.contact_id,
+            "lead_id": req.lead_id,
+        }
+        if req.error and status != "success":
+            details["error"] = req.error
+        details.update(extra or {})
+        self.logs.append(
+            SyncLog(owner_id=req.owner_id, operation=LOG_OPERATION, status=status, details=details)
         )
 
+    def commit(self) -> None:
+        if self.logs:
+            db.session.add_all(self.logs)
+            self.logs = []
+        db.session.commit()
 
-def _run(req: InboundRequest) -> Result:
+    def unit_open(self, plan: _Plan) -> list[InboundRequest]:
+        return [r for r in plan.unit.requests if r.id in self.open]
+
+    def fail_unit(self, plan: _Plan, exc: _Fail) -> None:
+        for req in self.unit_open(plan):
+            self.fail(req, exc)
+
+    def retry_unit(self, plan: _Plan, exc: _Retry) -> None:
+        for req in self.unit_open(plan):
+            self.retry(req, exc)
+
+
+def process_batch(owner_id: int, requests: Sequence[InboundRequest]) -> list[int]:
+    """Process claimed requests of one owner; returns ids to run again at once (a deal gone)."""
     from crm_app.services.amo import get_config
 
-    began = _now()
-
-    cfg = get_config(req.owner_id)
+    batch_requests = [r for r in requests if r.status == InboundStatus.QUEUED]
+    cfg = get_config(owner_id)
     if cfg is None or not cfg.auto_create_lead:
-        return _fail(
-            req,
-            _Fail(
-                InboundOutcome.DISABLED,
-                "Auto Create Lead is off: the request is stored but was not sent to amoCRM",
-            ),
+        off = _Fail(
+            InboundOutcome.DISABLED,
+            "Auto Create Lead is off: the request is stored but was not sent to amoCRM",
         )
-    ctx = _Context(req.owner_id, cfg)
+        closing = _Batch(_Context(owner_id, cfg or AmoConfig(owner_id=owner_id)), batch_requests)
+        for req in batch_requests:
+            closing.fail(req, off)
+        closing.commit()
+        return []
+    ctx = _Context(owner_id, cfg)
+    ctx.attempts = max([r.attempts or 1 for r in batch_requests] or [1])
+    batch = _Batch(ctx, batch_requests, open={r.id: r for r in batch_requests})
+    # The runner holds the owner's lock and writes these rows itself: reloading every request
+    # and person after each of a batch's commits would cost hundreds of queries per batch.
+    session = db.session()
+    expire, session.expire_on_commit = session.expire_on_commit, False
+    began = _now()
     try:
-        if req.lead_id is None:
-            if _take_duplicate(req):
-                return _done(req)
-            person = db.session.get(InboundPerson, req.person_id)
-            if person is None:  # pragma: no cover - the FK keeps it while the request exists
-                raise _Fail(InboundOutcome.ERROR, "inbound person vanished")
-            _resolve(req, person, ctx)
-        if not req.note_added:
-            _note(req, ctx)
-        return _done(req, began)
-    except _Retry as exc:
-        db.session.rollback()
-        return _retry_later(req, exc)
+        _run(batch)
     except _Fail as exc:
         db.session.rollback()
-        return _fail(req, exc)
+        for req in list(batch.open.values()):
+            batch.fail(req, exc)
+    except _Retry as exc:
+        db.session.rollback()
+        for req in list(batch.open.values()):
+            batch.retry(req, exc)
     except Exception:
         db.session.rollback()
-        logger.exception("inbound request %s failed unexpectedly", req.id)
-        return _retry_later(req, _Retry("internal error; it has been logged"))
+        logger.exception("inbound batch of owner %s failed unexpectedly", owner_id)
+        for req in list(batch.open.values()):
+            batch.retry(req, _Retry("internal error; it has been logged"))
     finally:
         ctx.close()
+        session.expire_on_commit = expire
+    batch.commit()
+    if any(r.status == InboundStatus.CREATED for r in batch_requests):
+        from crm_app.services.amo import record_api_success
+
+        record_api_success(owner_id, began)  # clears a badge error older than this batch
+    return batch.again
 
 
-# -- steps ------------------------------------------------------------------------------------------
+def _run(batch: _Batch) -> None:
+    fresh: list[InboundRequest] = []
+    handled = _handled_copies(batch.requests)
+    for req in batch.requests:
+        if req.lead_id is not None:
+            continue  # an earlier attempt got the deal; only the note is left
+        if _take_duplicate(req, handled):
+            continue
+        fresh.append(req)
+    batch.commit()
+    plans = _plan_units(batch, group(fresh))
+    batch.commit()
+    size = max(1, min(BATCH_SIZE, setting("INBOUND_BATCH_SIZE")))
+    for start in range(0, len(plans), size):
+        _create_chunk(batch, plans[start : start + size])
+    notes = [r for r in batch.open.values() if r.lead_id is not None and not r.note_added]
+    notes.sort(key=lambda r: r.id)
+    if notes and mode_for(batch.owner_id) == ChatMode.CHAT:
+        # The owner reads the conversation in amoCRM's chat: no copy of it as notes.
+        for req in notes:
+            req.note_added = True
+        notes = []
+    for start in range(0, len(notes), size):
+        _notes_chunk(batch, notes[start : start + size])
+    for req in list(batch.open.values()):
+        if req.lead_id is not None and req.note_added:
+            batch.done(req)
+            logger.info(
+                "inbound request %s: %s (contact %s, lead %s)",
+                req.id,
+                req.outcome,
+                req.contact_id,
+                req.lead_id,
+            )
+    batch.commit()
 
 
-def _take_duplicate(req: InboundRequest) -> bool:
+def _handled_copies(requests: Sequence[InboundRequest]) -> list[InboundRequest]:
+    """Earlier requests with a deal that share a person and content with any of `requests`
+    (one query for the batch)."""
+    keys = {(r.person_id, r.fingerprint) for r in requests if r.lead_id is None}
+    if not keys:
+        return []
+    window = timedelta(seconds=setting("INBOUND_DUPLICATE_WINDOW_SECONDS"))
+    oldest = min(r.created_at for r in requests) - window
+    return list(
+        db.session.scalars(
+            select(InboundRequest)
+            .where(
+                sa.tuple_(InboundRequest.person_id, InboundRequest.fingerprint).in_(sorted(keys)),
+                InboundRequest.status != InboundStatus.FAILED,
+                InboundRequest.lead_id.is_not(None),
+                InboundRequest.created_at >= oldest,
+            )
+            .order_by(InboundRequest.id)
+        )
+    )
+
+
+def _take_duplicate(req: InboundRequest, handled: Sequence[InboundRequest]) -> bool:
     """True (and the request filled in) when this very message was already handled."""
     window = timedelta(seconds=setting("INBOUND_DUPLICATE_WINDOW_SECONDS"))
-    other = db.session.scalar(
-        select(InboundRequest)
-        .where(
-            InboundRequest.person_id == req.person_id,
-            InboundRequest.fingerprint == req.fingerprint,
-            InboundRequest.id != req.id,
-            InboundRequest.status != InboundStatus.FAILED,
-            InboundRequest.lead_id.is_not(None),
-            InboundRequest.created_at >= req.created_at - window,
-            InboundRequest.created_at <= req.created_at + window,
-        )
-        .order_by(InboundRequest.id)
-        .limit(1)
+    other = next(
+        (
+            o
+            for o in handled
+            if o.person_id == req.person_id
+            and o.fingerprint == req.fingerprint
+            and o.id != req.id
+            and abs(o.created_at - req.created_at) <= window
+        ),
+        None,
     )
     if other is None:
         return False
     req.contact_id, req.lead_id = other.contact_id, other.lead_id
     req.outcome = InboundOutcome.DUPLICATE
     req.note_added = True  # the original carries the note
-    db.session.commit()
     return True
 
 
-def _resolve(req: InboundRequest, person: InboundPerson, ctx: _Context) -> None:
-    """Decide contact and deal for the request, creating them in amoCRM when needed."""
-    if person.lead_id is not None:
-        if ctx.cfg.new_deal_when_closed and _deal_closed(req.owner_id, person.lead_id):
-            _create_deal(req, person, ctx, person.contact_id, InboundOutcome.NEW_DEAL)
-        else:
-            _assign(req, person, person.contact_id, person.lead_id, InboundOutcome.NOTE)
-        return
-    if person.create_started_at is not None:
-        found = _find_by_ref(req, person, ctx)
-        if found is not None:
-            lead_id, contact_id = found
-            logger.info(
-                "inbound person %s: unanswered create did happen (lead %s)", person.id, lead_id
-            )
-            _assign(req, person, contact_id, lead_id, InboundOutcome.NEW, created=True)
-            return
-        grace = timedelta(seconds=setting("INBOUND_CREATE_GRACE_SECONDS"))
-        if _now() - person.create_started_at < grace:
-            raise _Retry("an earlier create is not answered yet; checking again soon", 15.0)
-        person.create_started_at = None
-        db.session.commit()
-    contact_id = person.contact_id or _match_contact(req, ctx)
-    if contact_id is None:
-        _create_deal(req, person, ctx, None, InboundOutcome.NEW)
-        return
-    lead_id = _open_deal_of(req, contact_id, ctx)
-    if lead_id is not None:
-        _assign(req, person, contact_id, lead_id, InboundOutcome.EXISTING_DEAL)
-    else:
-        _create_deal(req, person, ctx, contact_id, InboundOutcome.NEW_DEAL)
-
-
 def _assign(
-    req: InboundRequest,
-    person: InboundPerson,
+    batch: _Batch,
+    plan: _Plan,
     contact_id: int | None,
     lead_id: int,
     outcome: str,
     *,
     created: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    person.contact_id, person.lead_id = contact_id, lead_id
-    person.create_started_at = None
-    req.contact_id, req.lead_id, req.outcome = contact_id, lead_id, outcome
-    db.session.commit()
+    """Give every person and request of the unit its contact and deal."""
+    plan.contact_id, plan.lead_id, plan.outcome = contact_id, lead_id, outcome
+    for person in plan.people:
+        person.contact_id, person.lead_id = contact_id, lead_id
+        person.create_started_at = None
+    seen: set[tuple[int | None, str]] = set()
+    for index, req in enumerate(plan.unit.requests):
+        req.contact_id, req.lead_id = contact_id, lead_id
+        key = (req.person_id, req.fingerprint)
+        if key in seen:
+            # The same message twice in one window (a retry, a double click): one note.
+            req.outcome = InboundOutcome.DUPLICATE
+            req.note_added = True
+            continue
+        seen.add(key)
+        req.outcome = outcome if index == 0 else InboundOutcome.NOTE
     if created:
-        _log(req, "success", {"recovered": True})
+        batch.log(plan.unit.first, "success", {"merged": plan.merged, **(extra or {})})
 
 
-# -- looking things up ----------------------------------------------------------------------------
+# -- deciding what each unit needs ---------------------------------------------------------------
+
+
+def _plan_units(batch: _Batch, units: list[Unit]) -> list[_Plan]:
+    """Resolve what can be resolved locally; return the units that need a ``leads/complex``."""
+    ctx = batch.ctx
+    ids = {pid for unit in units for pid in unit.person_ids}
+    people = {
+        p.id: p for p in db.session.scalars(select(InboundPerson).where(InboundPerson.id.in_(ids)))
+    }
+    plans = [
+        _Plan(unit, people[unit.first.person_id or 0], [people[i] for i in unit.person_ids])
+        for unit in units
+    ]
+    matches = _mirror_matches(batch.owner_id, units)
+    creates: list[_Plan] = []
+    recover: list[_Plan] = []
+    for plan in plans:
+        try:
+            known = next((p for p in plan.people if p.lead_id is not None), None)
+            if known is not None and known.lead_id is not None:
+                if ctx.cfg.new_deal_when_closed and _deal_closed(batch.owner_id, known.lead_id):
+                    plan.contact_id, plan.outcome = known.contact_id, InboundOutcome.NEW_DEAL
+                    creates.append(plan)
+                else:
+                    _assign(batch, plan, known.contact_id, known.lead_id, InboundOutcome.NOTE)
+                continue
+            started = [p.create_started_at for p in plan.people if p.create_started_at]
+            if started:
+                plan.started_at = min(started)
+                recover.append(plan)
+                continue
+            contact_id = next((p.contact_id for p in plan.people if p.contact_id), None)
+            if contact_id is None:
+                contact_id = _match_contact(batch, plan, matches)
+            if contact_id is None:
+                plan.outcome = InboundOutcome.NEW
+                creates.append(plan)
+                continue
+            lead_id = _open_deal_of(batch, contact_id)
+            if lead_id is not None:
+                _assign(batch, plan, contact_id, lead_id, InboundOutcome.EXISTING_DEAL)
+            else:
+                plan.contact_id, plan.outcome = contact_id, InboundOutcome.NEW_DEAL
+                creates.append(plan)
+        except _Retry as exc:
+            batch.retry_unit(plan, exc)
+        except _Fail as exc:
+            batch.fail_unit(plan, exc)
+    if recover:
+        creates.extend(_recover(batch, recover))
+    return creates
 
 
 def _mirror_ready(owner_id: int, entity: str) -> bool:
@@ -392,57 +537,77 @@ def _is_postgres() -> bool:
     return db.engine.dialect.name == "postgresql"
 
 
-def _json_has(column: Any, value: Any) -> Any:
+def _mirror_matches(owner_id: int, units: list[Unit]) -> dict[tuple[str, str], int]:
+    """Identity → the lowest mirrored contact id carrying it, for a whole batch in three queries."""
+    wanted: dict[str, set[str]] = {"telegram": set(), "phone": set(), "email": set()}
+    for unit in units:
+        for kind, value in unit.identities():
+            wanted[kind].add(value)
+    found: dict[tuple[str, str], int] = {}
+
+    def keep(kind: str, value: str | None, contact_id: int) -> None:
+        if value and value in wanted[kind]:
+            key = (kind, value)
+            found[key] = min(found.get(key, contact_id), contact_id)
+
+    base = select(
+        Contact.id,
+        Contact.telegram_id,
+        Contact.phone,
+        Contact.email,
+        Contact.phones,
+        Contact.emails,
+    ).where(Contact.owner_id == owner_id)
+    conditions = []
+    if wanted["telegram"]:
+        conditions.append(Contact.telegram_id.in_(sorted(wanted["telegram"])))
+    if wanted["phone"]:
+        phones = sorted(wanted["phone"])
+        conditions.append(Contact.phone.in_(phones))
+        if _is_postgres():
+            conditions.append(_jsonb(Contact.phones).has_any(sa.cast(phones, _text_array())))
+    if wanted["email"]:
+        emails = sorted(wanted["email"])
+        conditions.append(sa.func.lower(Contact.email).in_(emails))
+        if _is_postgres():
+            conditions.append(_jsonb(Contact.emails).has_any(sa.cast(emails, _text_array())))
+    if not conditions:
+        return found
+    for row in db.session.execute(base.where(sa.or_(*conditions))):
+        keep("telegram", row.telegram_id, row.id)
+        for phone in {row.phone, *(row.phones or ())}:
+            keep("phone", phone, row.id)
+        for email in {row.email, *(row.emails or ())}:
+            keep("email", (email or "").lower() or None, row.id)
+    return found
+
+
+def _jsonb(column: Any) -> Any:
     from sqlalchemy.dialects.postgresql import JSONB
 
-    return sa.type_coerce(column, JSONB).contains([value])
+    return sa.type_coerce(column, JSONB)
 
 
-def _mirror_contact(owner_id: int, kind: str, value: str) -> int | None:
-    query = select(Contact.id).where(Contact.owner_id == owner_id)
-    if kind == "telegram":
-        query = query.where(Contact.telegram_id == value)
-    elif kind == "phone":
-        match = Contact.phone == value
-        query = query.where(
-            sa.or_(match, _json_has(Contact.phones, value)) if _is_postgres() else match
-        )
-    else:
-        match = sa.func.lower(Contact.email) == value
-        query = query.where(
-            sa.or_(match, _json_has(Contact.emails, value)) if _is_postgres() else match
-        )
-    return db.session.scalar(query.order_by(Contact.id).limit(1))
+def _text_array() -> Any:
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    return ARRAY(sa.Text())
 
 
-def _identities(req: InboundRequest) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if req.channel == "telegram":
-        out.append(("telegram", req.external_id))
-    phone = normalize_phone(req.payload.get("phone"))
-    if phone:
-        out.append(("phone", phone))
-    email = normalize_email(req.payload.get("email"))
-    if email:
-        out.append(("email", email))
-    return out
-
-
-def _match_contact(req: InboundRequest, ctx: _Context) -> int | None:
-    """An existing amoCRM contact of this person: Telegram ID, then phone, then e-mail."""
-    identities = _identities(req)
-    for kind, value in identities:
-        found = _mirror_contact(req.owner_id, kind, value)
-        if found is not None:
-            return found
-    if _mirror_ready(req.owner_id, "contacts"):
+def _match_contact(batch: _Batch, plan: _Plan, matches: dict[tuple[str, str], int]) -> int | None:
+    """An existing amoCRM contact of this unit: Telegram ID, then phone, then e-mail."""
+    identities = plan.unit.identities()
+    for key in identities:
+        if key in matches:
+            return matches[key]
+    if not identities or batch.mirror_ready("contacts"):
         return None
     # Never synced: the mirror proves nothing, so ask amoCRM (each hit verified field by field).
-    with _amo(req.owner_id, req.attempts, "contact search"):
+    with _amo(batch.owner_id, batch.ctx.attempts, "contact search"):
         for kind, value in identities:
-            found = _api_contact(ctx, kind, value)
-            if found is not None:
-                return found
+            contact_id = _api_contact(batch.ctx, kind, value)
+            if contact_id is not None:
+                return contact_id
     return None
 
 
@@ -466,7 +631,7 @@ def _api_contact(ctx: _Context, kind: str, value: str) -> int | None:
             if str(field_value(c, field_id=field_id, default="")).strip() == value
         ]
     ids = sorted(c["id"] for c in hits if isinstance(c.get("id"), int))
-    return ids[0] if ids else None
+    return int(ids[0]) if ids else None
 
 
 def _deal_closed(owner_id: int, lead_id: int) -> bool:
@@ -476,28 +641,28 @@ def _deal_closed(owner_id: int, lead_id: int) -> bool:
     return status in CLOSED_STATUSES
 
 
-def _open_deal_of(req: InboundRequest, contact_id: int, ctx: _Context) -> int | None:
+def _open_deal_of(batch: _Batch, contact_id: int) -> int | None:
     """The newest open deal of a contact: the mirror, or amoCRM while leads were never synced."""
-    owner_id = req.owner_id
+    owner_id = batch.owner_id
     linked = Lead.main_contact_id == contact_id
     if _is_postgres():
-        linked = sa.or_(linked, _json_has(Lead.contact_ids, contact_id))
+        linked = sa.or_(linked, _jsonb(Lead.contact_ids).contains([contact_id]))
     rows = db.session.execute(
         select(Lead.id, Lead.status_id)
         .where(Lead.owner_id == owner_id, linked)
         .order_by(Lead.id.desc())
     ).all()
-    open_ids = [r.id for r in rows if r.status_id not in CLOSED_STATUSES]
+    open_ids = [int(r.id) for r in rows if r.status_id not in CLOSED_STATUSES]
     if open_ids:
         return open_ids[0]
-    if rows or _mirror_ready(owner_id, "leads"):
+    if rows or batch.mirror_ready("leads"):
         return None
-    with _amo(owner_id, req.attempts, "deal lookup"):
-        client = ctx.client()
+    with _amo(owner_id, batch.ctx.attempts, "deal lookup"):
+        client = batch.ctx.client()
         contact = client.get_contact(contact_id, with_="leads") or {}
         embedded = contact.get("_embedded") or {}
         lead_ids = sorted(
-            (i["id"] for i in embedded.get("leads") or () if isinstance(i.get("id"), int)),
+            (int(i["id"]) for i in embedded.get("leads") or () if isinstance(i.get("id"), int)),
             reverse=True,
         )
         for lead_id in lead_ids[:3]:  # ids grow with time: the newest deals first
@@ -507,279 +672,243 @@ def _open_deal_of(req: InboundRequest, contact_id: int, ctx: _Context) -> int | 
     return None
 
 
-def _find_by_ref(
-    req: InboundRequest, person: InboundPerson, ctx: _Context
-) -> tuple[int, int | None] | None:
-    """The deal an unanswered create made, found by the ref in its name (one search)."""
-    with _amo(req.owner_id, req.attempts, "deal search"):
-        page = ctx.client().get_leads(query=person.ref, limit=50, with_="contacts")
-    for lead in page.items:
-        if person.ref not in str(lead.get("name") or "").split("[")[-1]:
-            continue
-        contacts = (lead.get("_embedded") or {}).get("contacts") or []
-        main = [c for c in contacts if c.get("is_main")] or contacts
-        contact_id = main[0].get("id") if main else None
-        return int(lead["id"]), contact_id
-    return None
+# -- unanswered creates ---------------------------------------------------------------------------
 
 
-# -- creating ---------------------------------------------------------------------------------------
+def _refs_in(name: Any) -> set[str]:
+    text = str(name or "")
+    return {part.split("]", 1)[0] for part in text.split("[")[1:] if "]" in part}
 
 
-def _display_name(payload: dict[str, Any], external_id: str) -> str:
-    for key in ("name", "username", "phone", "email"):
-        value = payload.get(key)
-        if value:
-            return f"@{value}" if key == "username" else str(value)
-    return external_id
+def _lead_hit(lead: dict[str, Any]) -> tuple[int, int | None]:
+    contacts = (lead.get("_embedded") or {}).get("contacts") or []
+    main = [c for c in contacts if c.get("is_main")] or contacts
+    contact_id = main[0].get("id") if main else None
+    return int(lead["id"]), int(contact_id) if isinstance(contact_id, int) else None
 
 
-def _contact_item(req: InboundRequest, ctx: _Context) -> dict[str, Any]:
-    payload = req.payload
-    cfg = ctx.cfg
-    item: dict[str, Any] = {"name": _display_name(payload, req.external_id)[:255]}
-    if payload.get("first_name"):
-        item["first_name"] = payload["first_name"]
-    if payload.get("last_name"):
-        item["last_name"] = payload["last_name"]
-    if cfg.lead_responsible_user_id:
-        item["responsible_user_id"] = int(cfg.lead_responsible_user_id)
-    values: list[dict[str, Any]] = []
-    phone = normalize_phone(payload.get("phone"))
-    if phone:
-        values.append(phone_field(phone, "MOB" if req.channel == "telegram" else "WORK"))
-    if payload.get("email"):
-        values.append(email_field(str(payload["email"]), "WORK"))
-    fields = ctx.fields()
-    if req.channel == "telegram" and fields.get("telegram_id"):
-        values.append(text_field(req.external_id, field_id=int(fields["telegram_id"])))
-    if req.channel == "telegram" and payload.get("username") and fields.get("telegram_username"):
-        values.append(text_field(payload["username"], field_id=int(fields["telegram_username"])))
-    if values:
-        item["custom_fields_values"] = values
-    return item
+def _recover(batch: _Batch, plans: list[_Plan]) -> list[_Plan]:
+    """Find the deals of creates whose answer was lost; return the units to create again.
 
-
-def _lead_fields(req: InboundRequest, fields: dict[str, Any]) -> list[dict[str, Any]]:
-    values: list[dict[str, Any]] = []
-    utm_ids: dict[str, int] = fields.get("utm") or {}
-    for key, value in (req.payload.get("utm") or {}).items():
-        fid = utm_ids.get(key.lower())
-        if fid and value:
-            values.append(text_field(str(value)[:255], field_id=int(fid)))
-    page = req.payload.get("page_url")
-    if page and fields.get("page_url"):
-        values.append(text_field(str(page)[:2000], field_id=int(fields["page_url"])))
-    source = fields.get("source") or {}
-    enum_id = (source.get("enums") or {}).get(req.channel)
-    if source.get("field_id") and enum_id:
-        values.append({"field_id": int(source["field_id"]), "values": [{"enum_id": int(enum_id)}]})
-    return values[:40]  # amoCRM takes at most 40 values per entity in one complex item
-
-
-def _lead_item(
-    req: InboundRequest,
-    person: InboundPerson,
-    ctx: _Context,
-    contact_id: int | None,
-    with_fields: bool,
-) -> dict[str, Any]:
-    cfg = ctx.cfg
-    label = CHANNEL_LABELS.get(req.channel, req.channel)
-    name = _display_name(req.payload, req.external_id)[:200]
-    stamp = int(_now().timestamp())
-    item: dict[str, Any] = {
-        # The ref lets a retry find this deal if amoCRM never answered the create.
-        "name": f"{label}: {name} [{person.ref}]",
-        "request_id": person.ref,
-        "tags_to_add": [{"name": label}],
-        # Our own version stamp: the webhook echo of this write is recognised by it.
-        "created_at": stamp,
-        "updated_at": stamp,
-    }
-    if cfg.lead_pipeline_id:
-        item["pipeline_id"] = int(cfg.lead_pipeline_id)
-    if cfg.lead_status_id:
-        item["status_id"] = int(cfg.lead_status_id)
-    if cfg.lead_responsible_user_id:
-        item["responsible_user_id"] = int(cfg.lead_responsible_user_id)
-    if with_fields:
-        lead_values = _lead_fields(req, ctx.fields())
-        if lead_values:
-            item["custom_fields_values"] = lead_values
-        contact = {"id": int(contact_id)} if contact_id else _contact_item(req, ctx)
-    else:
-        contact = {"id": int(contact_id)} if contact_id else _plain_contact(req, ctx)
-    if not contact_id:
-        contact.update(created_at=stamp, updated_at=stamp)
-    item["_embedded"] = {"contacts": [contact]}
-    return item
-
-
-def _plain_contact(req: InboundRequest, ctx: _Context) -> dict[str, Any]:
-    """The contact without our custom fields (after amoCRM refused one of their ids)."""
-    item = _contact_item(req, ctx)
-    kept = [
-        f for f in item.get("custom_fields_values", []) if f.get("field_code") in ("PHONE", "EMAIL")
-    ]
-    if kept:
-        item["custom_fields_values"] = kept
-    else:
-        item.pop("custom_fields_values", None)
-    return item
-
-
-def _create_deal(
-    req: InboundRequest,
-    person: InboundPerson,
-    ctx: _Context,
-    contact_id: int | None,
-    outcome: str,
-) -> None:
-    """One ``POST /api/v4/leads/complex``: a deal with a new (embedded) or existing contact."""
-    with _amo(req.owner_id, req.attempts, "leads/complex"):
-        item = _lead_item(req, person, ctx, contact_id, with_fields=True)
-    result: list[dict[str, Any]] = []
-    for with_fields in (True, False):
-        if not with_fields:
-            item = _lead_item(req, person, ctx, contact_id, with_fields=False)
-        # Committed before the call: if the answer is lost, the next attempt searches first.
-        person.create_started_at = _now()
-        db.session.commit()
-        try:
-            with _amo(req.owner_id, req.attempts, "leads/complex"):
-                result = ctx.client().create_lead_complex([item])
-            break
-        except _Retry as exc:
-            if isinstance(exc.__cause__, _REFUSED):
-                # 429/403/402 are refused before anything is stored, and without a rate-limit
-                # slot (Redis down) nothing was sent: nothing to look for. Any
-                # other failure (timeout, 5xx, garbled answer) may have created the deal.
-                person.create_started_at = None
-                db.session.commit()
-            raise
-        except _Fail as exc:
-            person.create_started_at = None
-            db.session.commit()
-            cause = exc.__cause__
-            if (
-                with_fields
-                and isinstance(cause, AmoCRMValidationError)
-                and _about_custom_fields(cause)
-            ):
-                # A cached field id is stale (field deleted or retyped): drop it, send plainly.
-                logger.warning("amoCRM refused inbound custom fields of owner %s", req.owner_id)
-                forget_field_map(req.owner_id)
-                continue
-            raise
-    row = next((r for r in result if isinstance(r.get("id"), int)), None)
-    if row is None:
-        # Accepted without ids: treat like a lost answer, so the next attempt searches first.
-        raise _Retry(
-            "amoCRM accepted the deal but returned no id; checking", _backoff(req.attempts)
-        )
-    lead_id = int(row["id"])
-    new_contact = row.get("contact_id")
-    final_contact = int(new_contact) if isinstance(new_contact, int) else contact_id
-    written = [("leads", lead_id, int(item["updated_at"]))]
-    if contact_id is None and final_contact and not row.get("merged"):
-        written.append(("contacts", final_contact, int(item["updated_at"])))
-    remember_own_writes(req.owner_id, written)
-    person.contact_id, person.lead_id = final_contact, lead_id
-    person.create_started_at = None
-    req.contact_id, req.lead_id, req.outcome = final_contact, lead_id, outcome
-    db.session.commit()  # the ids are safe before anything else can fail
-    _log(req, "success", {"merged": bool(row.get("merged"))})
+    One read of the newest deals (ids grow with time) finds them all, as long as the page reaches
+    back past the oldest unanswered call; any ref it cannot vouch for is searched by itself.
+    """
+    ctx = batch.ctx
+    wanted = {plan.person.ref: plan for plan in plans}
+    found: dict[str, tuple[int, int | None]] = {}
     try:
-        _mirror_created(req, ctx.cfg, final_contact, lead_id, item, new_contact=contact_id is None)
+        with _amo(batch.owner_id, ctx.attempts, "deal search"):
+            client = ctx.client()
+            page = client.get_leads(limit=RECOVERY_PAGE, order={"id": "desc"}, with_="contacts")
+            oldest = min((int(lead.get("created_at") or 0) for lead in page.items), default=0)
+            for lead in page.items:
+                for ref in _refs_in(lead.get("name")) & set(wanted):
+                    found.setdefault(ref, _lead_hit(lead))
+            complete = len(page.items) < RECOVERY_PAGE
+            for ref, plan in wanted.items():
+                started = int((plan.started_at or _now()).timestamp())
+                if ref in found or complete or oldest < started - 5:
+                    continue  # the page covers the time of that call
+                hits = client.get_leads(query=ref, limit=50, with_="contacts")
+                for lead in hits.items:
+                    if ref in _refs_in(lead.get("name")):
+                        found[ref] = _lead_hit(lead)
+                        break
+    except _Retry as exc:
+        for plan in plans:
+            batch.retry_unit(plan, exc)
+        return []
+    except _Fail as exc:
+        for plan in plans:
+            batch.fail_unit(plan, exc)
+        return []
+    grace = timedelta(seconds=setting("INBOUND_CREATE_GRACE_SECONDS"))
+    again: list[_Plan] = []
+    for ref, plan in wanted.items():
+        known_contact = next((p.contact_id for p in plan.people if p.contact_id), None)
+        outcome = InboundOutcome.NEW_DEAL if known_contact else InboundOutcome.NEW
+        if ref in found:
+            lead_id, contact_id = found[ref]
+            logger.info("inbound %s: unanswered create did happen (lead %s)", ref, lead_id)
+            _assign(
+                batch,
+                plan,
+                contact_id or known_contact,
+                lead_id,
+                outcome,
+                created=True,
+                extra={"recovered": True},
+            )
+        elif plan.started_at is not None and _now() - plan.started_at < grace:
+            batch.retry_unit(
+                plan, _Retry("an earlier create is not answered yet; checking again soon", 15.0)
+            )
+        else:
+            for person in plan.people:
+                person.create_started_at = None
+            plan.contact_id, plan.outcome = known_contact, outcome
+            again.append(plan)
+    return again
+
+
+# -- creating -------------------------------------------------------------------------------------
+
+
+def _errors_by_item(
+    exc: AmoCRMValidationError, keys: Sequence[str]
+) -> dict[int, list[dict[str, Any]]]:
+    """``validation-errors`` → {position in our array: errors}; amoCRM names an item by the
+    ``request_id`` we sent, or by its index when we sent none."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    position = {key: index for index, key in enumerate(keys)}
+    for entry in exc.errors:
+        rid = str(entry.get("request_id", ""))
+        index = position.get(rid)
+        if index is None and rid.isdigit() and int(rid) < len(keys):
+            index = int(rid)
+        if index is not None:
+            out.setdefault(index, []).extend(e for e in entry.get("errors") or () if e)
+    return out
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = [f"{e.get('path') or '-'}: {e.get('detail') or e.get('code') or '?'}" for e in errors]
+    return "; ".join(parts)[:500] or "validation failed"
+
+
+def _about_custom_fields(errors: list[dict[str, Any]]) -> bool:
+    return any("custom_fields_values" in str(e.get("path", "")) for e in errors)
+
+
+def _create_chunk(batch: _Batch, plans: list[_Plan]) -> None:
+    """One ``leads/complex`` for up to 50 units; a refused item is dropped and the rest resent."""
+    ctx = batch.ctx
+    pending = [p for p in plans if batch.unit_open(p)]
+    for _round in range(len(pending) + 2):
+        if not pending:
+            return
+        stamp = int(_now().timestamp())
+        try:
+            with _amo(batch.owner_id, ctx.attempts, "leads/complex"):
+                fields = ctx.fields()
+        except _Retry as exc:
+            for plan in pending:
+                batch.retry_unit(plan, exc)
+            batch.commit()
+            return
+        except _Fail as exc:
+            for plan in pending:
+                batch.fail_unit(plan, exc)
+            batch.commit()
+            return
+        body = [
+            build.lead_item(
+                p.unit.requests, p.person.ref, ctx.cfg, fields, p.contact_id, stamp, plain=p.plain
+            )
+            for p in pending
+        ]
+        # Committed before the call: if the answer is lost, the next attempt searches first.
+        now = _now()
+        for plan in pending:
+            plan.person.create_started_at = now
+        batch.commit()
+        try:
+            with _amo(batch.owner_id, ctx.attempts, "leads/complex"):
+                result = ctx.client().create_lead_complex(body)
+        except _Retry as exc:
+            refused = isinstance(exc.__cause__, _REFUSED)
+            for plan in pending:
+                if refused:  # nothing was stored: the retry goes straight to the create
+                    plan.person.create_started_at = None
+                batch.retry_unit(plan, exc)
+            batch.commit()
+            return
+        except _Fail as exc:
+            for plan in pending:
+                plan.person.create_started_at = None  # a 4xx stored nothing (all or nothing)
+            cause = exc.__cause__
+            named = (
+                _errors_by_item(cause, [p.person.ref for p in pending])
+                if isinstance(cause, AmoCRMValidationError)
+                else {}
+            )
+            if not named:
+                for plan in pending:
+                    batch.fail_unit(plan, exc)
+                batch.commit()
+                return
+            refused_field = False
+            for index, errors in sorted(named.items()):
+                plan = pending[index]
+                if not plan.plain and _about_custom_fields(errors):
+                    plan.plain = True  # a cached field id is stale: send this one plainly
+                    refused_field = True
+                    continue
+                batch.fail_unit(
+                    plan,
+                    _Fail(InboundOutcome.REJECTED, f"amoCRM refused the deal: {_describe(errors)}"),
+                )
+            if refused_field:
+                logger.warning("amoCRM refused inbound custom fields of owner %s", batch.owner_id)
+                ctx.forget_fields()
+            pending = [p for p in pending if batch.unit_open(p)]
+            batch.commit()
+            continue
+        _apply_created(batch, pending, body, result, stamp)
+        return
+
+
+def _apply_created(
+    batch: _Batch,
+    plans: list[_Plan],
+    body: list[dict[str, Any]],
+    result: list[dict[str, Any]],
+    stamp: int,
+) -> None:
+    """Match amoCRM's answer to the units by ``request_id`` and store the ids before anything else.
+
+    An entry merged by amoCRM's duplicate control may name several of our ``request_id``s: they
+    all get that contact and deal.
+    """
+    by_ref = {p.person.ref: p for p in plans}
+    matched: dict[int, _Plan] = {}
+    written: list[tuple[str, int, int]] = []
+    for position, entry in enumerate(result):
+        lead_id = entry.get("id")
+        if not isinstance(lead_id, int):
+            continue
+        rids = entry.get("request_id")
+        refs = [str(r) for r in rids] if isinstance(rids, list) else [str(rids or position)]
+        contact = entry.get("contact_id")
+        merged = bool(entry.get("merged")) or len(refs) > 1
+        for ref in refs:
+            plan = by_ref.get(ref)
+            if plan is None and ref.isdigit() and int(ref) < len(plans):
+                plan = plans[int(ref)]
+            if plan is None or id(plan) in matched:
+                continue
+            plan.merged = merged
+            contact_id = int(contact) if isinstance(contact, int) else plan.contact_id
+            _assign(
+                batch, plan, contact_id, lead_id, plan.outcome or InboundOutcome.NEW, created=True
+            )
+            matched[id(plan)] = plan
+        written.append(("leads", lead_id, stamp))
+        if isinstance(contact, int) and not merged:
+            written.append(("contacts", contact, stamp))
+    for plan in plans:
+        if id(plan) not in matched:
+            # Its create_started_at stays set: the next attempt looks the deal up by its ref.
+            batch.retry_unit(plan, _Retry("amoCRM's answer did not name this deal; checking", 5.0))
+    batch.commit()  # the ids are safe before anything else can fail
+    remember_own_writes(batch.owner_id, written)
+    items = {p.person.ref: item for p, item in zip(plans, body, strict=True)}
+    try:
+        _mirror_created(batch, list(matched.values()), items)
         db.session.commit()
     except Exception:  # the mirror is a cache; the next sync fills it anyway
         db.session.rollback()
-        logger.warning("could not mirror inbound contact/deal of request %s", req.id, exc_info=True)
-
-
-# Answers (or a missing rate-limit slot) that mean nothing reached amoCRM's storage.
-_REFUSED = (AmoCRMRateLimited, AmoCRMBlocked, AmoCRMPaymentRequired, ThrottleUnavailable)
-
-
-def _about_custom_fields(exc: AmoCRMValidationError) -> bool:
-    for item in exc.errors:
-        for err in item.get("errors") or ():
-            if "custom_fields_values" in str(err.get("path", "")):
-                return True
-    return False
-
-
-def _mirror_created(
-    req: InboundRequest,
-    cfg: AmoConfig,
-    contact_id: int | None,
-    lead_id: int,
-    item: dict[str, Any],
-    *,
-    new_contact: bool,
-) -> None:
-    """Put what we just created into the local mirror, so the next dedup lookup sees it.
-
-    The webhook echo of this write is not re-read (see crm_app.services.echo), so the rows carry
-    everything we sent, stamped with the version we gave amoCRM; the sync replaces them with
-    amoCRM's full data later. Inserting never overwrites a row.
-    """
-    now = int(item["updated_at"])
-    pipeline_id, status_id = _lead_stage(req.owner_id, cfg)
-    payload = req.payload
-    rows: list[tuple[type, dict[str, Any]]] = []
-    if new_contact and contact_id:
-        phone = normalize_phone(payload.get("phone"))
-        email = normalize_email(payload.get("email"))
-        rows.append(
-            (
-                Contact,
-                {
-                    "owner_id": req.owner_id,
-                    "id": contact_id,
-                    "name": _display_name(payload, req.external_id)[:255],
-                    "first_name": payload.get("first_name"),
-                    "last_name": payload.get("last_name"),
-                    "phone": phone,
-                    "email": email,
-                    "phones": [phone] if phone else [],
-                    "emails": [email] if email else [],
-                    "telegram_id": req.external_id if req.channel == "telegram" else None,
-                    "responsible_user_id": cfg.lead_responsible_user_id,
-                    "created_at": now,
-                    "updated_at": now,
-                    "raw": {"id": contact_id, "source": "inbound"},
-                    "synced_at": _now(),
-                },
-            )
-        )
-    rows.append(
-        (
-            Lead,
-            {
-                "owner_id": req.owner_id,
-                "id": lead_id,
-                "name": str(item.get("name") or "")[:255] or None,
-                "price": 0,
-                "pipeline_id": pipeline_id,
-                "status_id": status_id,
-                "responsible_user_id": cfg.lead_responsible_user_id,
-                "main_contact_id": contact_id,
-                "contact_ids": [contact_id] if contact_id else [],
-                "created_at": now,
-                "updated_at": now,
-                "raw": {"id": lead_id, "source": "inbound"},
-                "synced_at": _now(),
-            },
-        )
-    )
-    for model, values in rows:
-        if _is_postgres():
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        db.session.execute(insert(model).values(**values).on_conflict_do_nothing())
+        logger.warning("could not mirror inbound deals of owner %s", batch.owner_id, exc_info=True)
 
 
 def _lead_stage(owner_id: int, cfg: AmoConfig) -> tuple[int | None, int | None]:
@@ -807,152 +936,162 @@ def _lead_stage(owner_id: int, cfg: AmoConfig) -> tuple[int | None, int | None]:
     return pipeline_id, status_id
 
 
-def _note_text(req: InboundRequest) -> str | None:
-    payload = req.payload
-    message = (payload.get("message") or "").strip()
-    first = req.outcome in (InboundOutcome.NEW, InboundOutcome.NEW_DEAL)
-    label = CHANNEL_LABELS.get(req.channel, req.channel)
-    lines: list[str] = []
-    who = f" (@{payload['username']})" if payload.get("username") else ""
-    if message:
-        head = "Первое сообщение" if first else "Сообщение"
-        lines += [f"{head} из канала «{label}»{who}:", message]
-    if first:
-        extra = []
-        if payload.get("page_url"):
-            extra.append(f"Страница: {payload['page_url']}")
-        utm = payload.get("utm") or {}
-        if utm:
-            extra.append("UTM: " + ", ".join(f"{k}={v}" for k, v in sorted(utm.items())))
-        if extra:
-            lines += ["", *extra] if lines else [f"Заявка из канала «{label}»{who}", *extra]
-    return "\n".join(lines) if lines else None
+def _mirror_created(batch: _Batch, plans: list[_Plan], items: dict[str, dict[str, Any]]) -> None:
+    """Put what we just created into the local mirror, so the next dedup lookup sees it.
 
-
-def _note(req: InboundRequest, ctx: _Context, *, again: bool = True) -> None:
-    text = _note_text(req)
-    if text and req.lead_id:
-        try:
-            with _amo(req.owner_id, req.attempts, "note"):
-                ctx.client().add_note("leads", int(req.lead_id), text[:20_000])
-        except _Fail as exc:
-            rejected = isinstance(exc.__cause__, AmoCRMValidationError | AmoCRMNotFound)
-            known = req.outcome in (InboundOutcome.NOTE, InboundOutcome.EXISTING_DEAL)
-            if not (again and rejected and known and _deal_gone(req, ctx)):
-                raise
-            # The deal was deleted in amoCRM: start a new one for the same contact.
-            person = db.session.get(InboundPerson, req.person_id)
-            if person is None:  # pragma: no cover
-                raise
-            _create_deal(req, person, ctx, req.contact_id, InboundOutcome.NEW_DEAL)
-            _note(req, ctx, again=False)
-            return
-    req.note_added = True
-    db.session.commit()
-
-
-def _deal_gone(req: InboundRequest, ctx: _Context) -> bool:
-    with _amo(req.owner_id, req.attempts, "deal check"):
-        lead = ctx.client().get_lead(int(req.lead_id or 0), with_=None)
-    return lead is None or bool(lead.get("is_deleted"))
-
-
-# -- finishing ------------------------------------------------------------------------------------
-
-
-def _log(req: InboundRequest, status: str, extra: dict[str, Any] | None = None) -> None:
-    details: dict[str, Any] = {
-        "request_id": req.public_id,
-        "channel": req.channel,
-        "outcome": req.outcome,
-        "contact_id": req.contact_id,
-        "lead_id": req.lead_id,
-    }
-    if req.error and status != "success":
-        details["error"] = req.error
-    details.update(extra or {})
-    db.session.add(
-        SyncLog(owner_id=req.owner_id, operation=LOG_OPERATION, status=status, details=details)
-    )
-    db.session.commit()
-
-
-def _done(req: InboundRequest, began: datetime | None = None) -> Result:
-    req.status = InboundStatus.CREATED
-    req.error = None
-    req.next_attempt_at = None
-    req.processed_at = _now()
-    db.session.commit()
-    if began is not None:
-        from crm_app.services.amo import record_api_success
-
-        record_api_success(req.owner_id, began)
-    logger.info(
-        "inbound request %s: %s (contact %s, lead %s)",
-        req.id,
-        req.outcome,
-        req.contact_id,
-        req.lead_id,
-    )
-    return Result(InboundStatus.CREATED)
-
-
-def _fail(req: InboundRequest, exc: _Fail) -> Result:
-    req.status = InboundStatus.FAILED
-    req.outcome = exc.outcome
-    req.error = exc.message[:1000]
-    req.next_attempt_at = None
-    req.processed_at = _now()
-    db.session.commit()
-    logger.warning("inbound request %s failed: %s", req.id, exc.outcome)
-    _log(req, "error")
-    return Result(InboundStatus.FAILED)
-
-
-def _retry_later(req: InboundRequest, exc: _Retry) -> Result:
-    delay = exc.delay if exc.delay is not None else _backoff(req.attempts)
-    req.error = exc.message[:1000]
-    # The beat leaves it alone until the Celery retry had its chance.
-    req.next_attempt_at = _now() + timedelta(seconds=delay + 60)
-    db.session.commit()
-    if exc.log and req.attempts <= 1:  # one log line per request, not one per retry
-        _log(req, "error", {"retrying": True})
-    logger.info("inbound request %s: retry in %.0f s (%s)", req.id, delay, exc.message)
-    return Result(InboundStatus.QUEUED, retry_in=delay)
-
-
-# -- beat and admin actions -------------------------------------------------------------------------
-
-
-def requeue_stale(limit: int = 500, send: Callable[[int], bool] = enqueue) -> int:
-    """Enqueue ``queued`` requests whose worker run was lost or whose retries ran out."""
-    now = _now()
-    fresh = now - timedelta(seconds=STALE_AFTER_SECONDS)
-    rows = list(
-        db.session.scalars(
-            select(InboundRequest)
-            .where(
-                InboundRequest.status == InboundStatus.QUEUED,
-                sa.or_(
-                    InboundRequest.next_attempt_at <= now,
-                    sa.and_(
-                        InboundRequest.next_attempt_at.is_(None),
-                        InboundRequest.created_at <= fresh,
-                    ),
-                ),
+    The webhook echo of this write is not re-read (``crm_app.services.echo``), so the rows carry
+    everything we sent, stamped with the version we gave amoCRM; the sync replaces them with
+    amoCRM's full data later. Inserting never overwrites a row.
+    """
+    cfg = batch.ctx.cfg
+    pipeline_id, status_id = _lead_stage(batch.owner_id, cfg)
+    contacts: list[dict[str, Any]] = []
+    leads: list[dict[str, Any]] = []
+    synced = _now()
+    for plan in plans:
+        item = items[plan.person.ref]
+        stamp = int(item["updated_at"])
+        embedded = item["_embedded"]["contacts"][0]
+        if "id" not in embedded and plan.contact_id and not plan.merged:
+            reqs = plan.unit.requests
+            phones = sorted({p for r in reqs if (p := normalize_phone(r.payload.get("phone")))})
+            emails = sorted({e for r in reqs if (e := normalize_email(r.payload.get("email")))})
+            telegram = next((r.external_id for r in reqs if r.channel == "telegram"), None)
+            contacts.append(
+                {
+                    "owner_id": batch.owner_id,
+                    "id": plan.contact_id,
+                    "name": embedded.get("name"),
+                    "first_name": embedded.get("first_name"),
+                    "last_name": embedded.get("last_name"),
+                    "phone": phones[0] if phones else None,
+                    "email": emails[0] if emails else None,
+                    "phones": phones,
+                    "emails": emails,
+                    "telegram_id": telegram,
+                    "responsible_user_id": cfg.lead_responsible_user_id,
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    "raw": {"id": plan.contact_id, "source": "inbound"},
+                    "synced_at": synced,
+                }
             )
-            .order_by(InboundRequest.id)
-            .limit(limit)
+        if plan.lead_id:
+            leads.append(
+                {
+                    "owner_id": batch.owner_id,
+                    "id": plan.lead_id,
+                    "name": str(item.get("name") or "")[:255] or None,
+                    "price": 0,
+                    "pipeline_id": pipeline_id,
+                    "status_id": status_id,
+                    "responsible_user_id": cfg.lead_responsible_user_id,
+                    "main_contact_id": plan.contact_id,
+                    "contact_ids": [plan.contact_id] if plan.contact_id else [],
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    "raw": {"id": plan.lead_id, "source": "inbound"},
+                    "synced_at": synced,
+                }
+            )
+    for model, rows in ((Contact, contacts), (Lead, leads)):
+        if rows:
+            db.session.execute(_insert_ignore(model), rows)
+
+
+def _insert_ignore(model: Any) -> Any:
+    if _is_postgres():
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(model).on_conflict_do_nothing()
+
+
+# -- notes ----------------------------------------------------------------------------------------
+
+
+def _notes_chunk(batch: _Batch, requests: list[InboundRequest]) -> None:
+    """One notes call for up to 50 messages; a refused note is dropped and the rest resent."""
+    ctx = batch.ctx
+    pending: list[tuple[InboundRequest, str]] = []
+    for req in requests:
+        text = build.note_text(req)
+        if text:
+            pending.append((req, text))
+        else:
+            req.note_added = True
+    for _round in range(len(pending) + 2):
+        if not pending:
+            return
+        body = [
+            {
+                "entity_id": int(req.lead_id or 0),
+                "note_type": "common",
+                "params": {"text": text},
+                "request_id": req.public_id,
+            }
+            for req, text in pending
+        ]
+        try:
+            with _amo(batch.owner_id, ctx.attempts, "note"):
+                ctx.client().add_notes("leads", body)
+        except _Retry as exc:
+            for req, _text in pending:
+                batch.retry(req, exc)
+            batch.commit()
+            return
+        except _Fail as exc:
+            cause = exc.__cause__
+            named = (
+                _errors_by_item(cause, [req.public_id for req, _t in pending])
+                if isinstance(cause, AmoCRMValidationError)
+                else {}
+            )
+            if not named:
+                for req, _text in pending:
+                    batch.fail(req, exc)
+                batch.commit()
+                return
+            for index, errors in sorted(named.items()):
+                req = pending[index][0]
+                gone = any(str(e.get("path", "")).startswith("entity_id") for e in errors)
+                if gone and req.outcome in (InboundOutcome.NOTE, InboundOutcome.EXISTING_DEAL):
+                    _deal_gone(batch, req)
+                else:
+                    batch.fail(
+                        req,
+                        _Fail(
+                            InboundOutcome.REJECTED, f"amoCRM refused the note: {_describe(errors)}"
+                        ),
+                    )
+            pending = [(r, t) for r, t in pending if r.id in batch.open and r.lead_id]
+            batch.commit()
+            continue
+        for req, _text in pending:
+            req.note_added = True
+        batch.commit()
+        return
+
+
+def _deal_gone(batch: _Batch, req: InboundRequest) -> None:
+    """The deal a note was for was deleted in amoCRM: the request starts over for a new deal."""
+    lead_id = req.lead_id
+    for person in db.session.scalars(
+        select(InboundPerson).where(
+            InboundPerson.owner_id == batch.owner_id, InboundPerson.lead_id == lead_id
         )
-    )
-    for req in rows:
-        # Pushed ahead first, so the next beat does not enqueue it again meanwhile.
-        req.next_attempt_at = now + timedelta(seconds=300)
-    db.session.commit()
-    sent = sum(1 for req in rows if send(req.id))
-    if rows:
-        logger.info("re-enqueued %d of %d stale inbound requests", sent, len(rows))
-    return sent
+    ):
+        person.lead_id = None
+    db.session.execute(sa.delete(Lead).where(Lead.owner_id == batch.owner_id, Lead.id == lead_id))
+    req.lead_id, req.outcome = None, None
+    req.next_attempt_at = _now()
+    batch.open.pop(req.id, None)
+    batch.again.append(req.id)
+
+
+# -- admin actions ----------------------------------------------------------------------------------
 
 
 def retry_request(req: InboundRequest) -> bool:
