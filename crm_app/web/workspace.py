@@ -268,50 +268,41 @@ def tasks() -> Response:
 # -- cards ----------------------------------------------------------------------------------
 
 
-def _deal_vm(lead_id: int, **extra: Any) -> dict[str, Any]:
+# entity type → (template, read model, URL endpoint and its id argument, section, not found)
+CARDS: dict[str, tuple[str, Any, str, str, str, str]] = {
+    "leads": (
+        "workspace/_deal.html", cards.deal_card, "workspace.deal", "lead_id", "deals",
+        _n("Такой сделки нет."),
+    ),
+    "contacts": (
+        "workspace/_contact.html", cards.contact_card, "workspace.contact", "contact_id",
+        "contacts", _n("Такого контакта нет."),
+    ),
+}  # fmt: skip
+
+
+def _card_vm(entity_type: str, entity_id: int, **extra: Any) -> dict[str, Any]:
     ctx = request_context()
-    view = cards.deal_card(ctx.owner_id, lead_id)
+    _template, read, endpoint, arg, _section_name, missing = CARDS[entity_type]
+    view = read(ctx.owner_id, entity_id)
     if view is None:
-        abort(404, description=_("Такой сделки нет."))
-    card_url = ctx.url("workspace.deal", lead_id=lead_id)
-    live_url = ctx.url("workspace.deal", lead_id=lead_id, part="live")
+        abort(404, description=_t(missing))
     return {
         "view": view,
+        "kind": entity_type,
+        "entity_id": entity_id,
         "choices": cards.choices(ctx.owner_id),
         "errors": {},
-        "card_url": card_url,
-        "live_url": live_url,
+        "card_url": ctx.url(endpoint, **{arg: entity_id}),
+        "live_url": ctx.url(endpoint, **{arg: entity_id}, part="live"),
         **extra,
     }
-
-
-def _contact_vm(contact_id: int, **extra: Any) -> dict[str, Any]:
-    ctx = request_context()
-    view = cards.contact_card(ctx.owner_id, contact_id)
-    if view is None:
-        abort(404, description=_("Такого контакта нет."))
-    card_url = ctx.url("workspace.contact", contact_id=contact_id)
-    live_url = ctx.url("workspace.contact", contact_id=contact_id, part="live")
-    return {
-        "view": view,
-        "choices": cards.choices(ctx.owner_id),
-        "errors": {},
-        "card_url": card_url,
-        "live_url": live_url,
-        **extra,
-    }
-
-
-CARDS = {
-    "leads": ("workspace/_deal.html", _deal_vm, "deals"),
-    "contacts": ("workspace/_contact.html", _contact_vm, "contacts"),
-}
 
 
 def _card(entity_type: str, entity_id: int, status: int = 200, **extra: Any) -> Response:
     """The card of a deal or contact: the piece for htmx, on the workspace page otherwise."""
-    template, build, section = CARDS[entity_type]
-    vm = build(entity_id, **extra)
+    template, section = CARDS[entity_type][0], CARDS[entity_type][4]
+    vm = _card_vm(entity_type, entity_id, **extra)
     title = vm["view"].deal.name if entity_type == "leads" else vm["view"].name
     message = vm.pop("message", None)
     category = vm.pop("category", "success")
@@ -331,9 +322,8 @@ def _live_card(entity_type: str, entity_id: int) -> Response:
     if hit := _poll(etag):
         return hit
     if request.args.get("part") == "live" and wants_fragment():
-        build = CARDS[entity_type][1]
-        vm = build(entity_id)
-        return _tagged(respond("workspace/_live.html", kind=entity_type, **vm), etag)
+        vm = _card_vm(entity_type, entity_id)
+        return _tagged(respond("workspace/_live.html", **vm), etag)
     return _tagged(_card(entity_type, entity_id), etag)
 
 
