@@ -377,7 +377,9 @@ def _safely(run: Any) -> Outcome:
 
 
 def _changed(current: dict[str, Any], fields: tuple[str, ...], numbers: tuple[str, ...]) -> dict:
-    """The form's values that differ from the card's (only those are sent)."""
+    """The fields the person changed: the form's value against the value they saw (`was_<name>`,
+    rendered with the form), or against the card's when the form does not say (a re-apply).
+    Only those are sent, so a field someone else changed meanwhile is not written back."""
     changes: dict[str, Any] = {}
     for name in fields:
         if name not in request.form:
@@ -385,7 +387,12 @@ def _changed(current: dict[str, Any], fields: tuple[str, ...], numbers: tuple[st
         value: Any = _int(name, request.form) if name in numbers else _text(name)
         if value is None and name in numbers:
             continue
-        if value != current.get(name):
+        was_key = f"was_{name}"
+        if was_key in request.form:
+            was: Any = _int(was_key, request.form) if name in numbers else _text(was_key)
+        else:
+            was = current.get(name)
+        if value != was:
             changes[name] = value
     return changes
 
@@ -599,11 +606,14 @@ def contact_edit(contact_id: int) -> Response:
     view = cards.contact_card(ctx.owner_id, contact_id)
     if view is None:
         abort(404, description=_("Такого контакта нет."))
+    # Compared with what the person saw (`was_*`), so a field changed meanwhile is not resent.
     changes: dict[str, Any] = {}
-    if (name := _text("name")) and name != view.name:
+    was_name = _text("was_name") if "was_name" in request.form else view.name
+    if (name := _text("name")) and name != was_name:
         changes["name"] = name
     for field in ("phones", "emails"):
-        if field in request.form and _lines(field) != getattr(view, field):
+        was = _lines(f"was_{field}") if f"was_{field}" in request.form else getattr(view, field)
+        if field in request.form and _lines(field) != was:
             changes[field] = _lines(field)
     if not changes:
         return _card("contacts", contact_id, message=_("Изменений нет."))
