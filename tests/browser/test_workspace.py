@@ -134,6 +134,8 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None: 
     assert _record(sandbox, lead_id)["name"] == "Renamed in amoCRM"
     page.click("#conflict-apply")
     _wait(lambda: _record(sandbox, lead_id)["name"] == "My name for it")
+    expect(page.locator("#deal-title")).to_have_text("My name for it")
+    expect(page.locator("#ws-conflict")).to_have_count(0)
     assert _record(sandbox, lead_id)["price"] == 777  # theirs kept, mine on top
 
     # A note, a task, the task completed.
