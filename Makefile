@@ -18,10 +18,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	PORT=$(PORT) SANDBOX_PORT=$(SANDBOX_PORT) $(BIN)/python scripts/run_demo.py
 
-## test: set up and run the whole suite against local PostgreSQL and Redis
+## test: set up, lint, type-check and run the whole suite against local PostgreSQL and Redis
 test: $(STAMP)
 	$(BIN)/python scripts/check_services.py
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## typecheck: mypy over the code and the tests (strict for crm_app/amocrm and crm_app/services)

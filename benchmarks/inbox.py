@@ -122,9 +122,12 @@ def _both_ways(sandbox: Any, setup: dict[str, Any], conversations: int) -> list[
     owner_id = setup["owner_id"]
     requests.patch(f"{url}/_sandbox/telegram", json={"ratio_429": 0.1, "retry_after": 1}, timeout=5)
     stop = threading.Event()
-    sweeper = threading.Thread(
-        target=lambda: setup["app"].app_context().push() or _sweeper(stop), daemon=True
-    )
+
+    def sweep() -> None:
+        setup["app"].app_context().push()
+        _sweeper(stop)
+
+    sweeper = threading.Thread(target=sweep, daemon=True)
     sweeper.start()
     sent_at: dict[str, float] = {}
     started = time.monotonic()
@@ -244,6 +247,7 @@ def _hook_latency(app_url: str, setup: dict[str, Any], seconds: float, rate: flo
     from crm_app.models.chats import ChatChannel, Conversation
 
     ch = db.session.get(ChatChannel, setup["owner_id"])
+    assert ch is not None, "the benchmark owner has a chat channel"
     convs = db.session.scalars(select(Conversation).limit(200)).all()
     scope = str(ch.scope_id)
     session = requests.Session()

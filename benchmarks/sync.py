@@ -249,7 +249,7 @@ class Bench:
 
         with self.app.app_context():
             return {
-                name: db.session.scalar(select(func.count()).where(model.owner_id == owner_id))
+                name: db.session.scalar(select(func.count()).where(model.owner_id == owner_id)) or 0
                 for name, model in (("contacts", Contact), ("leads", Lead), ("tasks", Task))
             }
 
@@ -316,7 +316,7 @@ def _sample_ids(box: Sandbox, entity: str, n: int) -> list[int]:
     for k in range(pages_needed):
         resp = requests.get(
             f"{box.url}/api/v4/{entity}",
-            params={"limit": PAGE, "page": 1 + k * stride, "order[id]": "asc"},
+            params={"limit": str(PAGE), "page": str(1 + k * stride), "order[id]": "asc"},
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )

@@ -166,7 +166,10 @@ def _wrk(url: str, path: str, prefix: str, seconds: float, connections: int) -> 
         ).stdout  # fmt: skip
     finally:
         os.unlink(script.name)
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", out)
+    if total is None:
+        raise RuntimeError(f"wrk printed no request count:\n{out}")
+    requests = int(total.group(1))
     errors = 0
     match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if match:

@@ -90,7 +90,7 @@ def _fill_board(owner_id: int, pipeline_id: int, statuses: list[int], count: int
     rng = random.Random(7)
     base = 900_000_000
     now = int(time.time())
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "owner_id": owner_id, "id": base + i, "name": f"Сделка {rng.choice(WORDS)} {i}",
             "price": rng.randrange(0, 500_000), "pipeline_id": pipeline_id,
@@ -277,6 +277,7 @@ def _drag(app: Any, server: Any, owner_id: int) -> list[Row]:
     applied = 0
     for lead_id in ids:
         lead = db.session.get(Lead, (owner_id, lead_id))
+        assert lead is not None, lead_id
         target = db.session.scalar(
             select(PipelineStatus.id).where(
                 PipelineStatus.owner_id == owner_id, PipelineStatus.pipeline_id == lead.pipeline_id,
@@ -328,7 +329,9 @@ def _outbox(server: Any, owner_id: int, edits: int) -> list[Row]:
     for n in range(edits):
         lead_id = deals[n % len(deals)]
         db.session.expire_all()
-        seen = db.session.get(Lead, (owner_id, lead_id)).updated_at
+        stored = db.session.get(Lead, (owner_id, lead_id))
+        assert stored is not None, lead_id
+        seen = stored.updated_at
         price = 100_000 + n
         if isinstance(update_lead(owner_id, lead_id, {"price": price}, seen), Pending):
             queued += 1

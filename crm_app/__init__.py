@@ -74,6 +74,9 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
+    # The login page says what to do; a flashed "Please log in" would outlive the sign-in and
+    # greet the user on the CRM page as a stale banner.
+    login_manager.login_message = None
     csrf.init_app(app)
     htmx.init_app(app)
     babel.init_app(app, locale_selector=_select_locale)

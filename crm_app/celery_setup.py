@@ -58,7 +58,7 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app: Celery = Celery(app.name, task_cls=FlaskTask)
     celery_app.conf.update(
         task_default_queue=app.config["CELERY_QUEUE"],
         task_ignore_result=True,  # job state lives in our own tables
@@ -77,6 +77,10 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.conf.beat_schedule = beat_schedule(app)
     # Beat's state file belongs in instance/, not in whatever directory the process started in.
     celery_app.conf.beat_schedule_filename = str(Path(app.instance_path) / "celerybeat-schedule")
+    if app.config.get("REDIS_URL"):
+        from crm_app.broker import RestoreAfterBrokerRestart
+
+        celery_app.steps["consumer"].add(RestoreAfterBrokerRestart)
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app

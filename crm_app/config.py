@@ -122,6 +122,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "RATELIMIT_HEADERS_ENABLED": True,
         # Redis down must not turn limited routes into 500s: count in memory meanwhile.
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        # ...and a Redis error the fallback does not cover (the response headers of a request
+        # that started before Redis died) is logged, not raised as a 500.
+        "RATELIMIT_SWALLOW_ERRORS": True,
         "RATELIMIT_STORAGE_OPTIONS": (
             {"socket_connect_timeout": 1, "socket_timeout": 1}
             if os.environ.get("REDIS_URL")

@@ -172,6 +172,9 @@ def make_formatter(log_format: str | None = None) -> logging.Formatter:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at emit time (test runners swap it)."""
 
+    # Marks the handler create_app installed, so a second create_app replaces it.
+    _crm_app = False
+
     def __init__(self) -> None:
         super().__init__()
 
@@ -207,7 +210,7 @@ def init_logging(app: Flask) -> None:
         if getattr(handler, "_crm_app", False):
             root.removeHandler(handler)
     handler = _StderrHandler()
-    handler._crm_app = True  # type: ignore[attr-defined]
+    handler._crm_app = True
     harden_handler(handler, formatter)
     root.addHandler(handler)
     root.setLevel(level)
@@ -230,9 +233,9 @@ class CeleryTaskFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from celery import current_task
+        from celery._state import get_current_task
 
-        task = current_task._get_current_object() if current_task else None
+        task = get_current_task()
         if task is not None and getattr(task, "request", None) is not None:
             record.task_name = getattr(task, "name", None) or "-"
             record.task_id = getattr(task.request, "id", None) or "-"

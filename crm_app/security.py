@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 
-from flask import Flask, Response, abort, current_app, request
+from flask import Flask, Response, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from crm_app.amocrm.hosts import ALLOWED_DOMAINS, origin_of
@@ -76,24 +75,6 @@ def _set_headers(response: Response) -> Response:
     return response
 
 
-def _has_nul(pairs: Iterable[tuple[str, str]]) -> bool:
-    return any("\x00" in key or "\x00" in value for key, value in pairs)
-
-
-def _refuse_nul() -> None:
-    """400 for a NUL character in the path, query or a form: no text column can store one
-    (PostgreSQL raises), so it would otherwise surface as a 500 wherever it reaches a query."""
-    if "\x00" in request.path or _has_nul(request.args.items(multi=True)):
-        abort(400, description="NUL characters are not allowed in the URL.")
-    # Webhook receivers read their raw body; parsing the form here would consume it.
-    if (
-        request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
-        and not request.path.startswith("/webhooks/")
-        and _has_nul(request.form.items(multi=True))
-    ):
-        abort(400, description="NUL characters are not allowed in form fields.")
-
-
 def trusted_proxy_count(app: Flask) -> int:
     """How many reverse proxies in front of the app may set X-Forwarded-For/-Proto (default 0)."""
     raw = app.config.get("TRUSTED_PROXY_COUNT", os.environ.get("TRUSTED_PROXY_COUNT", "0"))
@@ -111,7 +92,7 @@ def init_security(app: Flask) -> None:
     if hops:
         # Behind TLS-terminating proxies: the client address (rate limits) and https scheme
         # (HSTS, secure cookies) come from their headers, and only from that many hops.
+        # Flask's documented way to wrap the WSGI app; mypy sees a method being replaced.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.extensions["crm_csp"] = build_csp(str(app.config.get("AMOCRM_BASE_URL") or ""))
-    app.before_request(_refuse_nul)
     app.after_request(_set_headers)

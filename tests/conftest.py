@@ -381,7 +381,7 @@ def celery_worker(app, tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        proc.log_path = log  # type: ignore[attr-defined]
+        proc.log_path = log  # type: ignore[attr-defined]  # read back when a test fails
         procs.append(proc)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -236,10 +236,10 @@ def test_an_amocrm_call_while_disconnected_is_a_409(fuzz_app: Flask) -> None:
     ("method", "url", "data"),
     [
         ("POST", "/admin/crm/ui/inbound/requests/%00/retry", None),
-        ("GET", "/admin/crm/ui/log?q=%00", None),
-        ("POST", "/admin/crm/ui/settings", {"subdomain": "demo\x00"}),
+        ("GET", "/admin/crm/contacts?q=%00", None),
     ],
 )
-def test_a_nul_character_is_a_400(fuzz_app: Flask, method: str, url: str, data: Any) -> None:
+def test_a_nul_character_is_bad_input(fuzz_app: Flask, method: str, url: str, data: Any) -> None:
     client = _clients(fuzz_app)["admin"]
-    assert client.open(url, method=method, data=data).status_code == 400
+    resp = client.open(url, method=method, data=data)
+    assert resp.status_code in (400, 422), resp.get_data(as_text=True)[:300]

@@ -10,7 +10,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(name="chats.deliver", bind=True, max_retries=None)
-def deliver(self, conversation_id: int) -> str:  # type: ignore[no-untyped-def]
+def deliver(self, conversation_id: int) -> str:
     """Send what is pending in order; come back when the next try is due."""
     from crm_app.services.chats.deliver import deliver as run
 

@@ -7,14 +7,11 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, SupportsInt, runtime_checkable
+from typing import Any, Protocol, SupportsIndex, SupportsInt, runtime_checkable
 
 import jwt
 
 from crm_app.amocrm.errors import AmoCRMAuthError, AmoCRMTokenExpired
-
-if TYPE_CHECKING:
-    from crm_app.amocrm.oauth import OAuthClient
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +151,12 @@ class StaticTokenSource:
         return f"StaticTokenSource(token={_mask(self._token)})"
 
 
+class TokenRefresher(Protocol):
+    """What a refreshing source needs from OAuthClient: one refresh_token grant."""
+
+    def refresh_tokens(self, refresh_token: str) -> TokenSet: ...
+
+
 class RefreshingTokenSource:
     """An in-memory, thread-safe token pair that refreshes through OAuthClient.
 
@@ -164,7 +167,7 @@ class RefreshingTokenSource:
 
     def __init__(
         self,
-        oauth: OAuthClient,
+        oauth: TokenRefresher,
         tokens: TokenSet,
         on_tokens: Callable[[TokenSet], None],
         *,

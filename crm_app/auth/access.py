@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flask import abort, request
 from flask_login import current_user
@@ -67,7 +67,7 @@ def api_auth_required(view: F) -> F:
         authenticate()
         return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def resolve_owner_id(actor: User, requested: Any = None) -> int:
@@ -122,4 +122,4 @@ def page_login_required(view: F) -> F:
             return login_manager.unauthorized()
         return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 from flask.cli import with_appcontext
 from sqlalchemy import select
@@ -19,8 +21,8 @@ def owner_by_name(name: str) -> Owner:
     return owner
 
 
-def _when(value: object) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"  # type: ignore[attr-defined]
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
 
 
 @group.command("create")

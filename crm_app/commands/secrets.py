@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import click
 import sqlalchemy as sa
@@ -123,13 +123,16 @@ def rotate_all(batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False) -> l
                         continue
                     # Compare-and-set: a token refresh that wrote meanwhile must not be undone
                     # (amoCRM refresh tokens are single-use).
-                    result = db.session.execute(
-                        sa.update(table)
-                        .where(*(c == v for c, v in zip(pk, pk_values, strict=True)))
-                        .where(_raw(column) == stored)
-                        .values({column.name: sa.type_coerce(fresh, sa.Text())})
+                    result = cast(
+                        "sa.CursorResult[Any]",
+                        db.session.execute(
+                            sa.update(table)
+                            .where(*(c == v for c, v in zip(pk, pk_values, strict=True)))
+                            .where(_raw(column) == stored)
+                            .values({column.name: sa.type_coerce(fresh, sa.Text())})
+                        ),
                     )
-                    if result.rowcount == 1:  # type: ignore[attr-defined]
+                    if result.rowcount == 1:
                         report.rotated += 1
                     else:
                         report.changed += 1

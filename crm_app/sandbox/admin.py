@@ -267,7 +267,7 @@ def clear_deliveries() -> Response:
 @bp.get("/webhooks")
 def all_webhooks() -> Response:
     sb = common.sandbox()
-    hooks = []
+    hooks: list[dict[str, Any]] = []
     for account in sb.accounts:
         with account.lock:
             hooks.extend(dict(h) for h in account.webhooks.values())

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import requests
 
@@ -184,7 +184,8 @@ class ChatHub:
             raise bad_request("conversation_id is required")
         if not isinstance(user, dict) or not user.get("id") or not user.get("name"):
             raise bad_request("user.id and user.name are required")
-        source = body.get("source") if isinstance(body.get("source"), dict) else {}
+        raw_source = body.get("source")
+        source = raw_source if isinstance(raw_source, dict) else {}
         with self.lock:
             chat = self._chat_for(conn, conversation, user, source.get("external_id"))
         return {"id": chat.id, "user": dict(chat.client)}
@@ -196,7 +197,8 @@ class ChatHub:
         existing = self.by_conversation.get(key)
         if existing is not None:
             return self.chats[existing]
-        profile = user.get("profile") if isinstance(user.get("profile"), dict) else {}
+        raw_profile = user.get("profile")
+        profile = raw_profile if isinstance(raw_profile, dict) else {}
         client: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "client_id": str(user["id"]),
@@ -259,7 +261,7 @@ class ChatHub:
             raise bad_request("payload.conversation_id is required")
         if not isinstance(sender, dict) or not sender.get("id"):
             raise bad_request("payload.sender.id is required")
-        _check_message(message)
+        message = _check_message(message)
         for key in ("timestamp", "msec_timestamp"):
             if key in payload and not _is_int(payload[key]):
                 raise bad_request(f"payload.{key} must be an integer")
@@ -271,9 +273,10 @@ class ChatHub:
             client = sender if incoming else receiver
             if not client or not client.get("name"):
                 raise bad_request("the client's id and name are required")
-            source = payload.get("source") if isinstance(payload.get("source"), dict) else {}
+            raw_source = payload.get("source")
+            source = raw_source if isinstance(raw_source, dict) else {}
             chat = self._chat_for(conn, conversation, client, source.get("external_id"))
-            stored = {
+            stored: dict[str, Any] = {
                 "id": str(uuid.uuid4()),
                 "client_id": msgid,
                 "incoming": incoming,
@@ -371,7 +374,7 @@ class ChatHub:
             body_message: dict[str, Any] = {"type": "text", "text": text}
             if media:
                 body_message.update(media)
-            stored = {
+            stored: dict[str, Any] = {
                 "id": str(uuid.uuid4()),
                 "client_id": None,
                 "incoming": False,
@@ -605,11 +608,11 @@ def _link_id(chat: Chat) -> int:
     return uuid.UUID(chat.id).int % 10_000_000
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_message(message: Any) -> None:
+def _check_message(message: Any) -> dict[str, Any]:
     """The Chats API is strictly typed: the documented types and required fields only."""
     if not isinstance(message, dict):
         raise bad_request("payload.message is required")
@@ -623,6 +626,7 @@ def _check_message(message: Any) -> None:
             raise bad_request("media and file_name are required for files, videos and pictures")
         if not _is_int(message.get("file_size")):
             raise bad_request("payload.message.file_size must be an integer")
+    return message
 
 
 def _post(url: str, raw: bytes, headers: dict[str, str], timeout: float) -> requests.Response:

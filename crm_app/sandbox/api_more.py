@@ -295,8 +295,9 @@ def subscribe() -> Response:
     destination = body.get("destination")
     if not isinstance(destination, str) or not destination.startswith(("http://", "https://")):
         fx.err(errs, "NotSupportedChoice", "destination", "This value is not a valid URL.")
-    settings = body.get("settings")
-    if not isinstance(settings, list) or not settings:
+    raw_settings = body.get("settings")
+    settings: list[Any] = raw_settings if isinstance(raw_settings, list) else []
+    if not settings:
         fx.err(errs, "NotBlank", "settings", fx.NOT_BLANK)
     else:
         for k, value in enumerate(settings):
@@ -354,7 +355,8 @@ def events() -> Response:
     sb, acc = common.sandbox(), common.account()
     values = common.args()
     paging = page_params(values, min(sb.config.default_limit, EVENT_LIMIT), EVENT_LIMIT, "cap")
-    wanted = values.get("filter") if isinstance(values.get("filter"), dict) else {}
+    raw_filter = values.get("filter")
+    wanted = raw_filter if isinstance(raw_filter, dict) else {}
     with acc.lock:
         rows = list(reversed(acc.events))  # newest first
     rows = [e for e in rows if _event_matches(e, wanted)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeGuard
 
 from crm_app.sandbox.store import Account, CustomField
 
@@ -21,7 +21,7 @@ def type_error(errs: Errors, path: str, kind: str) -> None:
     err(errs, "InvalidType", path, f"This value should be of type {kind}.")
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

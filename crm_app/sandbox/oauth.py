@@ -271,7 +271,11 @@ class TokenStore:
     def revoke(self, client_id: str, account_id: int | None = None) -> int:
         count = 0
         with self.lock:
-            for item in [*self.access.values(), *self.refresh.values()]:
+            tokens: list[AccessToken | RefreshToken] = [
+                *self.access.values(),
+                *self.refresh.values(),
+            ]
+            for item in tokens:
                 if item.client_id == client_id and account_id in (None, item.account_id):
                     if not item.revoked:
                         count += 1

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, g, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from crm_app.sandbox import common, errors, limits
 from crm_app.sandbox.consent import consent_page, error_page
@@ -51,7 +52,7 @@ def consent() -> Response:
 
 
 @bp.post("/oauth/decision")
-def decision() -> Response:
+def decision() -> BaseResponse:
     """Allow → redirect with code, state, referer, platform, client_id; deny → access_denied."""
     sb = common.sandbox()
     form = request.form
@@ -69,7 +70,11 @@ def decision() -> Response:
         params.append(("client_id", client_id))
         return redirect(_with_query(integration.redirect_uri, params), code=302)
     allowed = _allowed_accounts(client_id)
-    chosen = sb.find_account(form.get("account")) if form.get("account") else (allowed or [None])[0]
+    chosen = (
+        sb.find_account(form.get("account"))
+        if form.get("account")
+        else (allowed[0] if allowed else None)
+    )
     if chosen is None or chosen not in allowed:
         html = error_page("Аккаунт недоступен для этой интеграции.")
         return Response(html, status=400, content_type="text/html; charset=utf-8")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,7 +135,7 @@ def _predicates(
         if name in LIST_FIELDS and name != "id":
             wanted = int_set(raw)
             if wanted:
-                preds.append(lambda r, n=name, w=wanted: r.get(n) in w)
+                preds.append(_get_in(name, wanted))
         elif name in RANGE_FIELDS:
             bounds = as_range(raw)
             if bounds:
@@ -143,7 +143,11 @@ def _predicates(
         elif name == "name":
             names = {str(v).lower() for v in as_list(raw) if not isinstance(v, dict)}
             if names:
-                preds.append(lambda r, w=names: str(r.get("name", "")).lower() in w)
+
+                def name_in(r: Record, w: set[str] = names) -> bool:
+                    return str(r.get("name", "")).lower() in w
+
+                preds.append(name_in)
         elif name == "price" and kind == "leads":
             bounds = as_range(raw) if isinstance(raw, dict) else None
             if bounds:
@@ -151,19 +155,31 @@ def _predicates(
             else:
                 prices = int_set(raw)
                 if prices:
-                    preds.append(lambda r, w=prices: r.get("price") in w)
+                    preds.append(_get_in("price", prices))
         elif name == "statuses" and kind == "leads":
-            pairs = set()
+            pairs: set[tuple[int | None, int | None]] = set()
             for item in as_list(raw):
                 if isinstance(item, dict):
                     pairs.add((as_int(item.get("pipeline_id")), as_int(item.get("status_id"))))
             if pairs:
-                preds.append(lambda r, w=pairs: (r["pipeline_id"], r["status_id"]) in w)
+
+                def status_in(r: Record, w: set[tuple[int | None, int | None]] = pairs) -> bool:
+                    return (r["pipeline_id"], r["status_id"]) in w
+
+                preds.append(status_in)
         elif name == "custom_fields_values" and isinstance(raw, dict):
             preds.extend(_cf_predicates(raw))
         elif kind in ("tasks", "notes"):
             preds.extend(_task_predicates(name, raw))
     return preds
+
+
+def _get_in(name: str, wanted: Container[Any]) -> Callable[[Record], bool]:
+    return lambda r: r.get(name) in wanted
+
+
+def _item_in(name: str, wanted: Container[Any]) -> Callable[[Record], bool]:
+    return lambda r: r[name] in wanted
 
 
 def _range_pred(name: str, low: int | None, high: int | None) -> Callable[[Record], bool]:
@@ -179,7 +195,7 @@ def _range_pred(name: str, low: int | None, high: int | None) -> Callable[[Recor
 
 
 def _cf_predicates(raw: dict[str, Any]) -> list[Callable[[Record], bool]]:
-    preds = []
+    preds: list[Callable[[Record], bool]] = []
     for fid_text, wanted in raw.items():
         fid = as_int(fid_text)
         if fid is None:
@@ -200,9 +216,11 @@ def _cf_predicates(raw: dict[str, Any]) -> list[Callable[[Record], bool]]:
             preds.append(pred)
         else:
             targets = {str(v).lower() for v in as_list(wanted)}
-            preds.append(
-                lambda r, f=fid, w=targets: any(str(v).lower() in w for v in _cf_values(r, f))
-            )
+
+            def text_in(r: Record, f: int = fid, w: set[str] = targets) -> bool:
+                return any(str(v).lower() in w for v in _cf_values(r, f))
+
+            preds.append(text_in)
     return preds
 
 
@@ -220,19 +238,19 @@ def _cf_values(record: Record, fid: int) -> list[Any]:
 def _task_predicates(name: str, raw: Any) -> list[Callable[[Record], bool]]:
     if name == "is_completed":
         flags = {str(v) in ("1", "true") for v in as_list(raw)}
-        return [lambda r, w=flags: r["is_completed"] in w] if flags else []
+        return [_item_in("is_completed", flags)] if flags else []
     if name == "task_type":
         types = int_set(raw)
-        return [lambda r, w=types: r["task_type_id"] in w] if types else []
+        return [_item_in("task_type_id", types)] if types else []
     if name == "entity_type":
         kinds = {str(v) for v in as_list(raw)}
-        return [lambda r, w=kinds: r["entity_type"] in w] if kinds else []
+        return [_item_in("entity_type", kinds)] if kinds else []
     if name == "entity_id":
         ids = int_set(raw)
-        return [lambda r, w=ids: r["entity_id"] in w] if ids else []
+        return [_item_in("entity_id", ids)] if ids else []
     if name == "note_type":
         note_types = {str(v) for v in as_list(raw)}
-        return [lambda r, w=note_types: r.get("note_type") in w] if note_types else []
+        return [_get_in("note_type", note_types)] if note_types else []
     return []
 
 

@@ -30,7 +30,8 @@ class Relations(Writer):
             # Duplicate control compares with data that existed before the call only
             # (https://www.amocrm.ru/developers/content/crm_platform/leads-api, complex add).
             known = self._contact_index() if self.sb.config.duplicate_control else None
-            plans, problems = [], []
+            plans: list[tuple[dict[str, Any], str]] = []
+            problems: list[dict[str, Any]] = []
             for index, item in enumerate(items):
                 rid = request_id(item, index)
                 errs: fx.Errors = []
@@ -40,6 +41,7 @@ class Relations(Writer):
                 if errs:
                     problems.append({"request_id": rid, "errors": errs})
                 else:
+                    assert plan is not None  # no errors: the item was a dict and got planned
                     plans.append((plan, rid))
             if problems:
                 raise ValidationFailed(problems)
@@ -75,7 +77,8 @@ class Relations(Writer):
     def _plan_complex(
         self, item: dict[str, Any], errs: fx.Errors, known: dict[str, int] | None
     ) -> dict[str, Any]:
-        embedded = item.get("_embedded") if isinstance(item.get("_embedded"), dict) else {}
+        raw_embedded = item.get("_embedded")
+        embedded = raw_embedded if isinstance(raw_embedded, dict) else {}
         lead_item = {k: v for k, v in item.items() if k != "_embedded"}
         lead_item["_embedded"] = {k: v for k, v in embedded.items() if k == "tags"}
         lead = self.build("leads", lead_item, None, errs)
@@ -173,6 +176,7 @@ class Relations(Writer):
                 if errs:
                     problems.append({"request_id": rid, "errors": errs})
                 else:
+                    assert note is not None  # no errors: the item was a dict and got built
                     built.append((note, rid))
             if problems:
                 raise ValidationFailed(problems)
@@ -198,7 +202,8 @@ class Relations(Writer):
             for index, item in enumerate(items):
                 rid = request_id(item, index)
                 errs: fx.Errors = []
-                old = table.get(item.get("id")) if isinstance(item, dict) else None
+                item_id = item.get("id") if isinstance(item, dict) else None
+                old = table.get(item_id) if isinstance(item_id, int) else None
                 if not isinstance(item, dict):
                     fx.type_error(errs, "", "object")
                 elif old is None or old["entity_type"] != kind:

@@ -208,8 +208,8 @@ def _times(rng: random.Random, i: int, n: int, anchor: int, span: int) -> tuple[
 def _seed_companies(account: Account, n: int, rng: random.Random, anchor: int, span: int) -> None:
     table = account.tables["companies"]
     phone, email, web, _address = account.fields["companies"]
-    work_phone = phone.enums[0].id  # type: ignore[index]
-    work_email = email.enums[0].id  # type: ignore[index]
+    work_phone = (phone.enums or [])[0].id
+    work_email = (email.enums or [])[0].id
     users = [u.id for u in account.users]
     r = rng.random
     for i in range(n):
@@ -262,7 +262,9 @@ def _seed_contacts(account: Account, n: int, rng: random.Random, anchor: int, sp
         values: list[tuple[int, tuple[tuple[str, int | None], ...]]] = []
         roll = r()
         if roll > 0.04:
-            phones = ((f"+79{int(r() * 1e9):09d}", phone_enum["WORK" if r() < 0.6 else "MOB"]),)
+            phones: tuple[tuple[str, int], ...] = (
+                (f"+79{int(r() * 1e9):09d}", phone_enum["WORK" if r() < 0.6 else "MOB"]),
+            )
             if roll > 0.85:
                 phones += ((f"+79{int(r() * 1e9):09d}", phone_enum["MOB"]),)
             values.append((phone.id, phones))

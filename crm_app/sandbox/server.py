@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer, WSGIRequestHandler, make_server
 
 from crm_app.sandbox.app import create_app
 from crm_app.sandbox.config import SandboxConfig
@@ -44,10 +44,12 @@ class SandboxServer:
         """Open the listening socket (port 0 picks a free one; see .port and .url)."""
         if self._server is None:
             handler = QuietHandler if self.config.quiet else WSGIRequestHandler
-            self._server = make_server(
+            server = make_server(
                 self.host, self.requested_port, self.app, threaded=True, request_handler=handler
             )
-            self._server.daemon_threads = True
+            if isinstance(server, ThreadedWSGIServer):  # what threaded=True builds
+                server.daemon_threads = True
+            self._server = server
         return self
 
     def start(self) -> SandboxServer:

@@ -174,7 +174,8 @@ def person_writes() -> Response:
     bot = tg.bot(str(body["token"]))
     if bot is None or not bot.webhook_url:
         return errors.problem(409, "the bot has no webhook set")
-    person = body.get("from") if isinstance(body.get("from"), dict) else {}
+    raw_person = body.get("from")
+    person = raw_person if isinstance(raw_person, dict) else {}
     user = {
         "id": int(person.get("id", 1000001)),
         "is_bot": False,
@@ -184,7 +185,7 @@ def person_writes() -> Response:
         if person.get(key):
             user[key] = str(person[key])
     message_id = next(tg.message_ids)
-    update = {
+    update: dict[str, Any] = {
         "update_id": next(tg.update_ids),
         "message": {
             "message_id": message_id,

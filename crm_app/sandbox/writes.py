@@ -61,6 +61,7 @@ class Writer:
                 if errs:
                     problems.append({"request_id": rid, "errors": errs})
                 else:
+                    assert record is not None  # no errors: the item was a dict and got built
                     built.append((record, rid))
             if problems:
                 raise ValidationFailed(problems)
@@ -89,6 +90,7 @@ class Writer:
                 if errs:
                     problems.append({"request_id": rid, "errors": errs})
                 else:
+                    assert old is not None  # no errors: the entity exists
                     built.append((old, record, rid))
             if problems:
                 raise ValidationFailed(problems)

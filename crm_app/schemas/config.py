@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,15 @@ _PRINTABLE = r"^[\x20-\x7e]*$"
 _TOKEN = r"^[\x21-\x7e]+$"
 
 
+def _omittable(**kwargs: Any) -> Any:
+    """A field that may be left out (None: unchanged) but not sent as null.
+
+    Typed Any on purpose: the annotation says what a sent value must be, while the default
+    stays None so that "not sent" is visible to the code.
+    """
+    return Field(default=None, **kwargs)
+
+
 class ConfigUpdate(Strict):
     """PUT /admin/crm/config: every field optional; only the fields sent change (null clears).
 
@@ -35,24 +44,24 @@ class ConfigUpdate(Strict):
     """
 
     # Fields that cannot be null default to None without accepting null: not sent = unchanged.
-    subdomain: Annotated[str, StringConstraints(pattern=_SUBDOMAIN)] = Field(
-        default=None, description="Account subdomain: `mycompany` for mycompany.amocrm.ru."
+    subdomain: Annotated[str, StringConstraints(pattern=_SUBDOMAIN)] = _omittable(
+        description="Account subdomain: `mycompany` for mycompany.amocrm.ru."
     )
-    domain: Domain = Field(default=None)
-    client_id: Annotated[str, StringConstraints(pattern=_CLIENT_ID)] = Field(default=None)
-    client_secret: Annotated[str, StringConstraints(pattern=_PRINTABLE, max_length=255)] = Field(
-        default=None,
-        description="Write-only (GET answers `client_secret_set`); empty keeps the stored one.",
+    domain: Domain = _omittable()
+    client_id: Annotated[str, StringConstraints(pattern=_CLIENT_ID)] = _omittable()
+    client_secret: Annotated[str, StringConstraints(pattern=_PRINTABLE, max_length=255)] = (
+        _omittable(
+            description="Write-only (GET answers `client_secret_set`); empty keeps the stored one.",
+        )
     )
-    redirect_uri: Annotated[str, StringConstraints(pattern=_URL, max_length=500)] = Field(
-        default=None, description="Empty: PUBLIC_URL + /admin/crm/callback."
+    redirect_uri: Annotated[str, StringConstraints(pattern=_URL, max_length=500)] = _omittable(
+        description="Empty: PUBLIC_URL + /admin/crm/callback."
     )
-    sync_contacts: bool = Field(default=None)
-    sync_leads: bool = Field(default=None)
-    sync_tasks: bool = Field(default=None)
-    auto_create_lead: bool = Field(default=None)
-    new_deal_when_closed: bool = Field(
-        default=None,
+    sync_contacts: bool = _omittable()
+    sync_leads: bool = _omittable()
+    sync_tasks: bool = _omittable()
+    auto_create_lead: bool = _omittable()
+    new_deal_when_closed: bool = _omittable(
         description="A repeat contact whose last deal is closed (142/143) gets a new deal; off: a note.",
     )
     lead_pipeline_id: AmoId | None = Field(default=None, description="null clears it.")
@@ -60,11 +69,11 @@ class ConfigUpdate(Strict):
     lead_responsible_user_id: AmoId | None = Field(
         default=None, description="amoCRM user who gets the leads made from first contacts."
     )
-    authorization_code: Annotated[str, StringConstraints(pattern=_TOKEN, max_length=8192)] = Field(
-        default=None, description="A private integration's code; exchanged for tokens at once."
+    authorization_code: Annotated[str, StringConstraints(pattern=_TOKEN, max_length=8192)] = (
+        _omittable(description="A private integration's code; exchanged for tokens at once.")
     )
-    long_lived_token: Annotated[str, StringConstraints(pattern=_TOKEN, max_length=8192)] = Field(
-        default=None, description="A long-lived token from the integration's settings."
+    long_lived_token: Annotated[str, StringConstraints(pattern=_TOKEN, max_length=8192)] = (
+        _omittable(description="A long-lived token from the integration's settings.")
     )
 
     @field_validator("subdomain")

@@ -42,7 +42,7 @@ def _proxy() -> str | None:
 
 def shared_throttle() -> Throttle:
     """One pacing budget per amoCRM account for every process of this deployment."""
-    cache = current_app.extensions.setdefault("crm_throttle", {})
+    cache: dict[tuple[str, float], Throttle] = current_app.extensions.setdefault("crm_throttle", {})
     rate = float(current_app.config["AMOCRM_RATE_LIMIT"])
     key = (current_app.config.get("REDIS_URL") or "file", rate)
     if key not in cache:

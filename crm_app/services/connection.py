@@ -9,10 +9,10 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from crm_app.amocrm.errors import (
     AmoCRMAPIError,
@@ -160,10 +160,13 @@ def _claim_state(state: str, session_nonce: str, user_id: int | None) -> OAuthSt
     if row.expires_at <= now:
         raise CallbackError(_t("Срок действия ссылки истёк: получите URL авторизации заново"))
     # Atomic claim: of two simultaneous callbacks with the same state only one wins.
-    claimed = db.session.execute(
-        update(OAuthState)
-        .where(OAuthState.id == row.id, OAuthState.used_at.is_(None))
-        .values(used_at=now)
+    claimed = cast(
+        "CursorResult[Any]",
+        db.session.execute(
+            update(OAuthState)
+            .where(OAuthState.id == row.id, OAuthState.used_at.is_(None))
+            .values(used_at=now)
+        ),
     )
     db.session.commit()
     if claimed.rowcount != 1:
@@ -519,3 +522,11 @@ def account_info(owner_id: int) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def is_connected(owner_id: int) -> bool:
+    """Connected with tokens at hand: a sync can start (an error badge does not stop it)."""
+    cfg = db.session.scalar(select(AmoConfig).where(AmoConfig.owner_id == owner_id))
+    if cfg is None or cfg.status == ConnectionStatus.DISCONNECTED:
+        return False
+    return _token_row(owner_id) is not None

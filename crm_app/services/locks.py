@@ -9,22 +9,25 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app
+
+if TYPE_CHECKING:
+    import redis
 
 
 class LockTimeout(RuntimeError):
     """The lock was held elsewhere for longer than we were willing to wait."""
 
 
-def _redis():  # type: ignore[no-untyped-def]
+def _redis() -> redis.Redis | None:
     import redis
 
     url = current_app.config.get("REDIS_URL")
     if not url:
         return None
-    cache = current_app.extensions.setdefault("crm_redis", {})
+    cache: dict[str, redis.Redis] = current_app.extensions.setdefault("crm_redis", {})
     if url not in cache:
         cache[url] = redis.Redis.from_url(url)
     return cache[url]

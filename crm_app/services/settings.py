@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,12 +29,16 @@ from crm_app.i18n import mark as _n
 from crm_app.i18n import translate as _t
 from crm_app.models import AmoConfig, AmoUser, ConnectionStatus, Pipeline, PipelineStatus
 from crm_app.services import tokens as token_store
+from crm_app.services.mirror import (
+    UNSORTED_STATUS_TYPE,
+    active_pipelines,
+    active_users,
+    target_statuses,
+)
 
 logger = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/admin/crm/callback"
-# The consent page's "Неразобранное" stage (type 1) cannot receive leads created through the API.
-UNSORTED_STATUS_TYPE = 1
 
 
 class ConfigInvalid(ValueError):
@@ -292,3 +297,47 @@ def config_values(cfg: AmoConfig) -> dict[str, Any]:
         "lead_status_id": cfg.lead_status_id,
         "lead_responsible_user_id": cfg.lead_responsible_user_id,
     }
+
+
+@dataclass(frozen=True)
+class SettingsForm:
+    """The settings form: values (stored, or as just submitted), errors and the choice lists."""
+
+    form: dict[str, Any]
+    errors: dict[str, str]
+    secret_set: bool
+    pipelines: list[Pipeline]
+    statuses: list[PipelineStatus]
+    amo_users: list[AmoUser]
+    domains: tuple[str, ...]
+    default_redirect: str
+
+
+def _positive_int(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def settings_form(
+    owner_id: int,
+    values: Mapping[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+) -> SettingsForm:
+    """The form as stored, or with ``values`` a person submitted (never the secret itself)."""
+    stored = config_values(get_or_create_config(owner_id))
+    form = dict(stored)
+    if values:
+        form.update({k: v for k, v in values.items() if k != "client_secret"})
+    return SettingsForm(
+        form=form,
+        errors=errors or {},
+        secret_set=bool(stored["client_secret_set"]),
+        pipelines=active_pipelines(owner_id),
+        statuses=target_statuses(owner_id, _positive_int(form.get("lead_pipeline_id"))),
+        amo_users=active_users(owner_id),
+        domains=tuple(ALLOWED_DOMAINS),
+        default_redirect=default_redirect_uri(),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -20,6 +21,8 @@ from crm_app.models import (
     SyncRun,
     Task,
 )
+from crm_app.services.mirror import active_pipelines
+from crm_app.services.settings import get_or_create_config
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +35,11 @@ class FunnelStage(NamedTuple):
 
     name: str
     color: str
-    count: int
+    # Shadows tuple.count on purpose: templates and callers read `stage.count`.
+    count: int  # type: ignore[assignment]
 
 
-def _count(model: type, owner_id: int) -> int:
+def _count(model: type[Contact | Lead | Task], owner_id: int) -> int:
     return int(db.session.scalar(select(func.count()).where(model.owner_id == owner_id)) or 0)
 
 
@@ -130,3 +134,34 @@ def funnel(owner_id: int, pipeline_id: int) -> list[FunnelStage]:
             continue
         stages.append(FunnelStage(f"#{status_id}", DEFAULT_COLOR, int(count)))
     return stages
+
+
+@dataclass(frozen=True)
+class StatsPanel:
+    """The statistics card: mirror counts and the funnel of one pipeline."""
+
+    stats: dict[str, Any]
+    pipeline_id: int | None
+    pipelines: list[Pipeline]
+    stages: list[FunnelStage]
+
+    @property
+    def top(self) -> int:
+        """The largest stage: bars are drawn relative to it."""
+        return max((s.count for s in self.stages), default=0)
+
+    @property
+    def total(self) -> int:
+        return sum(s.count for s in self.stages)
+
+
+def stats_panel(owner_id: int, pipeline_id: int | None = None) -> StatsPanel:
+    """Counts, and the funnel of ``pipeline_id`` (else the settings' pipeline, else the main)."""
+    preferred = pipeline_id or get_or_create_config(owner_id).lead_pipeline_id
+    chosen = default_pipeline_id(owner_id, preferred)
+    return StatsPanel(
+        stats=get_stats(owner_id),
+        pipeline_id=chosen,
+        pipelines=active_pipelines(owner_id),
+        stages=funnel(owner_id, chosen) if chosen is not None else [],
+    )

@@ -8,13 +8,13 @@ import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
+from typing import cast as typed_cast
 
 from flask import (
     Blueprint,
     Response,
     abort,
     current_app,
-    g,
     jsonify,
     render_template,
     request,
@@ -22,7 +22,6 @@ from flask import (
 )
 from markupsafe import Markup, escape
 from spectree import Response as Responses
-from sqlalchemy import Select, String, cast, func, or_, select
 from werkzeug.http import HTTP_STATUS_CODES
 
 from crm_app.amocrm.errors import (
@@ -32,16 +31,12 @@ from crm_app.amocrm.errors import (
     AmoCRMRateLimited,
     AmoCRMTokenExpired,
 )
-from crm_app.amocrm.fields import phone_search_query
 from crm_app.auth.access import (
     authenticate,
-    current_actor,
-    require_write,
-    resolve_owner_id,
     via_bearer,
 )
-from crm_app.extensions import csrf, db
-from crm_app.models import Contact, Lead, Pipeline, PipelineStatus, SyncLog, SyncRun, Task, User
+from crm_app.extensions import csrf
+from crm_app.models import User
 from crm_app.schemas import API_SECURITY, OPTIONAL_BODY, openapi_document, spec
 from crm_app.schemas.common import EmptyBody, ListQuery, OwnerQuery, Problem
 from crm_app.schemas.config import (
@@ -74,9 +69,21 @@ from crm_app.schemas.sync import (
 from crm_app.services import connection, settings
 from crm_app.services.amo import NotConfigured
 from crm_app.services.connection import ConnectError
+from crm_app.services.mirror import (
+    MirrorPage,
+    list_contacts,
+    list_leads,
+    list_pipelines,
+    list_tasks,
+)
 from crm_app.services.settings import ConfigInvalid
 from crm_app.services.stats import get_stats
+from crm_app.services.sync.manual import NOT_CONNECTED, QUEUE_DOWN, SyncRefused, request_sync
+from crm_app.services.sync.progress import find_run
+from crm_app.services.sync_log import list_log
+from crm_app.web.context import request_context
 from crm_app.web.errors import problem
+from crm_app.web.respond import as_json
 
 logger = logging.getLogger(__name__)
 
@@ -121,19 +128,17 @@ def _guard(view: F, *, write: bool) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         request.max_content_length = int(current_app.config.get("API_MAX_BODY", DEFAULT_MAX_BODY))
-        actor = authenticate()
+        authenticate()
         unsafe = request.method not in _SAFE_METHODS
         if unsafe and not via_bearer():
             # A cookie rides along on cross-site requests; only our own pages know the token.
             csrf.protect()
-        g.owner_id = resolve_owner_id(actor, request.args.get("owner_id"))
-        if write:
-            require_write(actor)
+        request_context(write=write)  # owner scope (400/404), then role (403)
         if unsafe:
             _read_json_body()
         return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return typed_cast(F, wrapper)
 
 
 def operation(
@@ -177,10 +182,12 @@ def operation(
     return decorate
 
 
+def _owner_id() -> int:
+    return request_context().owner_id
+
+
 def _actor() -> User:
-    actor = current_actor()
-    assert actor is not None  # the guard answered 401 otherwise
-    return actor
+    return request_context().actor
 
 
 # -- failures of the services and of amoCRM ------------------------------------------------------
@@ -260,7 +267,7 @@ def _config_out(owner_id: int, actor: User) -> dict[str, Any]:
 @operation(ConfigOut, tags=("connection",))
 def get_config(query: OwnerQuery) -> dict[str, Any]:
     """Read the settings (no secrets: `client_secret_set` tells whether one is stored)."""
-    return _config_out(g.owner_id, _actor())
+    return _config_out(_owner_id(), _actor())
 
 
 @bp.put("/admin/crm/config")
@@ -271,7 +278,7 @@ def put_config(query: OwnerQuery, json: ConfigUpdate) -> dict[str, Any]:
     Only the fields sent change (an empty `client_secret` keeps the stored one). Unknown fields
     such as `owner_id`, `role` or token fields are rejected with 422 and change nothing.
     """
-    owner_id = g.owner_id
+    owner_id = _owner_id()
     sent = json.settings()
     if sent:
         current = settings.config_values(settings.get_or_create_config(owner_id))
@@ -312,7 +319,7 @@ def auth_url(query: AuthUrlQuery) -> dict[str, Any]:
     Connecting is a change, so guests get 403.
     """
     actor = _actor()
-    url = connection.build_auth_url(g.owner_id, actor.id, _oauth_nonce(actor), query.mode)
+    url = connection.build_auth_url(_owner_id(), actor.id, _oauth_nonce(actor), query.mode)
     return {"url": url}
 
 
@@ -320,136 +327,74 @@ def auth_url(query: AuthUrlQuery) -> dict[str, Any]:
 @operation(StatusOut, tags=("connection",))
 def status(query: OwnerQuery) -> dict[str, Any]:
     """Connection status: connected, disconnected or error (with the last error)."""
-    return dict(connection.status(g.owner_id))
+    return dict(connection.status(_owner_id()))
 
 
 @bp.post("/admin/crm/disconnect")
 @operation(DisconnectOut, tags=("connection",), write=True, body=True, amo=True, optional_body=True)
 def disconnect(query: OwnerQuery, json: EmptyBody) -> dict[str, Any]:
     """Forget the tokens and unsubscribe the webhooks."""
-    connection.disconnect(g.owner_id)
-    logger.info("owner %s disconnected by user %s", g.owner_id, _actor().id)
-    return dict(connection.status(g.owner_id))
+    connection.disconnect(_owner_id())
+    logger.info("owner %s disconnected by user %s", _owner_id(), _actor().id)
+    return dict(connection.status(_owner_id()))
 
 
 @bp.get("/admin/crm/account")
 @operation(AccountOut, tags=("connection",))
 def account(query: OwnerQuery) -> dict[str, Any]:
     """The connected amoCRM account and the user who granted access."""
-    return dict(connection.account_info(g.owner_id))
+    return dict(connection.account_info(_owner_id()))
 
 
 # -- the local mirror ---------------------------------------------------------------------------
 
 
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _page(stmt: Select[Any], model: Any, query: ListQuery) -> tuple[list[Any], int]:
-    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    order = (model.updated_at.desc().nulls_last(), model.id.desc())
-    rows = db.session.scalars(stmt.order_by(*order).limit(query.limit).offset(query.offset)).all()
-    return list(rows), int(total)
-
-
-def _id_match(model: Any, q: str) -> list[Any]:
-    return [model.id == int(q)] if q.isdigit() and len(q) <= 18 else []
+def _listing(key: str, items: list[Any], page: MirrorPage[Any]) -> dict[str, Any]:
+    """amoCRM's `_embedded` shape plus our paging fields."""
+    return {
+        "_embedded": {key: items},
+        "total": page.total,
+        "limit": page.limit,
+        "offset": page.offset,
+    }
 
 
 @bp.get("/admin/crm/contacts")
 @operation(ContactsPage, tags=("mirror",))
 def contacts(query: ListQuery) -> dict[str, Any]:
     """Contacts from the local mirror; `q` matches name, phone, e-mail or id."""
-    stmt = select(Contact).where(Contact.owner_id == g.owner_id)
-    if query.q:
-        pattern = _like(query.q)
-        conds = [
-            Contact.name.ilike(pattern, escape="\\"),
-            Contact.email.ilike(pattern, escape="\\"),
-            *_id_match(Contact, query.q),
-        ]
-        # Phones are stored in E.164; the national number matches however it was typed.
-        digits = phone_search_query(query.q) or "".join(ch for ch in query.q if ch.isdigit())
-        if len(digits) >= 5:
-            conds.append(cast(Contact.phones, String).like(_like(digits), escape="\\"))
-        stmt = stmt.where(or_(*conds))
-    rows, total = _page(stmt, Contact, query)
-    return _listing("contacts", [contact_out(r) for r in rows], total, query)
-
-
-def _listing(key: str, items: list[Any], total: int, query: ListQuery) -> dict[str, Any]:
-    """amoCRM's `_embedded` shape plus our paging fields."""
-    return {"_embedded": {key: items}, "total": total, "limit": query.limit, "offset": query.offset}
+    page = list_contacts(_owner_id(), q=query.q, limit=query.limit, offset=query.offset)
+    return _listing("contacts", [contact_out(r) for r in page.items], page)
 
 
 @bp.get("/admin/crm/leads")
 @operation(LeadsPage, tags=("mirror",))
 def leads(query: ListQuery) -> dict[str, Any]:
     """Leads from the local mirror; `q` matches the name or the id."""
-    stmt = select(Lead).where(Lead.owner_id == g.owner_id)
-    if query.q:
-        stmt = stmt.where(
-            or_(Lead.name.ilike(_like(query.q), escape="\\"), *_id_match(Lead, query.q))
-        )
-    rows, total = _page(stmt, Lead, query)
-    return _listing("leads", [lead_out(r) for r in rows], total, query)
+    page = list_leads(_owner_id(), q=query.q, limit=query.limit, offset=query.offset)
+    return _listing("leads", [lead_out(r) for r in page.items], page)
 
 
 @bp.get("/admin/crm/tasks")
 @operation(TasksPage, tags=("mirror",))
 def tasks(query: ListQuery) -> dict[str, Any]:
     """Tasks from the local mirror; `q` matches the text or the id."""
-    stmt = select(Task).where(Task.owner_id == g.owner_id)
-    if query.q:
-        stmt = stmt.where(
-            or_(Task.text.ilike(_like(query.q), escape="\\"), *_id_match(Task, query.q))
-        )
-    rows, total = _page(stmt, Task, query)
-    return _listing("tasks", [task_out(r) for r in rows], total, query)
+    page = list_tasks(_owner_id(), q=query.q, limit=query.limit, offset=query.offset)
+    return _listing("tasks", [task_out(r) for r in page.items], page)
 
 
 @bp.get("/admin/crm/pipelines")
 @operation(PipelinesPage, tags=("mirror",))
 def pipelines(query: OwnerQuery) -> dict[str, Any]:
     """Pipelines with their statuses, in amoCRM's order."""
-    owner_id = g.owner_id
-    rows = db.session.scalars(
-        select(Pipeline).where(Pipeline.owner_id == owner_id).order_by(Pipeline.sort, Pipeline.id)
-    ).all()
-    statuses: dict[int, list[PipelineStatus]] = {}
-    for st in db.session.scalars(
-        select(PipelineStatus)
-        .where(PipelineStatus.owner_id == owner_id)
-        .order_by(PipelineStatus.sort, PipelineStatus.id)
-    ):
-        statuses.setdefault(st.pipeline_id, []).append(st)
+    views = list_pipelines(_owner_id())
     return {
-        "_embedded": {"pipelines": [pipeline_out(p, statuses.get(p.id, [])) for p in rows]},
-        "total": len(rows),
+        "_embedded": {"pipelines": [pipeline_out(v.pipeline, v.statuses) for v in views]},
+        "total": len(views),
     }
 
 
 # -- sync, log, stats ---------------------------------------------------------------------------
-
-
-def _run_out(run: SyncRun) -> dict[str, Any]:
-    return {
-        "run_id": run.id,
-        "status": run.status,
-        "entities": list(run.entities or []),
-        "full": bool(run.full),
-        "trigger": run.trigger,
-        "current_entity": run.current_entity,
-        "pages": run.pages,
-        "records": run.records,
-        "counts": dict(run.counts or {}),
-        "error": run.error,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-    }
 
 
 @bp.post("/admin/crm/sync")
@@ -457,86 +402,53 @@ def _run_out(run: SyncRun) -> dict[str, Any]:
     SyncRunOut, status=202, tags=("sync",), write=True, body=True, amo=True, optional_body=True
 )
 def start_sync(query: OwnerQuery, json: SyncRequest) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Start a sync (or return the one already running): 202 with its `run_id`."""
-    from crm_app.services.sync import SyncError
-    from crm_app.services.sync import start_sync as start
+    """Start a sync (or return the one already running): 202 with its `run_id`.
 
+    While amoCRM is not connected the answer is 409 and no run is queued.
+    """
     try:
-        run = start(g.owner_id, entities=json.entities, full=json.full, trigger="api")
-    except SyncError as exc:  # e.g. every entity is switched off in the settings
-        abort(409, description=str(exc))
-    except Exception:  # the broker refused the task; the service marked the run failed
-        logger.exception("owner %s: sync could not be queued", g.owner_id)
-        abort(503, description="The task queue is unavailable; the sync was not started.")
-    logger.info("owner %s sync run %s requested by user %s", g.owner_id, run.id, _actor().id)
-    location = f"/admin/crm/sync/runs/{run.id}"
-    return _run_out(run), 202, {"Location": location}
+        run = request_sync(_owner_id(), entities=json.entities, full=json.full, trigger="api")
+    except SyncRefused as exc:
+        abort(exc.status, description=_REFUSALS.get(exc.reason, exc.detail))
+    location = f"/admin/crm/sync/runs/{run.run_id}"
+    return as_json(run), 202, {"Location": location}
+
+
+_REFUSALS = {
+    NOT_CONNECTED: "amoCRM is not connected: connect the account before starting a sync.",
+    QUEUE_DOWN: "The task queue is unavailable; the sync was not started.",
+}
 
 
 @bp.get("/admin/crm/sync/runs/<int(min=1, max=2147483647):run_id>")
 @operation(SyncRunOut, tags=("sync",))
 def sync_run(run_id: int, query: OwnerQuery) -> dict[str, Any]:
     """Progress of one sync run (poll it after POST /admin/crm/sync)."""
-    run = db.session.get(SyncRun, run_id)
-    if run is None or run.owner_id != g.owner_id:
+    run = find_run(_owner_id(), run_id)
+    if run is None:
         abort(404, description="No such sync run.")
-    return _run_out(run)
+    return as_json(run)
 
 
 @bp.get("/admin/crm/sync/log")
 @operation(SyncLogPage, tags=("sync",))
 def sync_log(query: SyncLogQuery) -> dict[str, Any]:
     """The sync log, newest first."""
-    stmt = select(SyncLog).where(SyncLog.owner_id == g.owner_id)
-    if query.operation:
-        stmt = stmt.where(SyncLog.operation == query.operation)
-    if query.status:
-        stmt = stmt.where(SyncLog.status == query.status)
-    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = db.session.scalars(
-        stmt.order_by(SyncLog.timestamp.desc(), SyncLog.id.desc())
-        .limit(query.limit)
-        .offset(query.offset)
-    ).all()
-    items = [
-        {
-            "timestamp": r.timestamp,
-            "operation": r.operation,
-            "status": r.status,
-            "details": _masked_details(r.details),
-            "run_id": r.run_id,
-        }
-        for r in rows
-    ]
-    return {"items": items, "total": int(total), "limit": query.limit, "offset": query.offset}
-
-
-_SECRET_SUFFIXES = ("token", "secret", "password", "authorization", "authorization_code")
-
-
-def _secret_key(key: object) -> bool:
-    k = str(key).lower()
-    return k == "code" or k.endswith(_SECRET_SUFFIXES)
-
-
-def _masked_details(value: Any) -> Any:
-    """Log details as stored, with anything secret-shaped masked in case a writer put one there."""
-    from crm_app.logging_setup import mask_secrets
-
-    if isinstance(value, dict):
-        return {k: "***" if _secret_key(k) else _masked_details(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked_details(v) for v in value]
-    if isinstance(value, str):
-        return mask_secrets(value)
-    return value
+    page = list_log(
+        _owner_id(),
+        limit=query.limit,
+        offset=query.offset,
+        operation=query.operation,
+        status=query.status,
+    )
+    return as_json(page)  # the raw details (secrets masked); the page shows a summary
 
 
 @bp.get("/admin/crm/stats")
 @operation(StatsOut, tags=("sync",))
 def stats(query: OwnerQuery) -> dict[str, Any]:
     """Counts in the local mirror and the time of the last successful sync."""
-    return dict(get_stats(g.owner_id))
+    return dict(get_stats(_owner_id()))
 
 
 # -- the document and its page ------------------------------------------------------------------

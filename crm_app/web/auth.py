@@ -144,6 +144,7 @@ def token():
             description=f"Too many failed sign-ins. Try again in {wait}.",
             retry_after=exc.seconds,
         )
+        # Read by the problem-document handler (errors.py) into the JSON body.
         tired.extra = {"retry_after": exc.seconds}  # type: ignore[attr-defined]
         raise tired from None
     if user is None:

@@ -58,12 +58,12 @@ class RequestContext:
 
 def request_context(write: bool = False) -> RequestContext:
     """The context of this request, built once: 401 without an actor, 404 for an owner the
-    actor may not see (`?owner_id=` in the query string or the form), 403 if `write` and the
-    actor is a Guest."""
+    actor may not see (`?owner_id=` in the query string; forms post to `ctx.url(...)`, which
+    carries it; a body is never read here), 403 if `write` and the actor is a Guest."""
     ctx: RequestContext | None = request.environ.get(_CONTEXT_KEY)
     if ctx is None:
         actor = authenticate()
-        owner_id = resolve_owner_id(actor, request.values.get("owner_id"))
+        owner_id = resolve_owner_id(actor, request.args.get("owner_id"))
         ctx = RequestContext(actor, owner_id)
         request.environ[_CONTEXT_KEY] = ctx
     if write:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
-from flask_babel import gettext
-from sqlalchemy.exc import DBAPIError
+from flask_babel import get_locale, lazy_gettext
+from flask_babel.speaklater import LazyString
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from werkzeug.exceptions import BadRequest, Conflict, HTTPException, InternalServerError
 
@@ -20,17 +21,38 @@ _MACHINE_PREFIXES = ("/api/", "/webhooks/", "/auth/token", "/admin/crm/", "/heal
 _HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
 
 
+def _prefers_html() -> bool:
+    accept = request.accept_mimetypes
+    return accept["text/html"] > accept["application/json"]
+
+
 def wants_json() -> bool:
+    """Problem+json for API clients, an HTML page for browsers and htmx."""
     path = request.path
     if path.startswith(_HTML_PREFIXES) or is_htmx():
         return False
     if path.startswith(_MACHINE_PREFIXES):
-        return True
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return (
-        best == "application/json"
-        and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
-    )
+        # A machine route always answers JSON; an unknown URL under those prefixes (no route
+        # matched) is shown as a page to a browser that typed it.
+        return request.url_rule is not None or not _prefers_html()
+    accept = request.accept_mimetypes
+    return accept["application/json"] > accept["text/html"]
+
+
+def _page_detail(exc: HTTPException) -> str | None:
+    """The detail an HTML error page may show without mixing languages.
+
+    Details written for the page are lazy translations; the API's English details are shown
+    only on the English page, and werkzeug's default descriptions never (the page has its own
+    text per status).
+    """
+    detail = exc.description
+    if isinstance(detail, LazyString):
+        return str(detail)
+    if not detail or detail == type(exc).description:
+        return None
+    locale = get_locale()
+    return str(detail) if locale is not None and locale.language == "en" else None
 
 
 def problem(status: int, title: str, detail: str, **extra: object) -> Response:
@@ -70,23 +92,20 @@ def init_errorhandlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http(exc: HTTPException) -> Response | tuple[str, int]:
         status = exc.code or 500
-        detail = exc.description or ""
+        detail = str(exc.description or "")
         extra = getattr(exc, "extra", None) or {}
         if wants_json():
             resp = problem(status, exc.name, detail, **extra)
         else:
             try:
-                html = render_template("error.html", status=status, title=exc.name, detail=detail)
+                html = render_template(
+                    "error.html", status=status, title=exc.name, detail=_page_detail(exc)
+                )
             except Exception as render_error:  # the layout needs the signed-in user's row
                 if database_unavailable(render_error):
                     return database_unavailable_response(app)
                 raise
-            resp = app.make_response(
-                (
-                    html,
-                    status,
-                )
-            )
+            resp = app.make_response((html, status))
         # Keep Allow / Retry-After etc. that werkzeug attaches.
         for key, value in exc.get_headers():
             if key.lower() != "content-type":
@@ -97,7 +116,21 @@ def init_errorhandlers(app: Flask) -> None:
     def handle_not_connected(exc: NotConnected) -> Response | tuple[str, int]:
         # An amoCRM call for an owner with no tokens (disconnected, or never connected).
         logger.info("amoCRM call refused on %s %s: not connected", request.method, request.path)
-        return handle_http(Conflict(gettext("amoCRM не подключена: сначала подключите аккаунт.")))
+        return handle_http(
+            Conflict(lazy_gettext("amoCRM не подключена: сначала подключите аккаунт."))
+        )
+
+    @app.errorhandler(DataError)
+    def handle_data_error(exc: DataError) -> Response | tuple[str, int]:
+        # PostgreSQL cannot store a NUL character in text: whatever carried one (a path, a
+        # query, a form or JSON field) is bad input, not our failure.
+        if "NUL (0x00)" in str(exc.orig):
+            from crm_app.extensions import db
+
+            db.session.rollback()
+            logger.info("NUL character refused on %s %s", request.method, request.path)
+            return handle_http(BadRequest("NUL characters are not allowed in text."))
+        return handle_unexpected(exc)
 
     @app.errorhandler(RecursionError)
     def handle_recursion(exc: RecursionError) -> Response | tuple[str, int]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
-from typing import Any
 
 from flask import (
     Blueprint,
@@ -18,24 +16,24 @@ from flask import (
 )
 from flask_babel import gettext as _
 from pydantic import ValidationError
-from sqlalchemy import func, select
 
 from crm_app.auth.access import page_login_required
-from crm_app.extensions import csrf, db, limiter
-from crm_app.models import ApiKey, InboundRequest, InboundStatus
+from crm_app.extensions import csrf, limiter
+from crm_app.models import ApiKey
 from crm_app.services import inbound as svc
 from crm_app.services.chats import intake as chats_intake
 from crm_app.services.inbound import telegram
-from crm_app.services.inbound.processor import retry_request
+from crm_app.services.inbound.keys import MAX_NAME_LEN
+from crm_app.services.inbound.views import inbound_panel, request_view
+from crm_app.services.inbound.views import retry as retry_inbound
 from crm_app.web.context import request_context
 from crm_app.web.errors import problem
-from crm_app.web.respond import respond
+from crm_app.web.respond import json_response, respond
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("inbound", __name__)
 
-RECENT_LIMIT = 20
 _IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
 
@@ -72,21 +70,6 @@ def _rate_limit() -> str:
     return str(current_app.config.get("INBOUND_RATE_LIMIT") or "600 per minute")
 
 
-def _request_json(req: InboundRequest) -> dict[str, Any]:
-    return {
-        "id": req.public_id,
-        "status": req.status,
-        "channel": req.channel,
-        "contact_id": req.contact_id,
-        "lead_id": req.lead_id,
-        "outcome": req.outcome,
-        "error": req.error,
-        "attempts": req.attempts,
-        "created_at": req.created_at.isoformat() if req.created_at else None,
-        "processed_at": req.processed_at.isoformat() if req.processed_at else None,
-    }
-
-
 @bp.post("/api/crm/inbound")
 @csrf.exempt
 @limiter.limit(_rate_limit, key_func=_limit_key)
@@ -110,10 +93,10 @@ def submit_inbound() -> Response:
         )
     req = svc.submit(key.owner_id, payload, idempotency_key=idem, api_key_id=key.id)
     chats_intake.from_widget(key.owner_id, payload.model_dump(), req.public_id)
-    resp = jsonify({"id": req.public_id, "status": req.status})
-    resp.status_code = 202
-    resp.headers["Location"] = url_for("inbound.inbound_status", public_id=req.public_id)
-    return resp
+    location = url_for("inbound.inbound_status", public_id=req.public_id)
+    return json_response(
+        {"id": req.public_id, "status": req.status}, 202, headers={"Location": location}
+    )
 
 
 @bp.get("/api/crm/inbound/<public_id>")
@@ -122,18 +105,10 @@ def submit_inbound() -> Response:
 def inbound_status(public_id: str) -> Response:
     """Status of one request of the key's owner; anyone else's id is simply not found."""
     key = _api_key()
-    try:
-        uuid.UUID(public_id)
-    except ValueError:
+    view = request_view(key.owner_id, public_id)
+    if view is None:
         abort(404, description="No such inbound request.")
-    req = db.session.scalar(
-        select(InboundRequest).where(
-            InboundRequest.public_id == public_id, InboundRequest.owner_id == key.owner_id
-        )
-    )
-    if req is None:
-        abort(404, description="No such inbound request.")
-    return jsonify(_request_json(req))
+    return json_response(view)
 
 
 # -- Telegram --------------------------------------------------------------------------------------
@@ -165,41 +140,16 @@ def telegram_webhook(secret: str) -> Response:
 
 
 def _card(*, new_key: str | None = None, error: str | None = None, status: int = 200) -> Response:
-    from crm_app.services.amo import get_config
-
     ctx = request_context()
-    owner_id = ctx.owner_id
-    cfg = get_config(owner_id)
-    requests = list(
-        db.session.scalars(
-            select(InboundRequest)
-            .where(InboundRequest.owner_id == owner_id)
-            .order_by(InboundRequest.id.desc())
-            .limit(RECENT_LIMIT)
-        )
-    )
-    counts = dict(
-        db.session.execute(
-            select(InboundRequest.status, func.count())
-            .where(InboundRequest.owner_id == owner_id)
-            .group_by(InboundRequest.status)
-        ).all()
-    )
     # The fresh key is in this response only: respond() keeps it out of every cache.
     return respond(
         "crm/partials/_inbound.html",
         status=status,
         title=_("Входящие заявки"),
-        keys=svc.list_api_keys(owner_id),
-        requests=requests,
-        counts={s: counts.get(s, 0) for s in ("queued", "created", "failed")},
-        auto_create=bool(cfg and cfg.auto_create_lead),
-        telegram_url=telegram.masked_webhook_url(cfg),
-        telegram_set=bool(cfg and cfg.telegram_secret),
-        api_url=url_for("inbound.submit_inbound", _external=False),
+        panel=inbound_panel(ctx.owner_id),
+        api_url=url_for("inbound.submit_inbound"),
         new_key=new_key,
         error=error,
-        statuses=InboundStatus,
     )
 
 
@@ -216,8 +166,9 @@ def create_key() -> Response:
     name = (request.form.get("name") or "").strip()
     try:
         plain, _row = svc.create_api_key(ctx.owner_id, name)
-    except ValueError as exc:
-        return _card(error=str(exc), status=422)
+    except ValueError:
+        error = _("Название ключа: не длиннее %(n)d символов.", n=MAX_NAME_LEN)
+        return _card(error=error, status=422)
     return _card(new_key=plain)
 
 
@@ -234,12 +185,6 @@ def revoke_key(key_id: int) -> Response:
 @page_login_required
 def retry(public_id: str) -> Response:
     ctx = request_context(write=True)
-    req = db.session.scalar(
-        select(InboundRequest).where(
-            InboundRequest.public_id == public_id, InboundRequest.owner_id == ctx.owner_id
-        )
-    )
-    if req is None:
+    if retry_inbound(ctx.owner_id, public_id) is None:
         abort(404, description="No such inbound request.")
-    retry_request(req)
     return _card()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, make_response, render_template, request
 from flask_babel import gettext as _
-from flask_login import current_user
 
 from crm_app.amocrm.errors import AmoCRMAPIError
 from crm_app.auth.access import page_login_required
@@ -100,9 +99,7 @@ def reply(conversation_id: int) -> Response:
         error = _("Ответ длиннее %(n)s символов.", n=MAX_REPLY)
     else:
         try:
-            messages.record_from_operator(
-                ctx.owner_id, conversation_id, text, current_user.username
-            )
+            messages.record_from_operator(ctx.owner_id, conversation_id, text, ctx.actor.username)
         except LookupError:
             abort(404, description=_("Такого разговора нет."))
     current = read.thread(ctx.owner_id, conversation_id)

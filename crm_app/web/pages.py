@@ -26,27 +26,30 @@ from flask import (
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
-from sqlalchemy import func, select
 
-from crm_app.amocrm.hosts import ALLOWED_DOMAINS
 from crm_app.auth.access import page_login_required
 from crm_app.extensions import csrf, db
-from crm_app.i18n import mark as _n
 from crm_app.logging_setup import mask_secrets
-from crm_app.models import AmoUser, Owner, Pipeline, PipelineStatus, SyncLog
 from crm_app.services import connection, stats
 from crm_app.services.connection import ConnectError
+from crm_app.services.mirror import target_statuses
+from crm_app.services.owners import get_owner, list_owners
 from crm_app.services.settings import (
-    UNSORTED_STATUS_TYPE,
     ConfigInvalid,
-    config_values,
-    default_redirect_uri,
-    get_or_create_config,
     parse_config,
+    settings_form,
     update_config,
 )
-from crm_app.web.context import RequestContext, request_context
-from crm_app.web.respond import action_done, page_response, respond, to_page, wants_fragment
+from crm_app.services.sync_log import list_log
+from crm_app.web.context import request_context
+from crm_app.web.respond import (
+    action_done,
+    page_response,
+    respond,
+    to_page,
+    view_vars,
+    wants_fragment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +78,6 @@ PANEL_KEYS = {
     "_stats.html": "stats",
     "_sync_log.html": "log",
 }
-OPERATION_LABELS = {
-    "sync_contacts": _n("Синхронизация контактов"),
-    "sync_leads": _n("Синхронизация сделок"),
-    "sync_tasks": _n("Синхронизация задач"),
-    "sync_reference": _n("Справочники"),
-    "create_lead": _n("Создание сделки"),
-    "webhook": _n("Вебхук"),
-    "connect": _n("Подключение"),
-    "disconnect": _n("Отключение"),
-    "disconnect_hook": _n("Отключено в amoCRM"),
-}
-
-
 # -- access ---------------------------------------------------------------------------------------
 
 
@@ -115,32 +105,6 @@ def _badge_vm(owner_id: int) -> dict[str, Any]:
     return {"st": st, "badge_kind": kind}
 
 
-def _pipelines(owner_id: int) -> list[Pipeline]:
-    return list(
-        db.session.scalars(
-            select(Pipeline)
-            .where(Pipeline.owner_id == owner_id, Pipeline.is_archive.is_(False))
-            .order_by(Pipeline.sort, Pipeline.id)
-        )
-    )
-
-
-def _statuses(owner_id: int, pipeline_id: int | None) -> list[PipelineStatus]:
-    if pipeline_id is None:
-        return []
-    return list(
-        db.session.scalars(
-            select(PipelineStatus)
-            .where(
-                PipelineStatus.owner_id == owner_id,
-                PipelineStatus.pipeline_id == pipeline_id,
-                PipelineStatus.type != UNSORTED_STATUS_TYPE,
-            )
-            .order_by(PipelineStatus.sort, PipelineStatus.id)
-        )
-    )
-
-
 def _int_or_none(value: Any) -> int | None:
     try:
         number = int(value)
@@ -154,29 +118,7 @@ def _settings_vm(
     values: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    cfg = get_or_create_config(owner_id)
-    stored = config_values(cfg)
-    form = dict(stored)
-    if values:
-        form.update({k: v for k, v in values.items() if k != "client_secret"})
-    pipeline_id = _int_or_none(form.get("lead_pipeline_id"))
-    users = list(
-        db.session.scalars(
-            select(AmoUser)
-            .where(AmoUser.owner_id == owner_id, AmoUser.is_active.is_(True))
-            .order_by(AmoUser.name)
-        )
-    )
-    return {
-        "form": form,
-        "errors": errors or {},
-        "secret_set": stored["client_secret_set"],
-        "pipelines": _pipelines(owner_id),
-        "statuses": _statuses(owner_id, pipeline_id),
-        "amo_users": users,
-        "domains": ALLOWED_DOMAINS,
-        "default_redirect": default_redirect_uri(),
-    }
+    return view_vars(settings_form(owner_id, values, errors))
 
 
 def _connect_vm(
@@ -193,96 +135,24 @@ def _connect_vm(
     }
 
 
-# viewBox units ≈ CSS pixels in the side column, so the labels keep their size on every screen.
-FUNNEL_WIDTH = 360
-FUNNEL_ROW = 28
-FUNNEL_GAP = 5
-
-
-def _funnel_geometry(stages: list[stats.FunnelStage]) -> dict[str, Any]:
-    """Bars centred like a funnel; widths proportional to counts, empty stages a hairline."""
-    top = max((s.count for s in stages), default=0)
-    rows = []
-    for index, stage in enumerate(stages):
-        share = stage.count / top if top else 0.0
-        width = max(FUNNEL_WIDTH * share, 6.0 if stage.count else 2.0)
-        rows.append(
-            {
-                "name": stage.name,
-                "color": stage.color,
-                "count": stage.count,
-                "x": round((FUNNEL_WIDTH - width) / 2, 1),
-                "y": index * (FUNNEL_ROW + FUNNEL_GAP),
-                "width": round(width, 1),
-                "text_y": index * (FUNNEL_ROW + FUNNEL_GAP) + FUNNEL_ROW / 2 + 4.5,
-            }
-        )
-    height = max(len(stages) * (FUNNEL_ROW + FUNNEL_GAP) - FUNNEL_GAP, FUNNEL_ROW)
-    return {
-        "rows": rows,
-        "width": FUNNEL_WIDTH,
-        "height": height,
-        "row_height": FUNNEL_ROW,
-        "total": sum(s.count for s in stages),
-    }
-
-
 def _stats_vm(owner_id: int, pipeline_id: int | None = None) -> dict[str, Any]:
-    cfg = get_or_create_config(owner_id)
-    chosen = stats.default_pipeline_id(owner_id, pipeline_id or cfg.lead_pipeline_id)
-    stages = stats.funnel(owner_id, chosen) if chosen is not None else []
-    return {
-        "stats": stats.get_stats(owner_id),
-        "funnel_pipeline_id": chosen,
-        "funnel_pipelines": _pipelines(owner_id),
-        "funnel": _funnel_geometry(stages),
-    }
-
-
-def _details_text(details: Any) -> str:
-    """A log row's details as one line; masked in case a writer ever put a secret there."""
-    if isinstance(details, dict):
-        parts = [f"{k}: {v}" for k, v in details.items() if v not in (None, "", [], {})]
-        text = ", ".join(parts)
-    else:
-        text = str(details or "")
-    return mask_secrets(text)[:400]
+    return {"panel": stats.stats_panel(owner_id, pipeline_id)}
 
 
 def _log_vm(owner_id: int, page: int = 1) -> dict[str, Any]:
-    total = int(db.session.scalar(select(func.count()).where(SyncLog.owner_id == owner_id)) or 0)
-    pages = max(1, math.ceil(total / LOG_PAGE_SIZE))
+    first = list_log(owner_id, limit=LOG_PAGE_SIZE)
+    pages = max(1, math.ceil(first.total / LOG_PAGE_SIZE))
     page = min(max(1, page), pages)
-    rows = db.session.scalars(
-        select(SyncLog)
-        .where(SyncLog.owner_id == owner_id)
-        .order_by(SyncLog.timestamp.desc(), SyncLog.id.desc())
-        .limit(LOG_PAGE_SIZE)
-        .offset((page - 1) * LOG_PAGE_SIZE)
-    ).all()
-    items = [
-        {
-            "timestamp": row.timestamp,
-            "operation": row.operation,
-            "label": _(OPERATION_LABELS[row.operation])
-            if row.operation in OPERATION_LABELS
-            else row.operation,
-            "status": row.status,
-            "details": _details_text(row.details),
-        }
-        for row in rows
-    ]
-    return {"log_items": items, "log_page": page, "log_pages": pages, "log_total": total}
+    log = (
+        first
+        if page == 1
+        else list_log(owner_id, limit=LOG_PAGE_SIZE, offset=(page - 1) * LOG_PAGE_SIZE)
+    )
+    return {"log": log, "log_page": page, "log_pages": pages}
 
 
 def _account_vm(owner_id: int) -> dict[str, Any]:
     return {"account": connection.account_info(owner_id), "st": connection.status(owner_id)}
-
-
-def _owners_for(ctx: RequestContext) -> list[Owner]:
-    if not ctx.is_admin:
-        return []
-    return list(db.session.scalars(select(Owner).order_by(Owner.name)))
 
 
 def _page_html(**overrides: Any) -> str:
@@ -295,12 +165,11 @@ def _page_html(**overrides: Any) -> str:
     vm |= _account_vm(ctx.owner_id)
     vm |= overrides.pop("stats", None) or _stats_vm(ctx.owner_id)
     vm |= overrides.pop("log", None) or _log_vm(ctx.owner_id)
-    owner = db.session.get(Owner, ctx.owner_id)
     return render_template(
         "crm/page.html",
         ctx=ctx,
-        owner=owner,
-        owners=_owners_for(ctx),
+        owner=get_owner(ctx.owner_id),
+        owners=list_owners() if ctx.is_admin else [],
         slots=[(sid, ctx.url(endpoint)) for sid, endpoint in SLOTS],
         **vm,
     )
@@ -431,7 +300,7 @@ def status_options() -> Response:
     pipeline_id = _int_or_none(request.args.get("lead_pipeline_id"))
     return respond(
         "crm/partials/_status_options.html",
-        statuses=_statuses(ctx.owner_id, pipeline_id),
+        statuses=target_statuses(ctx.owner_id, pipeline_id),
         selected=None,
         pipeline_chosen=pipeline_id is not None,
     )

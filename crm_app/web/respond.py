@@ -93,7 +93,7 @@ def action_done(message: str, *, event: str | None = None, category: str = "succ
 
 def to_page() -> Response:
     """303 to the CRM page of the owner being looked at."""
-    return _finish(redirect(request_context().url("pages.crm_page"), code=303))
+    return _finish(make_response(redirect(request_context().url("pages.crm_page"), code=303)))
 
 
 def as_json(value: Any) -> Any:
@@ -122,3 +122,8 @@ def json_response(
 def page_response(html: str, status: int = 200) -> Response:
     """A whole page rendered by the caller, with the same caching headers as a fragment."""
     return _finish(make_response(html, status))
+
+
+def view_vars(read_model: Any) -> dict[str, Any]:
+    """A read model's fields as template variables (shallow: rows stay objects)."""
+    return {f.name: getattr(read_model, f.name) for f in dataclasses.fields(read_model)}

@@ -60,7 +60,7 @@ def receive(token: str | None = None) -> Response:
     when it is switched off (WEBHOOK_FAST_PATH=0) and gives the route its name.
     """
     outcome = receive_service.ingest(
-        current_app._get_current_object(),  # type: ignore[attr-defined]
+        current_app._get_current_object(),  # type: ignore[attr-defined]  # proxy typed as Flask
         token or request.args.get("token") or "",
         mimetype=request.mimetype,
         encoding=request.headers.get("Content-Encoding", ""),

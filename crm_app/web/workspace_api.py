@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import g
 from werkzeug.exceptions import HTTPException, NotFound
 
-from crm_app.auth.access import current_actor
 from crm_app.schemas.common import AmoId, OwnerQuery, Problem
 from crm_app.schemas.entities import ContactOut, LeadOut, TaskOut
 from crm_app.schemas.workspace import (
@@ -30,6 +28,7 @@ from crm_app.schemas.workspace import (
 from crm_app.services import workspace
 from crm_app.services.workspace import Applied, Conflict, Invalid, Outcome, Pending
 from crm_app.web.api import bp, operation
+from crm_app.web.context import request_context
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +46,7 @@ class _Problem(HTTPException):
 
 
 def _user_id() -> int | None:
-    actor = current_actor()
-    return actor.id if actor is not None else None
+    return request_context().actor.id
 
 
 def _answer(outcome: Outcome, created: bool = False) -> tuple[dict[str, Any], int]:
@@ -96,7 +94,7 @@ def update_lead(lead_id: int, query: OwnerQuery, json: LeadPatch) -> tuple[dict[
     `updated_at` is the version you saw; a newer one in the mirror gives **409** with both.
     """
     outcome = workspace.update_lead(
-        g.owner_id, lead_id, _changes(json), json.updated_at, user_id=_user_id()
+        request_context().owner_id, lead_id, _changes(json), json.updated_at, user_id=_user_id()
     )
     return _answer(outcome)
 
@@ -106,13 +104,8 @@ def update_lead(lead_id: int, query: OwnerQuery, json: LeadPatch) -> tuple[dict[
 def create_lead(query: OwnerQuery, json: LeadCreate) -> tuple[dict[str, Any], int]:
     """Create a deal with an existing contact (`contact_id`) or a new one (`contact`)."""
     outcome = workspace.create_lead(
-        g.owner_id,
-        name=json.name,
-        price=json.price,
-        pipeline_id=json.pipeline_id,
-        status_id=json.status_id,
-        responsible_user_id=json.responsible_user_id,
-        contact_id=json.contact_id,
+        request_context().owner_id,
+        **json.model_dump(exclude={"contact"}),
         contact=json.contact.model_dump(exclude_none=True) if json.contact else None,
         user_id=_user_id(),
     )
@@ -123,7 +116,9 @@ def create_lead(query: OwnerQuery, json: LeadCreate) -> tuple[dict[str, Any], in
 @operation(NoteOut, status=201, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def add_lead_note(lead_id: int, query: OwnerQuery, json: NoteCreate) -> tuple[dict[str, Any], int]:
     """Add a text note to a deal."""
-    outcome = workspace.add_note(g.owner_id, "leads", lead_id, json.text, user_id=_user_id())
+    outcome = workspace.add_note(
+        request_context().owner_id, "leads", lead_id, json.text, user_id=_user_id()
+    )
     return _answer(outcome, created=True)
 
 
@@ -134,7 +129,7 @@ def update_contact(
 ) -> tuple[dict[str, Any], int]:
     """Change a contact's names, responsible user, phones or e-mails (with the version seen)."""
     outcome = workspace.update_contact(
-        g.owner_id, contact_id, _changes(json), json.updated_at, user_id=_user_id()
+        request_context().owner_id, contact_id, _changes(json), json.updated_at, user_id=_user_id()
     )
     return _answer(outcome)
 
@@ -145,7 +140,9 @@ def add_contact_note(
     contact_id: int, query: OwnerQuery, json: NoteCreate
 ) -> tuple[dict[str, Any], int]:
     """Add a text note to a contact."""
-    outcome = workspace.add_note(g.owner_id, "contacts", contact_id, json.text, user_id=_user_id())
+    outcome = workspace.add_note(
+        request_context().owner_id, "contacts", contact_id, json.text, user_id=_user_id()
+    )
     return _answer(outcome, created=True)
 
 
@@ -153,15 +150,9 @@ def add_contact_note(
 @operation(TaskOut, status=201, also=ANSWERS, tags=TAGS, write=True, body=True, amo=True)
 def create_task(query: OwnerQuery, json: TaskCreate) -> tuple[dict[str, Any], int]:
     """Create a task, on a deal or contact when `entity_type` and `entity_id` are given."""
+    # The body's fields are the service's keyword arguments, one for one.
     outcome = workspace.create_task(
-        g.owner_id,
-        text=json.text,
-        complete_till=json.complete_till,
-        entity_type=json.entity_type,
-        entity_id=json.entity_id,
-        task_type_id=json.task_type_id,
-        responsible_user_id=json.responsible_user_id,
-        user_id=_user_id(),
+        request_context().owner_id, **json.model_dump(), user_id=_user_id()
     )
     return _answer(outcome, created=True)
 
@@ -171,6 +162,6 @@ def create_task(query: OwnerQuery, json: TaskCreate) -> tuple[dict[str, Any], in
 def update_task(task_id: int, query: OwnerQuery, json: TaskPatch) -> tuple[dict[str, Any], int]:
     """Complete a task (`is_completed`, `result`) or change its text, due time, responsible."""
     outcome = workspace.update_task(
-        g.owner_id, task_id, _changes(json), json.updated_at, user_id=_user_id()
+        request_context().owner_id, task_id, _changes(json), json.updated_at, user_id=_user_id()
     )
     return _answer(outcome)

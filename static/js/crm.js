@@ -118,38 +118,60 @@
   });
 
   // --- errors ----------------------------------------------------------------------------
-  function optionalPanel(elt) {
-    return elt && elt.closest ? elt.closest("[data-optional-panel]") : null;
+  // A failed request is shown as an error: a panel that could not load says so in its place
+  // (with a retry button); any other failed request puts the reason in the flash region.
+  function lazyPanel(elt) {
+    return elt && elt.closest ? elt.closest("[data-lazy-panel]") : null;
+  }
+
+  function showPanelError(slot, status) {
+    var card = document.createElement("div");
+    card.className = "card panel-error";
+    card.setAttribute("role", "alert");
+    var text = document.createElement("p");
+    text.className = "field-error";
+    text.textContent =
+      msg("panel-failed", "This panel could not be loaded") + (status ? " (" + status + ")" : "");
+    var retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "btn btn-sm";
+    retry.textContent = msg("retry", "Retry");
+    retry.addEventListener("click", function () {
+      if (window.htmx) window.htmx.ajax("GET", slot.getAttribute("hx-get"), { target: slot });
+    });
+    card.append(text, retry);
+    slot.hidden = false;
+    slot.replaceChildren(card);
+  }
+
+  function errorDetail(xhr) {
+    if (!xhr || !xhr.responseText) return "";
+    try {
+      var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+      var node = doc.querySelector("[data-error-detail]");
+      return node ? node.textContent.trim() : "";
+    } catch (e) {
+      return "";
+    }
   }
 
   document.addEventListener("htmx:responseError", function (event) {
     var detail = event.detail || {};
-    var slot = optionalPanel(detail.elt);
+    var xhr = detail.xhr;
+    if (xhr && xhr.status === 401 && xhr.getResponseHeader("HX-Redirect")) return;
+    var slot = lazyPanel(detail.elt);
     if (slot && slot === detail.elt) {
-      // A lazily loaded panel that could not load is hidden (data-optional-panel).
-      slot.hidden = true;
+      showPanelError(slot, xhr ? xhr.status : 0);
       return;
     }
-    var xhr = detail.xhr;
-    var text = "";
-    if (xhr && xhr.status === 401 && xhr.getResponseHeader("HX-Redirect")) return;
-    if (xhr && xhr.responseText) {
-      try {
-        var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
-        var node = doc.querySelector("[data-error-detail]");
-        text = node ? node.textContent.trim() : "";
-      } catch (e) {
-        text = "";
-      }
-    }
     var status = xhr ? " (" + xhr.status + ")" : "";
-    flash(text || msg("request-failed", "Request failed") + status, "error");
+    flash(errorDetail(xhr) || msg("request-failed", "Request failed") + status, "error");
   });
 
   document.addEventListener("htmx:sendError", function (event) {
-    var slot = optionalPanel(event.detail && event.detail.elt);
+    var slot = lazyPanel(event.detail && event.detail.elt);
     if (slot && slot === event.detail.elt) {
-      slot.hidden = true;
+      showPanelError(slot, 0);
       return;
     }
     flash(msg("network", "Network error"), "error");

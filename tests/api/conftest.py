@@ -116,6 +116,24 @@ def seed_owner(owner_id: int, tag: str) -> None:
     db.session.commit()
 
 
+def mark_connected(*owner_ids: int) -> None:
+    """Store a token pair and the connected status, as a finished OAuth exchange leaves them
+    (no amoCRM is called: the routes that need a connection only check it exists)."""
+    from crm_app.amocrm.tokens import TokenSet
+    from crm_app.extensions import db
+    from crm_app.models import AmoConfig, ConnectionStatus
+    from crm_app.services import tokens as token_store
+
+    for owner_id in owner_ids:
+        expires = datetime.now(UTC) + timedelta(hours=1)
+        token_store.save_tokens(
+            owner_id, TokenSet(f"access-{owner_id}", f"refresh-{owner_id}", expires)
+        )
+        cfg = db.session.scalar(db.select(AmoConfig).where(AmoConfig.owner_id == owner_id))
+        cfg.status = ConnectionStatus.CONNECTED
+    db.session.commit()
+
+
 def add_run(owner_id: int, status: str = "success") -> int:
     from crm_app.extensions import db
     from crm_app.models import SyncRun

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tests.api.conftest import World, add_run
+from tests.api.conftest import World, add_run, mark_connected
 
 
 def _get(client, world: World, path: str, role: str = "user", **query: Any) -> Any:
@@ -101,6 +101,7 @@ def test_sync_starts_once_and_can_be_polled(client, world: World) -> None:
     from crm_app.extensions import db
     from crm_app.models import SyncRun
 
+    mark_connected(world.own)
     headers = world.header("user")
     first = client.post("/admin/crm/sync", headers=headers, json={"entities": ["leads"]})
     assert first.status_code == 202, first.data
@@ -116,7 +117,19 @@ def test_sync_starts_once_and_can_be_polled(client, world: World) -> None:
     assert polled["run_id"] == run_id and polled["status"] == "queued"
 
 
+def test_sync_while_disconnected_is_refused_and_queues_nothing(client, world: World) -> None:
+    from crm_app.extensions import db
+    from crm_app.models import SyncRun
+
+    before = db.session.scalar(db.select(db.func.count()).select_from(SyncRun))
+    resp = client.post("/admin/crm/sync", headers=world.header("user"), json={})
+    assert resp.status_code == 409 and resp.mimetype == "application/problem+json"
+    assert "not connected" in resp.json["detail"]
+    assert db.session.scalar(db.select(db.func.count()).select_from(SyncRun)) == before
+
+
 def test_sync_with_everything_switched_off_is_a_conflict(client, world: World) -> None:
+    mark_connected(world.own)
     headers = world.header("admin")
     off = {"sync_contacts": False, "sync_leads": False, "sync_tasks": False}
     assert client.put("/admin/crm/config", headers=headers, json=off).status_code == 200

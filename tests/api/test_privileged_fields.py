@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import World
+from tests.api.conftest import World, mark_connected
 from tests.api.test_rbac_matrix import CASES
 
 WRITE_ROUTES = sorted(
@@ -103,6 +103,7 @@ def test_query_string_cannot_smuggle_a_user_or_owner(client, world: World) -> No
 
 def test_owner_id_in_the_body_is_not_the_owner(client, world: World) -> None:
     """Only ?owner_id= selects an owner; the same key in a body is a rejected field."""
+    mark_connected(world.own, world.other)
     admin = world.header("admin")
     resp = client.post("/admin/crm/sync", json={"owner_id": world.other}, headers=admin)
     assert resp.status_code == 422

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import World
+from typing import Any
 
-WRITES = (
+from tests.api.conftest import World, mark_connected
+
+WRITES: tuple[tuple[str, str, dict[str, Any], int], ...] = (
     ("PUT", "/admin/crm/config", {"sync_tasks": False}, 200),
     ("POST", "/admin/crm/sync", {"entities": ["contacts"]}, 202),
     ("POST", "/admin/crm/disconnect", {}, 200),
@@ -18,6 +20,7 @@ def test_session_writes_need_the_csrf_header(client, login, csrf_token, world: W
     from crm_app.extensions import db
     from crm_app.models import SyncRun
 
+    mark_connected(world.own)
     login("acme_user")
     for method, path, body, ok in WRITES:
         runs_before = db.session.scalar(db.select(db.func.count()).select_from(SyncRun))
@@ -46,6 +49,7 @@ def test_session_guest_write_is_forbidden_even_with_csrf(client, login, csrf_tok
 
 
 def test_bearer_writes_need_no_csrf(client, world: World) -> None:
+    mark_connected(world.own)
     for method, path, body, ok in WRITES:
         resp = client.open(path, method=method, json=body, headers=world.header("user"))
         assert resp.status_code == ok, (path, resp.data)
@@ -110,6 +114,7 @@ def test_body_must_be_json(client, world: World) -> None:
 
 
 def test_empty_body_is_fine_where_optional(client, world: World) -> None:
+    mark_connected(world.own)
     headers = world.header("admin")
     assert client.post("/admin/crm/sync", headers=headers).status_code == 202
     assert client.post("/admin/crm/disconnect", headers=headers).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def test_crm_page_connect_flow(app, live_app, browser, make_user, celery_worker)
     if has_sync_panel:
         _sync(page)
     _shot(page, "crm-connected")
+    _check_funnel(page)
+    _check_english(browser, context.storage_state(), live_app.url)
 
     phone = browser.new_context(
         viewport={"width": 390, "height": 844},
@@ -126,6 +129,8 @@ def test_crm_page_connect_flow(app, live_app, browser, make_user, celery_worker)
     mobile.screenshot(path=str(SHOTS / "crm-phone.png"))
     mobile.locator("#stats-panel").scroll_into_view_if_needed()
     mobile.screenshot(path=str(SHOTS / "crm-phone-stats.png"))
+    _check_funnel(mobile)
+    _check_placeholders(mobile)
     phone.close()
 
     # Disconnect (with the confirmation dialog).
@@ -151,3 +156,91 @@ def _sync(page) -> None:
     expect(page.locator("#stat-leads")).not_to_have_text("0")
     assert page.locator("#funnel .funnel-bar").count() > 0
     expect(page.locator("#sync-log-table")).to_contain_text("Синхронизация контактов")
+
+
+def _check_funnel(page) -> None:
+    """Every stage name has its own place: it never lies over its bar or the count."""
+    page.locator("#funnel").scroll_into_view_if_needed()
+    overlaps = page.evaluate("""() => [...document.querySelectorAll('#funnel .funnel-row')].map(row => {
+        const box = el => el.getBoundingClientRect();
+        const [name, bar, count] = ['.funnel-label', '.funnel-bar', '.funnel-count'].map(s => box(row.querySelector(s)));
+        const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        return hit(name, bar) || hit(name, count) || hit(bar, count) ? row.textContent.trim() : null;
+    }).filter(Boolean)""")
+    assert page.locator("#funnel .funnel-row").count() > 0
+    assert not overlaps, overlaps
+
+
+def _check_placeholders(page) -> None:
+    """No text field is narrower than its own placeholder (a phone cut them off)."""
+    page.locator("#inbound-card").scroll_into_view_if_needed()
+    cut = page.evaluate("""() => {
+        const ctx = document.createElement('canvas').getContext('2d');
+        return [...document.querySelectorAll('input[placeholder]')].filter(i => i.offsetParent).map(i => {
+            const style = getComputedStyle(i);
+            ctx.font = style.font;
+            const room = i.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+            return ctx.measureText(i.placeholder).width > room + 1 ? i.id + ': ' + i.placeholder : null;
+        }).filter(Boolean);
+    }""")
+    assert not cut, cut
+
+
+def _ui_messages() -> list[str]:
+    """The Russian source strings of the interface (the catalog's ids), long enough to be
+    unambiguous; none of them may show on the English page."""
+    from babel.messages.pofile import read_po
+
+    with open(ROOT / "translations" / "en" / "LC_MESSAGES" / "messages.po", "rb") as fh:
+        catalog = read_po(fh)
+    ids = [str(m.id[0] if isinstance(m.id, tuple | list) else m.id) for m in catalog if m.id]
+    cyrillic = re.compile("[а-яА-ЯёЁ]")
+    return [i for i in ids if "%(" not in i and len(i) >= 6 and cyrillic.search(i)]
+
+
+def _check_english(browser, storage_state, url: str) -> None:
+    """The English page (desktop and phone) has every panel in English."""
+    messages = _ui_messages()
+    for viewport in ({"width": 1280, "height": 900}, {"width": 390, "height": 844}):
+        context = browser.new_context(viewport=viewport, storage_state=storage_state)
+        page = context.new_page()
+        page.goto(url + "/admin/crm?lang=en")
+        for panel in ("#sync-card", "#webhooks-card", "#inbound-card", "#sync-log", "#stats-panel"):
+            page.locator(panel).wait_for()
+        assert page.locator("html").get_attribute("lang") == "en"
+        text = page.locator("body").inner_text()
+        russian = sorted(m for m in messages if m in text)
+        assert not russian, f"Russian on the English page ({viewport['width']}px): {russian}"
+        assert "New deal when the previous one is closed" in text
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the English page scrolls sideways by {overflow}px"
+        _shot(page, f"crm-en-{viewport['width']}")
+        context.close()
+
+
+def test_a_panel_that_fails_shows_an_error(app, live_app, browser, make_user, monkeypatch) -> None:
+    """A 500 from a lazily loaded panel is shown in its place as an error, never hidden."""
+    from crm_app.services.webhooks import inbox
+
+    def broken(owner_id: int) -> None:
+        raise RuntimeError("the webhook counts are unavailable")
+
+    monkeypatch.setattr(inbox, "counts", broken)
+    make_user("admin", role="admin", owner="acme")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(live_app.url + "/login")
+    page.fill("#login-username", "admin")
+    page.fill("#login-password", "password123")
+    page.click("#login-submit")
+    page.wait_for_url("**/admin/crm")
+    slot = page.locator("#webhooks-panel")
+    error = slot.locator("[role=alert]")
+    error.wait_for(timeout=15000)
+    assert slot.is_visible() and error.is_visible()
+    assert "Панель не загрузилась (500)" in error.inner_text()
+    assert "the webhook counts" not in page.content()  # the reason stays in the log
+    # The other panels load as usual.
+    page.locator("#sync-card").wait_for()
+    page.locator("#inbound-card").wait_for()
+    context.close()

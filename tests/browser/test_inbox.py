@@ -90,7 +90,7 @@ def inbox_app(app, make_user) -> Iterator[dict[str, Any]]:
         sandbox.stop()
 
 
-def _login(page, url: str, username: str) -> None:  # type: ignore[no-untyped-def]
+def _login(page, url: str, username: str) -> None:
     page.goto(url + "/login")
     page.fill("#login-username", username)
     page.fill("#login-password", "password123")
@@ -98,7 +98,7 @@ def _login(page, url: str, username: str) -> None:  # type: ignore[no-untyped-de
     page.wait_for_url("**/admin/crm")
 
 
-def test_inbox_both_ways(app, inbox_app, browser, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_inbox_both_ways(app, inbox_app, browser, celery_worker) -> None:
     sandbox = inbox_app["sandbox"]
     celery_worker("inbox", concurrency=2, env={"TELEGRAM_API_BASE": sandbox.url})
     written = requests.post(

@@ -16,7 +16,7 @@ BOT_TOKEN = "987654:sandbox-bot-token-0123456789abcdef"
 
 
 @pytest.fixture
-def chat_sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
+def chat_sandbox(make_sandbox) -> SandboxServer:
     server: SandboxServer = make_sandbox(
         contacts=10, leads=5, tasks=0, rate_limit=0, chat_channel_id=CHANNEL, chat_secret=SECRET
     )

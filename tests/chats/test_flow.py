@@ -204,3 +204,25 @@ def test_chat_mode_creates_the_deal_but_no_notes(
     assert chat["contact_id"] == req.contact_id  # the chat joined the contact the deal has
     texts = [m["message"]["text"] for m in sandbox_chat(chat_sandbox, chat["id"])["messages"]]
     assert texts == ["Только в чат"]
+
+
+def test_a_reply_whose_hook_never_came_is_recovered_from_history(
+    inbox_owner: int, chat_sandbox: SandboxServer
+) -> None:
+    from crm_app.services.chats.reconcile import reconcile_recent
+
+    intake.from_telegram(inbox_owner, "bot", update(701, "Алло?", 11, 110))
+    conv = conversation(inbox_owner)
+    deliver.deliver(conv.id)
+    chat_id = sandbox_chats(chat_sandbox)[0]["id"]
+    # No hook URL is registered: amojo's one attempt goes nowhere.
+    reply = requests.post(
+        f"{chat_sandbox.url}/_sandbox/chats/{chat_id}/reply",
+        json={"text": "Мы на связи"},
+        timeout=10,
+    ).json()
+    assert reply["hook"]["status"] is None
+    assert reconcile_recent() == 1
+    assert reconcile_recent() == 0  # found once
+    deliver.deliver(conv.id)
+    assert [s["message"]["text"] for s in telegram_sent(chat_sandbox, 701)] == ["Мы на связи"]

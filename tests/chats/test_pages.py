@@ -10,19 +10,19 @@ from crm_app.services.chats import intake
 from tests.chats.test_flow import update
 
 
-def _login(login, make_user, role: str, owner: str = "acme") -> None:  # type: ignore[no-untyped-def]
+def _login(login, make_user, role: str, owner: str = "acme") -> None:
     make_user(f"{role}-{owner}", role=role, owner=owner)
     login(f"{role}-{owner}")
 
 
-def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+def _csrf(client) -> str:
     import re
 
     page = client.get("/admin/crm/inbox").get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
-def test_list_thread_reply_and_etag(client, login, make_user, inbox_owner: int) -> None:  # type: ignore[no-untyped-def]
+def test_list_thread_reply_and_etag(client, login, make_user, inbox_owner: int) -> None:
     intake.from_telegram(inbox_owner, "bot", update(321, "Есть ли доставка в Казань?", 3, 30))
     conv = db.session.scalars(select(Conversation)).one()
     _login(login, make_user, "user")
@@ -57,7 +57,7 @@ def test_list_thread_reply_and_etag(client, login, make_user, inbox_owner: int) 
     )
 
 
-def test_guest_reads_but_cannot_reply_and_other_owners_are_hidden(  # type: ignore[no-untyped-def]
+def test_guest_reads_but_cannot_reply_and_other_owners_are_hidden(
     client, login, make_user, inbox_owner: int
 ) -> None:
     intake.from_telegram(inbox_owner, "bot", update(322, "Привет", 4, 40))
@@ -76,7 +76,7 @@ def test_guest_reads_but_cannot_reply_and_other_owners_are_hidden(  # type: igno
     assert client.get("/admin/crm/inbox/99999999999999999999").status_code == 404
 
 
-def test_channel_settings_validate_and_never_show_secrets(  # type: ignore[no-untyped-def]
+def test_channel_settings_validate_and_never_show_secrets(
     client, login, make_user, inbox_owner: int
 ) -> None:
     _login(login, make_user, "user")

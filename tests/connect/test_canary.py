@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 import secrets
+from typing import Any
 
 import requests
 
@@ -58,7 +59,7 @@ def _pages(ctx: dict[str, int]) -> list[tuple[str, str, dict[str, str]]]:
         "/admin/crm/sync/log",
         "/webhooks/amocrm/disconnect?client_uuid=a&account_id=1&signature=00",
     ]
-    out = []
+    out: list[tuple[str, str, dict[str, Any]]] = []
     for path in gets:
         out.append(("GET", path, {}))
         if path.startswith("/admin/crm/ui/"):

@@ -23,7 +23,7 @@ WORKER_ENV = {
 
 
 @pytest.fixture
-def sandbox(make_sandbox) -> SandboxServer:  # type: ignore[no-untyped-def]
+def sandbox(make_sandbox) -> SandboxServer:
     """A small seeded account served in-process on a free port."""
     server: SandboxServer = make_sandbox(contacts=30, leads=20, tasks=0)
     return server

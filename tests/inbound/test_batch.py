@@ -82,9 +82,9 @@ def test_same_human_inside_one_window_is_one_contact_and_one_deal(sandbox, owner
         set(records(sandbox, "contacts")),
         set(records(sandbox, "leads")),
     )
-    copies = [{"channel": "telegram", "external_id": 7007, "name": "Копия",
+    copies: list[dict[str, Any]] = [{"channel": "telegram", "external_id": 7007, "name": "Копия",
                "message": "Один и тот же текст"}] * 50  # fmt: skip
-    channels = [
+    channels: list[dict[str, Any]] = [
         {"channel": "telegram", "external_id": 8008, "name": "Ольга", "phone": "+79031112233",
          "message": "Из бота"},
         {"channel": "widget", "external_id": "w-olga", "phone": "8 903 111-22-33",

@@ -21,6 +21,12 @@ from tests.inbound.conftest import (
 )
 
 
+def _record(sent: list[int], request_id: int) -> bool:
+    """A stand-in for enqueue: remembers the id and reports it sent."""
+    sent.append(request_id)
+    return True
+
+
 def _run(owner: int, body: dict) -> InboundRequest:
     req = submit(owner, body, enqueue_now=False)
     result = process(req.id)
@@ -163,7 +169,7 @@ def test_auto_create_off_stores_the_request_and_calls_nothing(sandbox, owner, mo
     cfg.auto_create_lead = True
     db.session.commit()
     sent: list[int] = []
-    monkeypatch.setattr(processor, "enqueue", lambda rid: sent.append(rid) or True)
+    monkeypatch.setattr(processor, "enqueue", lambda rid: _record(sent, rid))
     assert retry_request(req)
     assert sent == [req.id]
     assert process(req.id).status == "created"
@@ -219,7 +225,7 @@ def test_requeue_stale_picks_lost_and_due_requests(app, owner):
     waiting.next_attempt_at = now + timedelta(minutes=5)
     db.session.commit()
     sent: list[int] = []
-    assert requeue_stale(send=lambda rid: sent.append(rid) or True) == 2
+    assert requeue_stale(send=lambda rid: _record(sent, rid)) == 2
     assert sorted(sent) == sorted([old.id, due.id])
     assert fresh.id not in sent and waiting.id not in sent
 

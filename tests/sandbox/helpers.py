@@ -23,7 +23,7 @@ class Api(requests.Session):
         self.base = base
         self.headers["Authorization"] = f"Bearer {token}"
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if isinstance(url, str) and url.startswith("/"):
             url = self.base + url
         return super().request(method, url, *args, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import requests
 
@@ -12,7 +13,7 @@ from tests.sandbox.helpers import Receiver
 TOKEN = "123456:test-token"
 
 
-def call(sandbox: SandboxServer, method: str, **params: object) -> requests.Response:
+def call(sandbox: SandboxServer, method: str, **params: Any) -> requests.Response:
     return requests.post(f"{sandbox.url}/bot{TOKEN}/{method}", json=params, timeout=5)
 
 

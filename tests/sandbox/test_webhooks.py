@@ -198,7 +198,10 @@ def test_task_webhooks_use_the_singular_key_and_dates(
 
 def test_companies_arrive_under_contacts(api: Api, receiver: Receiver) -> None:
     subscribe(api, receiver.url, "add_company")
-    item = {"name": "Сделка", "_embedded": {"companies": [{"name": "ООО «Ромашка»"}]}}
+    item: dict[str, Any] = {
+        "name": "Сделка",
+        "_embedded": {"companies": [{"name": "ООО «Ромашка»"}]},
+    }
     result = api.post("/api/v4/leads/complex", json=[item]).json()[0]
     (hit,) = receiver.wait(1)
     fields = dict(pairs(hit.body))

@@ -185,7 +185,7 @@ def test_task_completion_with_result_and_events(api: Api, sandbox: SandboxServer
     assert [e["path"] for e in _errors(reply)] == ["task_type_id"]
 
 
-def test_note_webhook_has_the_documented_shape(api: Api, sandbox: SandboxServer, receiver) -> None:  # type: ignore[no-untyped-def]
+def test_note_webhook_has_the_documented_shape(api: Api, sandbox: SandboxServer, receiver) -> None:
     from crm_app.services.webhooks.parse import decode_form
 
     assert api.post(

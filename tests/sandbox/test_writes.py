@@ -374,7 +374,7 @@ def test_deleted_leads_are_listed_with_only_deleted(api: Api, sandbox: SandboxSe
 
 
 def test_injected_faults_fail_the_next_calls(api: Api, sandbox: SandboxServer) -> None:
-    fault = {"path": "/api/v4/contacts", "status": 500, "count": 2}
+    fault: dict[str, Any] = {"path": "/api/v4/contacts", "status": 500, "count": 2}
     assert requests.post(f"{sandbox.url}/_sandbox/faults", json=fault, timeout=5).status_code == 201
     first, second, third = (api.get("/api/v4/contacts").status_code for _ in range(3))
     assert (first, second, third) == (500, 500, 200)

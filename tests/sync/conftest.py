@@ -12,7 +12,11 @@ from crm_app.extensions import db
 from crm_app.models import Contact, Lead, SyncRun, Task
 from crm_app.sandbox.server import SandboxServer
 
-MODELS = {"contacts": Contact, "leads": Lead, "tasks": Task}
+MODELS: dict[str, type[Contact | Lead | Task]] = {
+    "contacts": Contact,
+    "leads": Lead,
+    "tasks": Task,
+}
 
 
 @pytest.fixture

@@ -67,34 +67,36 @@ def assert_mirror_equals_sandbox(server, owner_id: int) -> None:
     lead_rows = {r.id: r for r in db.session.scalars(select(Lead).where(Lead.owner_id == owner_id))}
     assert set(lead_rows) == set(leads)
     for lid, item in leads.items():
-        row = lead_rows[lid]
-        assert (row.name, row.price, row.pipeline_id, row.status_id) == (
+        lead_row = lead_rows[lid]
+        assert (lead_row.name, lead_row.price, lead_row.pipeline_id, lead_row.status_id) == (
             item["name"],
             item["price"],
             item["pipeline_id"],
             item["status_id"],
         )
-        assert row.responsible_user_id == item["responsible_user_id"]
-        assert row.updated_at == item["updated_at"]
+        assert lead_row.responsible_user_id == item["responsible_user_id"]
+        assert lead_row.updated_at == item["updated_at"]
         embedded = item["_embedded"]["contacts"]
-        assert row.contact_ids == [c["id"] for c in embedded]
+        assert lead_row.contact_ids == [c["id"] for c in embedded]
         mains = [c["id"] for c in embedded if c["is_main"]]
-        assert row.main_contact_id == (
+        assert lead_row.main_contact_id == (
             mains[0] if mains else (embedded[0]["id"] if embedded else None)
         )
     tasks = {t["id"]: t for t in sandbox_items(server, "tasks")}
     task_rows = {r.id: r for r in db.session.scalars(select(Task).where(Task.owner_id == owner_id))}
     assert set(task_rows) == set(tasks)
     for tid, item in tasks.items():
-        row = task_rows[tid]
-        assert (row.text, row.entity_type, row.entity_id, row.is_completed) == (
+        task_row = task_rows[tid]
+        assert (task_row.text, task_row.entity_type, task_row.entity_id, task_row.is_completed) == (
             item["text"],
             item["entity_type"],
             item["entity_id"],
             item["is_completed"],
         )
-        assert row.complete_till == item["complete_till"]
-        assert row.result_text == (item["result"] or {}).get("text") if item["result"] else True
+        assert task_row.complete_till == item["complete_till"]
+        assert (
+            task_row.result_text == (item["result"] or {}).get("text") if item["result"] else True
+        )
 
 
 def test_full_sync_mirrors_the_account(app, make_sandbox, connected):

@@ -184,7 +184,7 @@ def test_incremental_scan_when_neither_filter_nor_order_is_honoured():
     stamps = [rng.randint(0, 1000) for _ in range(700)]
     stamps[650] = 5000  # the one change since the cursor, far down the id order
     client = _FakeTasksClient(stamps)
-    stream = PageStream(client, "tasks", 1, "incremental", cursor_from=2000)  # type: ignore[arg-type]
+    stream = PageStream(client, "tasks", 1, "incremental", cursor_from=2000)  # type: ignore[arg-type]  # a fake client
     kept = [item for result in stream for item in result.items]
     assert client.calls == [1, 2, 3]  # every page: stopping early would have missed it
     assert [k["id"] for k in kept] == [651]
@@ -343,14 +343,14 @@ def test_parallel_pages_keep_order_and_waste_little(app):
     from crm_app.services.sync.paging import parallel_pages
 
     client = _SlowContacts(250 * 6 + 10, delay=0.05)  # 7 pages
-    got = [r.page.page for r in parallel_pages(app, client, "contacts", 1, 3, None, lambda: 3)]  # type: ignore[arg-type]
+    got = [r.page.page for r in parallel_pages(app, client, "contacts", 1, 3, None, lambda: 3)]  # type: ignore[arg-type]  # a fake
     assert got == [1, 2, 3, 4, 5, 6, 7]
     assert client.peak == 3  # requests really overlapped
     assert len(client.calls) <= 7 + 2  # at most concurrency - 1 past the end
     # Fast answers (one in flight is enough) or a known size: nothing past the end.
     fast = _SlowContacts(250 * 6 + 10, delay=0.0)
-    list(parallel_pages(app, fast, "contacts", 1, 3, None, lambda: 1))  # type: ignore[arg-type]
+    list(parallel_pages(app, fast, "contacts", 1, 3, None, lambda: 1))  # type: ignore[arg-type]  # a fake client
     assert fast.calls == [1, 2, 3, 4, 5, 6, 7]
     known = _SlowContacts(250 * 6 + 10, delay=0.02)
-    list(parallel_pages(app, known, "contacts", 3, 3, 7, lambda: 3))  # type: ignore[arg-type]
+    list(parallel_pages(app, known, "contacts", 3, 3, 7, lambda: 3))  # type: ignore[arg-type]  # a fake client
     assert sorted(known.calls) == [3, 4, 5, 6, 7]

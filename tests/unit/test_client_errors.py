@@ -112,7 +112,7 @@ def make_client(sleeps: list[float], tokens: Any = None, **kwargs: Any) -> AmoCR
 
 
 def auth_headers(mocked: responses.RequestsMock) -> list[str]:
-    return [c.request.headers["Authorization"] for c in mocked.calls]
+    return [str(c.request.headers["Authorization"]) for c in mocked.calls]
 
 
 # -- 204 ------------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def test_timeout_is_passed_on_every_call(
     client = make_client(sleeps, timeout=(3, 7))
     client.get_account()
     client.create_lead("x")
-    assert [c.request.req_kwargs["timeout"] for c in mocked.calls] == [(3, 7)] * 3
+    assert [c.request.req_kwargs["timeout"] for c in mocked.calls] == [(3, 7)] * 3  # type: ignore[attr-defined]  # set by responses
 
 
 # -- secrets --------------------------------------------------------------------------------------------
@@ -529,4 +529,5 @@ def test_bearer_header_and_json_body(mocked: responses.RequestsMock, sleeps: lis
     request = mocked.calls[0].request
     assert request.headers["Authorization"] == "Bearer abc"
     assert request.headers["Content-Type"] == "application/json"
+    assert isinstance(request.body, str | bytes)
     assert json.loads(request.body) == [{"name": "Deal", "price": 100}]

@@ -252,7 +252,7 @@ def test_module_exchange_code(mocked: responses.RequestsMock) -> None:
     mocked.post(TOKEN_URL, json=token_body())
     tokens = exchange_code(HOSTS, "cid", CLIENT_SECRET, REDIRECT, "code", timeout=(2, 3))
     assert tokens.account_id == 28805383
-    assert mocked.calls[0].request.req_kwargs["timeout"] == (2, 3)
+    assert mocked.calls[0].request.req_kwargs["timeout"] == (2, 3)  # type: ignore[attr-defined]  # set by responses
 
 
 # -- TokenSet -------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_refreshing_source_persists_before_use(
         events.append(f"persist:{tokens.refresh_token}")
 
     def account(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-        token = request.headers["Authorization"].removeprefix("Bearer ")
+        token = str(request.headers["Authorization"]).removeprefix("Bearer ")
         events.append("request:new" if token == new_body["access_token"] else "request:old")
         if token == new_body["access_token"]:
             return 200, {}, json.dumps({"id": 1})
@@ -349,7 +349,7 @@ def test_refreshing_source_refreshes_once_across_threads(oauth: OAuthClient) -> 
             return TokenSet.from_response(token_body(len(calls) + 1))
 
     old = TokenSet.from_response(token_body(1))
-    source = RefreshingTokenSource(SlowOAuth(), old, stored.append)  # type: ignore[arg-type]
+    source = RefreshingTokenSource(SlowOAuth(), old, stored.append)
     results: list[str] = []
     threads = [
         threading.Thread(target=lambda: results.append(source.refresh(old.access_token)))
@@ -373,7 +373,7 @@ def test_refreshing_source_keeps_new_pair_when_persisting_fails(oauth: OAuthClie
         raise RuntimeError("database down")
 
     old = TokenSet.from_response(token_body(1))
-    source = RefreshingTokenSource(FakeOAuth(), old, broken_store)  # type: ignore[arg-type]
+    source = RefreshingTokenSource(FakeOAuth(), old, broken_store)
     with pytest.raises(RuntimeError):
         source.refresh(old.access_token)
     # The old refresh token is spent; the new pair is the only one that can still work.
@@ -394,7 +394,7 @@ def test_refreshing_source_renews_an_expiring_token() -> None:
 
     expiring = TokenSet.from_response(token_body(1) | {"expires_in": 10})
     stored: list[TokenSet] = []
-    source = RefreshingTokenSource(FakeOAuth(), expiring, stored.append)  # type: ignore[arg-type]
+    source = RefreshingTokenSource(FakeOAuth(), expiring, stored.append)
     assert source.access_token() == token_body(2)["access_token"]
     assert len(stored) == 1
 

@@ -230,14 +230,14 @@ def test_iter_pages_rejects_odd_entities(client: AmoCRMClient, entity: str) -> N
 @pytest.mark.parametrize("bad", ["1/../webhooks", "-1", 0, "abc", True, 1.5, None])
 def test_entity_ids_must_be_positive_integers(client: AmoCRMClient, bad: object) -> None:
     with pytest.raises(ValueError):
-        client.get_contact(bad)  # type: ignore[arg-type]
+        client.get_contact(bad)  # type: ignore[arg-type]  # wrong types on purpose
 
 
 def test_get_by_id(mocked: responses.RequestsMock, client: AmoCRMClient) -> None:
     mocked.get(f"{CONTACTS}/3", json={"id": 3, "name": "Иван Иванов"})
     mocked.get(f"{BASE}/api/v4/leads/4", json={"id": 4})
     assert client.get_contact(3)["name"] == "Иван Иванов"
-    assert client.get_lead("4") == {"id": 4}
+    assert client.get_lead("4") == {"id": 4}  # type: ignore[arg-type]  # a string id is accepted
     assert ("with", "contacts") in query_of(mocked.calls[1])
 
 

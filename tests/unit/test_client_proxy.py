@@ -64,7 +64,7 @@ def test_proxy_is_passed_on_every_request(mocked: responses.RequestsMock) -> Non
         f"{BASE}/api/v4/leads",
         "https://api-b.amocrm.ru/oauth2/account/current/subdomain",
     ]
-    assert [c.request.req_kwargs["proxies"] for c in mocked.calls] == [EXPECTED] * 5
+    assert [c.request.req_kwargs["proxies"] for c in mocked.calls] == [EXPECTED] * 5  # type: ignore[attr-defined]  # set by responses
 
 
 def test_environment_proxies_are_ignored(
@@ -77,14 +77,14 @@ def test_environment_proxies_are_ignored(
     mocked.post(TOKEN_URL, json=token_body(1))
     AmoCRMClient(AmoHosts("demo"), StaticTokenSource("t"), throttle=NullThrottle()).get_account()
     OAuthClient(AmoHosts("demo"), "cid", "secret-value-123", "https://a/cb").exchange_code("c0de")
-    assert [c.request.req_kwargs["proxies"] for c in mocked.calls] == [{}, {}]
+    assert [c.request.req_kwargs["proxies"] for c in mocked.calls] == [{}, {}]  # type: ignore[attr-defined]  # set by responses
 
     mocked.get(f"{BASE}/api/v4/users", status=204)
     client = AmoCRMClient(
         AmoHosts("demo"), StaticTokenSource("t"), proxy=PROXY, throttle=NullThrottle()
     )
     client.get_users()
-    assert mocked.calls[-1].request.req_kwargs["proxies"] == EXPECTED
+    assert mocked.calls[-1].request.req_kwargs["proxies"] == EXPECTED  # type: ignore[attr-defined]  # set by responses
 
 
 def test_supplied_session_is_made_env_proof() -> None:

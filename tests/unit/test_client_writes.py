@@ -33,7 +33,9 @@ def client() -> AmoCRMClient:
 
 
 def sent(mocked: responses.RequestsMock, index: int = -1) -> Any:
-    return json.loads(mocked.calls[index].request.body)
+    body = mocked.calls[index].request.body
+    assert isinstance(body, str | bytes)
+    return json.loads(body)
 
 
 def created(entity: str, *ids: int) -> dict[str, Any]:
@@ -210,7 +212,7 @@ def test_webhooks(mocked: responses.RequestsMock, client: AmoCRMClient) -> None:
     mocked.post(f"{BASE}/webhooks", status=201, json=hook)
     mocked.get(f"{BASE}/webhooks", json={"_total_items": 1, "_embedded": {"webhooks": [hook]}})
     mocked.delete(f"{BASE}/webhooks", status=204)
-    destination = hook["destination"]
+    destination = str(hook["destination"])
     assert client.subscribe_webhook(destination, ["add_lead", "update_contact"], sort=10) == hook
     assert sent(mocked, 0) == {
         "destination": destination,

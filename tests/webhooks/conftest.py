@@ -228,12 +228,13 @@ def free_port() -> int:
 @pytest.fixture
 def serve_app(app) -> Iterator[Callable[[], str]]:
     """serve_app() → base URL of `app` on a threaded werkzeug server (PUBLIC_URL set to it)."""
-    from werkzeug.serving import make_server
+    from werkzeug.serving import ThreadedWSGIServer, make_server
 
     servers: list[Any] = []
 
     def start() -> str:
         server = make_server("127.0.0.1", 0, app, threaded=True)
+        assert isinstance(server, ThreadedWSGIServer)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

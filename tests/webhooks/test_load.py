@@ -149,8 +149,8 @@ def test_load_with_broker_outage_loses_nothing_and_applies_once(
         select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
     ).all()
     by_status = dict(rows)
-    reencoded = REDELIVERIES - SAME_BYTES
-    assert by_status == {InboxStatus.PROCESSED: DISTINCT, InboxStatus.DUPLICATE: reencoded}
+    reencoded_count = REDELIVERIES - SAME_BYTES
+    assert by_status == {InboxStatus.PROCESSED: DISTINCT, InboxStatus.DUPLICATE: reencoded_count}
     # Each distinct change has exactly one key, and the log counts each change once.
     assert event_keys(owner.id) == DISTINCT
     logged = sum(

@@ -10,7 +10,7 @@ from tests.webhooks.conftest import Owner, inbox_rows
 
 
 @pytest.fixture(autouse=True)
-def _empty_spool(app):  # type: ignore[no-untyped-def]
+def _empty_spool(app):
     import shutil
 
     # The background sweeper would race these tests' own sweeps: keep it asleep.
@@ -26,7 +26,7 @@ def _item(owner: Owner, body: bytes, request_id: str = "r-1") -> spool.Spooled:
     return spool.Spooled(_token_hash(owner.token), body, request_id)
 
 
-def test_records_survive_and_a_torn_tail_is_skipped(app, owner: Owner) -> None:  # type: ignore[no-untyped-def]
+def test_records_survive_and_a_torn_tail_is_skipped(app, owner: Owner) -> None:
     writer = spool.Spool(app)
     first = owner.body({"leads": {"update": [{"id": "1", "name": "a"}]}})
     writer.append(_item(owner, first))
@@ -38,7 +38,7 @@ def test_records_survive_and_a_torn_tail_is_skipped(app, owner: Owner) -> None: 
     assert [i.body for i in items] == [first]
 
 
-def test_the_size_cap_refuses_more(app, owner: Owner) -> None:  # type: ignore[no-untyped-def]
+def test_the_size_cap_refuses_more(app, owner: Owner) -> None:
     app.config["WEBHOOK_SPOOL_MAX_BYTES"] = 10
     writer = spool.Spool(app)
     writer.append(_item(owner, owner.body({"leads": {"update": [{"id": "1"}]}})))
@@ -47,7 +47,7 @@ def test_the_size_cap_refuses_more(app, owner: Owner) -> None:  # type: ignore[n
     writer._rotate()
 
 
-def test_sweep_checks_token_and_account_and_dedups(app, owner: Owner) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_checks_token_and_account_and_dedups(app, owner: Owner) -> None:
     writer = spool.Spool(app)
     good = owner.body({"leads": {"update": [{"id": "7", "name": "x"}]}})
     writer.append(_item(owner, good, "r-1"))

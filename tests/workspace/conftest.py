@@ -27,7 +27,7 @@ def sandbox(make_sandbox) -> SandboxServer:
 class Owner:
     """An owner connected to the sandbox, with helpers to act as a manager and relay hooks."""
 
-    def __init__(self, app, client, server: SandboxServer, owner_id: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, client, server: SandboxServer, owner_id: int) -> None:
         from crm_app.services.webhooks import ensure_webhook_token
 
         self.app = app
@@ -87,7 +87,7 @@ class Owner:
 
 
 @pytest.fixture
-def owner(app, client, sandbox, make_user) -> Owner:  # type: ignore[no-untyped-def]
+def owner(app, client, sandbox, make_user) -> Owner:
     from crm_app.commands.users import get_or_create_owner
     from testkit.sandbox_link import connect_owner_to_sandbox
 
@@ -108,7 +108,7 @@ def synced(owner: Owner) -> Owner:
 
 
 @pytest.fixture
-def kicks(monkeypatch) -> list[tuple[int, float | None]]:  # type: ignore[no-untyped-def]
+def kicks(monkeypatch) -> list[tuple[int, float | None]]:
     """Outbox drains the services ask for, recorded instead of sent to a broker."""
     sent: list[tuple[int, float | None]] = []
     monkeypatch.setattr(

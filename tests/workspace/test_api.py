@@ -18,7 +18,7 @@ ACTORS = ("admin", "user", "guest", "anonymous")
 
 
 @pytest.fixture
-def pair(app, client, sandbox, make_user, auth_header, kicks):  # type: ignore[no-untyped-def]
+def pair(app, client, sandbox, make_user, auth_header, kicks):
     """Owners acme and globex, both connected to the sandbox and synced; their users' headers."""
     from crm_app.services.sync import run_sync, start_sync
     from testkit.sandbox_link import connect_owner_to_sandbox
@@ -122,7 +122,7 @@ def _expected(actor: str, own: bool, ok: int) -> int:
     return ok
 
 
-def test_every_write_route_by_role_and_owner(client, pair) -> None:  # type: ignore[no-untyped-def]
+def test_every_write_route_by_role_and_owner(client, pair) -> None:
     owners, headers = pair
     failures = {}
     for name, (method, path, body, ok) in _routes().items():
@@ -141,7 +141,7 @@ def test_every_write_route_by_role_and_owner(client, pair) -> None:  # type: ign
     assert not failures, failures
 
 
-def test_another_owners_entity_is_not_found(client, pair) -> None:  # type: ignore[no-untyped-def]
+def test_another_owners_entity_is_not_found(client, pair) -> None:
     owners, headers = pair
     status_id = db.session.scalar(
         select(PipelineStatus.id).where(PipelineStatus.owner_id == owners["globex"])
@@ -166,7 +166,7 @@ def test_another_owners_entity_is_not_found(client, pair) -> None:  # type: igno
     assert resp.status_code == 404
 
 
-def test_session_writes_need_the_csrf_token(client, pair, login, csrf_token) -> None:  # type: ignore[no-untyped-def]
+def test_session_writes_need_the_csrf_token(client, pair, login, csrf_token) -> None:
     owners, _headers = pair
     login("acme-user")
     lead_id = _first(Lead, owners["acme"])
@@ -179,7 +179,7 @@ def test_session_writes_need_the_csrf_token(client, pair, login, csrf_token) -> 
     assert resp.json["name"] == "via session"
 
 
-def test_stale_version_gets_409_with_both_versions(client, pair, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_stale_version_gets_409_with_both_versions(client, pair, sandbox) -> None:
     owners, headers = pair
     lead_id = _first(Lead, owners["acme"])
     seen = _version(Lead, owners["acme"], lead_id)
@@ -193,7 +193,7 @@ def test_stale_version_gets_409_with_both_versions(client, pair, sandbox) -> Non
     assert resp.json["yours"] == {"price": 1, "updated_at": seen - 1}
 
 
-def test_refused_value_names_the_field_and_outage_answers_202(client, pair, sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_refused_value_names_the_field_and_outage_answers_202(client, pair, sandbox) -> None:
     owners, headers = pair
     lead_id = _first(Lead, owners["acme"])
     seen = _version(Lead, owners["acme"], lead_id)

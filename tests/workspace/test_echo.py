@@ -10,7 +10,7 @@ from crm_app.services.workspace import Applied, add_note, update_lead
 from tests.workspace.conftest import Owner
 
 
-def test_status_change_echo_is_not_re_read(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_status_change_echo_is_not_re_read(synced: Owner, kicks) -> None:
     synced.subscribe()
     lead = db.session.get(Lead, (synced.id, synced.ids("leads")[0]))
     target = db.session.scalar(

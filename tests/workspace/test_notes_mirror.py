@@ -10,7 +10,7 @@ from crm_app.services.sync import run_sync, start_sync
 from tests.workspace.conftest import Owner
 
 
-def _sync(owner: Owner, **kwargs):  # type: ignore[no-untyped-def]
+def _sync(owner: Owner, **kwargs):
     run = start_sync(owner.id, enqueue=False, **kwargs)
     run_sync(run.id)
     db.session.expire_all()

@@ -40,7 +40,7 @@ def _patched_prices(owner: Owner) -> dict[int, list[int]]:
     return seen
 
 
-def test_outage_and_kill_9_lose_nothing_and_keep_the_order(synced: Owner, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_outage_and_kill_9_lose_nothing_and_keep_the_order(synced: Owner, celery_worker) -> None:
     lead_ids = synced.ids("leads")[:6]
     # amoCRM answers 503 slowly: the worker is inside a request when it is killed.
     fault(synced.server, status=503, count=100_000, method="PATCH", delay=0.5)

@@ -95,7 +95,7 @@ def test_deals_table_filters_search_sort_and_count(synced: Owner) -> None:
     assert recent.total == sum(1 for x in leads if x.updated_at >= stamp)
 
 
-def test_deal_and_contact_cards_with_notes_tasks_and_pending(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_deal_and_contact_cards_with_notes_tasks_and_pending(synced: Owner, kicks) -> None:
     lead = next(x for x in _leads(synced) if x.main_contact_id)
     assert isinstance(add_note(synced.id, "leads", lead.id, "первая"), Applied)
     synced.server.advance_clock(2)
@@ -132,7 +132,7 @@ def test_deal_and_contact_cards_with_notes_tasks_and_pending(synced: Owner, kick
     assert card.phones == contact.phones and card.updated_at == contact.updated_at
 
 
-def test_task_lists_put_overdue_first_and_filter_mine(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_task_lists_put_overdue_first_and_filter_mine(synced: Owner, kicks) -> None:
     now = int(time.time())
     owner_user = synced.server.account.users[-1].id
     late = create_task(
@@ -160,7 +160,7 @@ def test_task_lists_put_overdue_first_and_filter_mine(synced: Owner, kicks) -> N
     assert form.pipelines and form.users and len(form.loss_reasons) == 3 and form.task_types
 
 
-def test_conflict_can_be_reapplied_on_top_or_dismissed(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_conflict_can_be_reapplied_on_top_or_dismissed(synced: Owner, kicks) -> None:
     synced.subscribe()
     first, second = [x for x in _leads(synced)][:2]
     fault(synced.server, status=503, count=100, method="PATCH")

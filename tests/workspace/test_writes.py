@@ -57,7 +57,7 @@ def _writes(owner: Owner) -> list[dict[str, Any]]:
     return [r for r in owner.api_requests() if r["method"] in ("PATCH", "POST")]
 
 
-def test_status_change_is_one_patch_and_lands_in_the_mirror(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_status_change_is_one_patch_and_lands_in_the_mirror(synced: Owner, kicks) -> None:
     lead = _lead(synced)
     target = _other_status(synced, lead)
     outcome = update_lead(synced.id, lead.id, {"status_id": target}, lead.updated_at)
@@ -71,7 +71,7 @@ def test_status_change_is_one_patch_and_lands_in_the_mirror(synced: Owner, kicks
     assert (mirrored.status_id, mirrored.updated_at) == (target, record["updated_at"])
 
 
-def test_stale_version_is_a_conflict_and_sends_nothing(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_stale_version_is_a_conflict_and_sends_nothing(synced: Owner, kicks) -> None:
     lead = _lead(synced, 1)
     outcome = update_lead(synced.id, lead.id, {"price": 1}, (lead.updated_at or 0) - 10)
     assert isinstance(outcome, Conflict)
@@ -79,7 +79,7 @@ def test_stale_version_is_a_conflict_and_sends_nothing(synced: Owner, kicks) -> 
     assert synced.api_requests() == []
 
 
-def test_field_errors_name_the_field(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_field_errors_name_the_field(synced: Owner, kicks) -> None:
     lead = _lead(synced, 2)
     # Checked against the mirror first: no request for a stage of another pipeline.
     other = db.session.scalar(
@@ -118,7 +118,7 @@ def test_field_errors_name_the_field(synced: Owner, kicks) -> None:  # type: ign
     assert isinstance(update_lead(synced.id, 1, {"price": 1}, 0), NotFound)
 
 
-def test_outage_queues_then_drain_applies_in_order(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_outage_queues_then_drain_applies_in_order(synced: Owner, kicks) -> None:
     lead = _lead(synced, 3)
     fault(synced.server, status=503, count=1000, method="PATCH")
     first = update_lead(synced.id, lead.id, {"price": 100}, lead.updated_at)
@@ -146,7 +146,23 @@ def test_outage_queues_then_drain_applies_in_order(synced: Owner, kicks) -> None
     assert _lead(synced, 3).name == "B"
 
 
-def test_change_made_in_amocrm_meanwhile_becomes_a_conflict(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_a_429_is_sent_once_then_left_to_the_outbox(synced: Owner, kicks) -> None:
+    # The person never waits on the client's 429 backoff, and a drain pass ends at the first
+    # 429: the outbox's own schedule is the only retry.
+    lead = _lead(synced, 6)
+    fault(synced.server, status=429, count=1000, method="PATCH", path="/api/v4/leads")
+    assert isinstance(update_lead(synced.id, lead.id, {"price": 7}, lead.updated_at), Pending)
+    assert len(synced.api_requests(method="PATCH")) == 1
+    db.session.execute(OutboxWrite.__table__.update().values(next_attempt_at=None))
+    db.session.commit()
+    synced.server.clear_requests()
+    result = outbox.drain(synced.id)
+    assert result.applied == 0 and result.retry_in is not None
+    assert len(synced.api_requests(method="PATCH")) == 1
+    heal(synced.server)
+
+
+def test_change_made_in_amocrm_meanwhile_becomes_a_conflict(synced: Owner, kicks) -> None:
     synced.subscribe()
     lead = _lead(synced, 4)
     fault(synced.server, status=429, count=1000, method="PATCH", path="/api/v4/leads")
@@ -168,7 +184,7 @@ def test_change_made_in_amocrm_meanwhile_becomes_a_conflict(synced: Owner, kicks
     assert row.result["theirs"]["price"] == 999 and row.result["yours"] == {"price": 5}
 
 
-def test_note_task_and_contact_writes(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_note_task_and_contact_writes(synced: Owner, kicks) -> None:
     lead = _lead(synced, 5)
     note = add_note(synced.id, "leads", lead.id, "Перезвонить в пятницу")
     assert isinstance(note, Applied)
@@ -212,7 +228,7 @@ def test_note_task_and_contact_writes(synced: Owner, kicks) -> None:  # type: ig
     ]
 
 
-def test_new_deal_with_new_contact_is_one_complex_request(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_new_deal_with_new_contact_is_one_complex_request(synced: Owner, kicks) -> None:
     lead = _lead(synced, 0)
     outcome = create_lead(
         synced.id,
@@ -234,7 +250,7 @@ def test_new_deal_with_new_contact_is_one_complex_request(synced: Owner, kicks) 
     assert synced.record("leads", existing.entity_id)["contacts"][0][0] == contact.id
 
 
-def test_a_note_whose_answer_was_lost_is_not_added_twice(synced: Owner, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_a_note_whose_answer_was_lost_is_not_added_twice(synced: Owner, kicks) -> None:
     lead = _lead(synced, 6)
     fault(synced.server, status=504, method="POST", path="/api/v4/leads/notes", after=True)
     outcome = add_note(synced.id, "leads", lead.id, "Один раз")

@@ -12,9 +12,10 @@ import logging
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 
 from crm_app.amocrm.chats import DELIVERED, FAILED, ChatsAPIError, ChatsClient
 from crm_app.amocrm.errors import AmoCRMAPIError
@@ -50,7 +51,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def pending_query(conversation_id: int):  # type: ignore[no-untyped-def]
+def pending_query(conversation_id: int) -> Select[ChatMessage]:
     return (
         select(ChatMessage)
         .where(
@@ -199,9 +200,9 @@ def _to_amo(ch: ChatChannel, conv: Conversation, msg: ChatMessage) -> None:
         return
     msg.amo_tried = True
     db.session.commit()
-    person = {"id": _person_user_id(conv), "name": conv.name or conv.external_id}
+    person: dict[str, Any] = {"id": _person_user_id(conv), "name": conv.name or conv.external_id}
     if _profile(conv):
-        person["profile"] = _profile(conv)  # type: ignore[assignment]
+        person["profile"] = _profile(conv)
     if conv.avatar:
         person["avatar"] = conv.avatar
     if conv.amojo_user_id:
@@ -286,9 +287,9 @@ def _open_chat(ch: ChatChannel, client: ChatsClient, conv: Conversation, msg: Ch
     contact_id = conv.contact_id or _known_contact(conv)
     if contact_id is None and _contact_on_its_way(conv, msg):
         raise Retry(2.0, "waiting for the person's contact to be created")
-    person = {"id": _person_user_id(conv), "name": conv.name or conv.external_id}
+    person: dict[str, Any] = {"id": _person_user_id(conv), "name": conv.name or conv.external_id}
     if _profile(conv):
-        person["profile"] = _profile(conv)  # type: ignore[assignment]
+        person["profile"] = _profile(conv)
     try:
         chat = client.create_chat(str(ch.scope_id), conv.conversation_key, person)
     except ChatsAPIError as exc:
@@ -296,7 +297,8 @@ def _open_chat(ch: ChatChannel, client: ChatsClient, conv: Conversation, msg: Ch
             raise _retry_from(exc, msg.attempts) from None
         raise Retry(60, f"amoCRM refused the chat: {exc.message}") from None
     conv.amojo_chat_id = str(chat.get("id") or "") or None
-    user = chat.get("user") if isinstance(chat.get("user"), dict) else {}
+    raw_user = chat.get("user")
+    user = raw_user if isinstance(raw_user, dict) else {}
     conv.amojo_user_id = str(user.get("id") or "") or None
     db.session.commit()
     if contact_id is not None and conv.amojo_chat_id:

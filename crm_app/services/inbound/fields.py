@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,7 +59,7 @@ def _fid(field: Mapping[str, Any]) -> int | None:
 
 
 def _pick(
-    fields: list[Mapping[str, Any]], codes: set[str], names: set[str], types: set[str]
+    fields: Sequence[Mapping[str, Any]], codes: set[str], names: set[str], types: set[str]
 ) -> int | None:
     usable = [f for f in fields if _fid(f) is not None and (not types or f.get("type") in types)]
     for field in usable:  # a code is the strongest signal

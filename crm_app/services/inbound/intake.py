@@ -68,11 +68,13 @@ def get_or_create_person(owner_id: int, channel: str, external_id: str) -> Inbou
         "updated_at": datetime.now(UTC),
     }
     if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        stmt: postgresql.Insert | sqlite.Insert
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            stmt = postgresql.insert(InboundPerson).values(**values)
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(InboundPerson).values(**values)
+            stmt = sqlite.insert(InboundPerson).values(**values)
         # Only the (owner, channel, external_id) conflict is expected; a clash of the random
         # ref would surface as an error instead of silently dropping the person.
         stmt = stmt.on_conflict_do_nothing(index_elements=["owner_id", "channel", "external_id"])
@@ -136,6 +138,10 @@ def submit(
     )
     db.session.add(req)
     try:
+        db.session.flush()
+        # Read before the commit expires it: reading it back after the commit needs the
+        # database, and if that fails the stored request would not be sent until the stale sweep.
+        request_id = req.id
         db.session.commit()
     except IntegrityError:
         # Two copies with one idempotency key raced: the other one was stored first.
@@ -145,7 +151,7 @@ def submit(
             raise
         return existing
     if enqueue_now:
-        enqueue(req.id, owner_id)
+        enqueue(request_id, owner_id)
     return req
 
 

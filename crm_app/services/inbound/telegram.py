@@ -123,6 +123,8 @@ def call_set_webhook(setup: WebhookSetup, timeout: float = 15.0) -> dict[str, An
         data = response.json()
     except ValueError:
         data = {}
+    if not isinstance(data, dict):
+        data = {}
     if response.status_code != 200 or not data.get("ok"):
         detail = str(data.get("description") or f"HTTP {response.status_code}")[:200]
         raise TelegramError(f"setWebhook refused: {detail}")

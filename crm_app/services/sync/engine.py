@@ -133,7 +133,7 @@ class RunContext:
         self.started = row["started_at"] or datetime.now(UTC)
         self.base_requests = int(row["requests"] or 0)
         self.base_rate_limited = int(row["rate_limited"] or 0)
-        self.app = current_app._get_current_object()  # type: ignore[attr-defined]
+        self.app = current_app._get_current_object()  # type: ignore[attr-defined]  # the proxy is typed as Flask
         self.overlap = int(current_app.config.get("SYNC_CURSOR_OVERLAP_SECONDS", 300))
         self.region = str(current_app.config.get("SYNC_PHONE_REGION", "RU"))
         self.rate = float(current_app.config.get("AMOCRM_RATE_LIMIT", 7.0))
@@ -399,9 +399,7 @@ def _changed_only(
             )
         ).all()
     )
-    return [
-        i for i in items if i.get("id") not in known or known[i.get("id")] != i.get("updated_at")
-    ]
+    return [i for i in items if i.get("id") not in known or known[i["id"]] != i.get("updated_at")]
 
 
 def _confirm_and_delete(ctx: RunContext, entity: str, candidates: list[int]) -> int:

@@ -358,7 +358,8 @@ def map_status(owner_id: int, pipeline_id: int, item: Mapping[str, Any]) -> Row:
 
 
 def map_user(owner_id: int, item: Mapping[str, Any], synced_at: datetime) -> Row:
-    rights = item.get("rights") if isinstance(item.get("rights"), Mapping) else {}
+    raw_rights = item.get("rights")
+    rights = raw_rights if isinstance(raw_rights, Mapping) else {}
     active = rights.get("is_active")
     return {
         "owner_id": owner_id,

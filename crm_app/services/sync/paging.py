@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask
 
@@ -19,6 +19,8 @@ from crm_app.amocrm.errors import ThrottleUnavailable
 from crm_app.services.sync.mappers import NOTE_SCOPES, as_int
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PAGE_LIMIT = 250
 # Documented order fields: tasks have no order[updated_at], see docs/sync.md

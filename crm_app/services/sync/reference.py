@@ -19,7 +19,9 @@ from crm_app.services.sync.upsert import reference_tables, upsert_rows
 logger = logging.getLogger(__name__)
 
 
-def fetch_reference(client: AmoCRMClient) -> tuple[list[dict], list[dict], str | None]:
+def fetch_reference(
+    client: AmoCRMClient,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
     """(pipelines, users, users_error); a users 403 for a non-admin grant is an answer, not a
     failure. A gateway 403 (HTML or plain text) is an account block and propagates."""
     pipelines = client.get_pipelines()

@@ -123,7 +123,7 @@ def _inherited_checkpoint(owner_id: int, entities: list[str], full: bool) -> dic
 def start_sync(
     owner_id: int,
     *,
-    entities: list[str] | None = None,
+    entities: Sequence[str] | None = None,
     full: bool = False,
     trigger: str = "manual",
     enqueue: bool = True,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
 from crm_app.extensions import db
 from crm_app.models import AmoUser, Contact, Lead, Note, Pipeline, PipelineStatus, Task
@@ -18,7 +19,7 @@ from crm_app.services.sync.mappers import NOTE_SCOPES, Row, as_int, map_items
 
 logger = logging.getLogger(__name__)
 
-ENTITY_MODELS: dict[str, Any] = {
+ENTITY_MODELS: dict[str, type[Contact | Lead | Task | Note]] = {
     "contacts": Contact,
     "leads": Lead,
     "tasks": Task,
@@ -119,7 +120,7 @@ def _pg_sql(
     newer_only: bool,
     insert_only: tuple[str, ...] = (),
 ) -> Any:
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it untyped
     quote = dialect.identifier_preparer.quote
     name = quote(table.name)
     cols = ", ".join(quote(c) for c in columns)
@@ -158,10 +159,11 @@ def _column_defaults(table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
         default = column.default
         if column.name in columns or default is None or column.primary_key:
             continue
-        if getattr(default, "is_scalar", False):
-            out[column.name] = default.arg  # type: ignore[attr-defined]
-        elif getattr(default, "is_callable", False):
-            out[column.name] = default.arg(None)  # type: ignore[attr-defined]
+        if isinstance(default, ScalarElementColumnDefault):
+            out[column.name] = default.arg
+        elif isinstance(default, CallableColumnDefault):
+            # Our defaults are plain functions, which SQLAlchemy wraps to ignore the context.
+            out[column.name] = default.arg(None)  # type: ignore[arg-type]  # context unused
     return out
 
 
@@ -204,7 +206,7 @@ def delete_rows(conn: Connection, table: Table, owner_id: int, ids: Iterable[int
 # -- public helpers (webhooks, inbound, tests) ----------------------------------------------
 
 
-def _run(work: Any, conn: Connection | None, commit: bool) -> int:
+def _run(work: Callable[[Connection], int], conn: Connection | None, commit: bool) -> int:
     if conn is not None:
         return work(conn)
     result = work(db.session.connection())

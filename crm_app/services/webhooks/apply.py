@@ -13,9 +13,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import CursorResult, Insert, select, tuple_, update
 
 from crm_app.amocrm.errors import AmoCRMAPIError, AmoCRMRateLimited
 from crm_app.extensions import db
@@ -278,6 +278,7 @@ def _insert_keys(owner_id: int, keys: list[tuple[str, str, int, str, int]]) -> N
         for e, a, i, m, d in keys
     ]
     dialect = db.engine.dialect.name
+    stmt: Insert
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -305,18 +306,21 @@ def _finish(owner_id: int, rows: list[WebhookDelivery], plan: Plan) -> int:
     applied = 0
     for row in rows:
         status = plan.statuses.get(row.id, InboxStatus.IGNORED)
-        result = db.session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == row.id, WebhookDelivery.status == InboxStatus.PENDING)
-            .values(
-                status=status,
-                processed_at=now,
-                attempts=WebhookDelivery.attempts + 1,
-                next_attempt_at=None,
-                summary=plan.summaries.get(row.id),
-                error=plan.errors.get(row.id),
-            )
-            .execution_options(synchronize_session=False)
+        result = cast(
+            "CursorResult[Any]",
+            db.session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == row.id, WebhookDelivery.status == InboxStatus.PENDING)
+                .values(
+                    status=status,
+                    processed_at=now,
+                    attempts=WebhookDelivery.attempts + 1,
+                    next_attempt_at=None,
+                    summary=plan.summaries.get(row.id),
+                    error=plan.errors.get(row.id),
+                )
+                .execution_options(synchronize_session=False)
+            ),
         )
         if result.rowcount:
             applied += plan.fresh.get(row.id, 0)

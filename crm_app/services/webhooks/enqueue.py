@@ -47,7 +47,7 @@ def _redis(app: Flask) -> Any | None:
 
 def clear_flag(owner_id: int) -> None:
     """Called by the task before it reads the inbox (see the module docstring)."""
-    client = _redis(current_app._get_current_object())  # type: ignore[attr-defined]
+    client = _redis(current_app._get_current_object())  # type: ignore[attr-defined]  # proxy typed as Flask
     if client is None:
         return
     try:
@@ -59,7 +59,7 @@ def clear_flag(owner_id: int) -> None:
 def kick_now(owner_id: int, countdown: float | None = None, app: Flask | None = None) -> bool:
     """Queue processing for one owner unless a task is already waiting; False on failure."""
     if app is None:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        app = current_app._get_current_object()  # type: ignore[attr-defined]  # proxy typed as Flask
     client = None if app.config.get("CELERY_EAGER") else _redis(app)
     try:
         if client is not None and not client.set(_flag_key(owner_id), "1", nx=True, ex=FLAG_TTL):
@@ -151,7 +151,7 @@ def kick(owner_id: int, app: Flask | None = None) -> None:
     """Ask for processing of `owner_id`'s inbox soon; returns at once and never raises."""
     try:
         if app is None:
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            app = current_app._get_current_object()  # type: ignore[attr-defined]  # the proxy is typed as Flask
         kicker: Kicker | None = app.extensions.get("crm_webhook_kicker")
         # After a fork (gunicorn workers) the parent's thread does not exist in the child.
         if kicker is None or kicker.pid != os.getpid():

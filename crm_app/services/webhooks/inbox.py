@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import CursorResult, Insert, delete, func, insert, select, update
+from sqlalchemy.sql.dml import ReturningInsert
 
 from crm_app.extensions import db
 from crm_app.models import AmoConfig, InboxStatus, WebhookDelivery
@@ -22,12 +23,13 @@ def body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def insert_statement(dialect: str) -> Any:
+def insert_statement(dialect: str) -> ReturningInsert[Any]:
     """INSERT … ON CONFLICT DO NOTHING RETURNING id, built once per dialect."""
     cached = _STATEMENTS.get(dialect)
     if cached is not None:
         return cached
     table = WebhookDelivery.__table__
+    stmt: Insert
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -38,12 +40,12 @@ def insert_statement(dialect: str) -> Any:
         stmt = sqlite_insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - PostgreSQL and SQLite are the supported databases
         stmt = insert(table)
-    stmt = stmt.returning(table.c.id)
-    _STATEMENTS[dialect] = stmt
-    return stmt
+    returning = stmt.returning(table.c.id)
+    _STATEMENTS[dialect] = returning
+    return returning
 
 
-_STATEMENTS: dict[str, Any] = {}
+_STATEMENTS: dict[str, ReturningInsert[Any]] = {}
 
 
 def owners_with_pending(now: datetime | None = None) -> list[int]:
@@ -163,13 +165,16 @@ def prune(older_than: timedelta = RETENTION, batch: int = 5000) -> int:
 
 def requeue_failed(owner_id: int) -> int:
     """Put failed deliveries back in the queue (after a reconnect, say)."""
-    result = db.session.execute(
-        update(WebhookDelivery)
-        .where(
-            WebhookDelivery.owner_id == owner_id,
-            WebhookDelivery.status == InboxStatus.FAILED,
-        )
-        .values(status=InboxStatus.PENDING, next_attempt_at=None, attempts=0)
+    result = cast(
+        "CursorResult[Any]",
+        db.session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.owner_id == owner_id,
+                WebhookDelivery.status == InboxStatus.FAILED,
+            )
+            .values(status=InboxStatus.PENDING, next_attempt_at=None, attempts=0)
+        ),
     )
     db.session.commit()
     return int(result.rowcount or 0)

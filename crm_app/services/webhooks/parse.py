@@ -267,7 +267,8 @@ def _entity_events(entity: str, action: str, value: Any) -> list[Event]:
         if entity == "contacts" and str(item.get("type", "")).lower() == "company":
             kind = "companies"
         if action == "note":
-            note = item.get("note") if isinstance(item.get("note"), dict) else {}
+            raw_note = item.get("note")
+            note = raw_note if isinstance(raw_note, dict) else {}
             entity_id = to_int(note.get("element_id")) or to_int(item.get("element_id"))
             # Two notes on one entity can share a second: the note id keeps their keys apart.
             note_id = to_int(note.get("id"))
@@ -330,7 +331,8 @@ def extract_events(form: dict[str, Any]) -> tuple[list[Event], list[str]]:
 def parse_delivery(body: bytes) -> Delivery:
     """Decode a raw body and list its events; unknown keys are reported, never fatal."""
     form = decode_form(body)
-    account = form.get("account") if isinstance(form.get("account"), dict) else {}
+    raw_account = form.get("account")
+    account = raw_account if isinstance(raw_account, dict) else {}
     account_id = account.get("id") if isinstance(account.get("id"), str) else None
     subdomain = account.get("subdomain") if isinstance(account.get("subdomain"), str) else None
     events, unknown = extract_events(form)
