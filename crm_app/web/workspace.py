@@ -184,7 +184,7 @@ def _deal_filter() -> boards.DealFilter:
         updated_from=_day("updated_from"),
         updated_to=_day("updated_to", end=True),
         state=state,
-        sort=args.get("sort") if args.get("sort") in boards.SORTS else "updated_at",
+        sort=str(args.get("sort")) if args.get("sort") in boards.SORTS else "updated_at",
         desc=args.get("dir") != "asc",
         page=max(1, min(_int("page", args) or 1, 100000)),
     )
@@ -513,7 +513,8 @@ def deal_create() -> Response:
 
 
 def _redirect(target: str) -> Response:
-    return redirect(target, code=303)
+    resp = make_response(redirect(target, code=303))
+    return resp
 
 
 def _redirect_with(message: str, category: str) -> Response:
