@@ -20,6 +20,10 @@ from typing import IO
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 DEMO_USER, DEMO_PASSWORD = "admin", "demo-sandbox-42"
+# The demo account's Chats API channel (enter these in the "amoCRM chats" card) and bot.
+DEMO_CHANNEL = "3f1d2c4b-5a69-4e7d-8c0b-1a2b3c4d5e6f"
+DEMO_CHANNEL_SECRET = "d3m0c4a7s3cr3t0000111122223333444455556666"
+DEMO_BOT_TOKEN = "100200:demo-bot-token-for-the-fake-telegram"
 # After the banner, only lines that look like these reach the terminal.
 _ALARMING = ("level=ERROR", "level=CRITICAL", '"level": "ERROR"', "Traceback", "[ERROR", "CRITICAL")
 
@@ -84,6 +88,7 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("PUBLIC_URL", public)
     env.setdefault("AMOCRM_BASE_URL", sandbox)
+    env.setdefault("TELEGRAM_API_BASE", sandbox)  # the sandbox's fake Bot API
     env.pop("REDIS_URL", None) if not os.environ.get("REDIS_URL") else None
     instance = Path(env.get("CRM_INSTANCE_PATH") or ROOT / "instance")
     logs = instance / "logs"
@@ -118,6 +123,12 @@ def main() -> int:
         "150",
         "--tasks",
         "80",
+        "--chat-channel-id",
+        DEMO_CHANNEL,
+        "--chat-secret",
+        DEMO_CHANNEL_SECRET,
+        "--chat-hook-url",
+        f"{env['PUBLIC_URL']}/webhooks/amojo/:scope_id",
     ]
     worker_argv = [
         str(BIN / "celery"),
@@ -170,6 +181,8 @@ def main() -> int:
         print(f"  amoCRM integration:  {public}/admin/crm")
         print(f"  login:               {DEMO_USER} / {DEMO_PASSWORD}")
         print(f"  amoCRM sandbox:      {sandbox}  (demo account 'demo')")
+        print(f"  chat channel:        id {DEMO_CHANNEL}")
+        print(f"                       secret {DEMO_CHANNEL_SECRET}, bot token {DEMO_BOT_TOKEN}")
         print(f"  logs:                {logs}/{{web,worker,sandbox}}.log")
         print("  Ctrl-C stops everything.")
         print("=" * 64 + "\n", flush=True)
