@@ -11,6 +11,7 @@ from crm_app.web.pages import bp as pages_bp
 from crm_app.web.people import bp as people_bp
 from crm_app.web.sync_ui import bp as sync_ui_bp
 from crm_app.web.webhooks import bp as webhooks_bp
+from crm_app.web.workspace import bp as workspace_bp
 
 BLUEPRINTS = [
     auth_bp,
@@ -23,4 +24,5 @@ BLUEPRINTS = [
     chats_hook_bp,
     inbox_bp,
     people_bp,
+    workspace_bp,
 ]

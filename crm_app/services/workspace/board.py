@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,12 +226,15 @@ def _split_page(rows: list[Any], limit: int) -> tuple[list[Any], str | None]:
 def _totals(
     owner_id: int, pipeline_id: int, status_id: int | None = None
 ) -> dict[int, tuple[int, int, int]]:
-    """status → (deals, sum of prices, newest updated_at)."""
+    """status → (deals, sum of prices, sum of updated_at).
+
+    The sum of versions changes whenever any deal of the stage changes, even when a change
+    lands in the same second as the stage's newest one (a max would miss that)."""
     stmt = select(
         Lead.status_id,
         func.count(),
         func.coalesce(func.sum(Lead.price), 0),
-        func.coalesce(func.max(Lead.updated_at), 0),
+        func.coalesce(func.sum(Lead.updated_at), 0),
     ).where(Lead.owner_id == owner_id, Lead.pipeline_id == pipeline_id)
     if status_id is not None:
         stmt = stmt.where(Lead.status_id == status_id)
@@ -253,9 +257,10 @@ def _pending_count(owner_id: int) -> int:
 
 
 def _version(pipeline_id: int, totals: dict[int, tuple[int, int, int]], pending: int) -> str:
-    newest = max((t[2] for t in totals.values()), default=0)
-    count = sum(t[0] for t in totals.values())
-    return f"{pipeline_id}-{newest}-{count}-{pending}"
+    # Every stage's count, price sum and version sum: a move, an edit, a new deal all show.
+    stages = ";".join(f"{sid}:{c}:{p}:{v}" for sid, (c, p, v) in sorted(totals.items()))
+    digest = hashlib.blake2b(stages.encode(), digest_size=8).hexdigest()
+    return f"{pipeline_id}-{digest}-{pending}"
 
 
 def board_version(owner_id: int, pipeline_id: int) -> str:
@@ -288,7 +293,7 @@ def board(owner_id: int, pipeline_id: int | None = None, *, per_column: int = 20
     columns = []
     for status in pipeline.statuses:
         rows, cursor = split.get(status.id, ([], None))
-        count, total, _newest = totals.get(status.id, (0, 0, 0))
+        count, total, _stamps = totals.get(status.id, (0, 0, 0))
         columns.append(Column(status, count, total, [cards[r.id] for r in rows], cursor))
     return Board(
         pipeline, choices, columns, _version(pipeline.id, totals, _pending_count(owner_id))
@@ -314,7 +319,7 @@ def board_column(
         return None
     count = total = 0
     if totals:
-        count, total, _newest = _totals(owner_id, pipeline_id, status_id).get(status_id, (0, 0, 0))
+        count, total, _stamps = _totals(owner_id, pipeline_id, status_id).get(status_id, (0, 0, 0))
     rows = list(db.session.execute(_page_query(owner_id, pipeline_id, status_id, after, limit)))
     page, cursor = _split_page(rows, limit)
     choice = StatusChoice(status.id, status.name, status.color, status.sort, status.type)

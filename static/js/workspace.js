@@ -1,0 +1,76 @@
+// The CRM workspace: board drag and drop (vendored Sortable), polls with ETag/304.
+// CSP: script-src 'self' — no inline JS; everything is wired from data attributes here.
+(function () {
+  "use strict";
+
+  var etags = {}; // element id -> the ETag of the version it shows
+
+  function livePollBusy(elt) {
+    // A poll must not replace what someone is using: a drag, an open menu, a field being typed in.
+    if (document.body.classList.contains("ws-dragging")) return true;
+    if (elt.querySelector("details[open]")) return true;
+    var active = document.activeElement;
+    return !!(active && elt.contains(active) && active.matches("input, select, textarea"));
+  }
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    var elt = event.detail.elt;
+    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-live") || !elt.id) return;
+    if (event.detail.verb !== "get") return;
+    if (etags[elt.id]) event.detail.headers["If-None-Match"] = etags[elt.id];
+  });
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-live")) return;
+    var trigger = event.detail.requestConfig && event.detail.requestConfig.triggeringEvent;
+    if (trigger && trigger.type === "submit") return;
+    if (livePollBusy(elt)) event.preventDefault();
+  });
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr && xhr.status === 304) {
+      event.detail.shouldSwap = false; // nothing changed since the version on screen
+      return;
+    }
+    var elt = event.detail.elt;
+    var tag = xhr && xhr.getResponseHeader("ETag");
+    if (elt && elt.id && tag && elt.hasAttribute && elt.hasAttribute("data-live")) etags[elt.id] = tag;
+  });
+
+  // --- board: drag a card to another column = submit its "move to" form -------------------
+  function initBoard(root) {
+    if (!window.Sortable) return;
+    (root || document).querySelectorAll(".ws-cards").forEach(function (list) {
+      if (list.getAttribute("data-sortable") || !list.querySelector(".ws-handle")) return;
+      list.setAttribute("data-sortable", "1");
+      window.Sortable.create(list, {
+        group: "ws-board",
+        handle: ".ws-handle",
+        draggable: ".ws-card",
+        animation: 120,
+        onStart: function () {
+          document.body.classList.add("ws-dragging");
+        },
+        onEnd: function (evt) {
+          document.body.classList.remove("ws-dragging");
+          if (evt.from === evt.to) return;
+          var card = evt.item;
+          var form = card.querySelector(".ws-move-form");
+          var select = form && form.querySelector("select[name=status_id]");
+          if (!select) return;
+          select.value = evt.to.getAttribute("data-status-id");
+          form.requestSubmit();
+        },
+      });
+    });
+  }
+
+  document.addEventListener("htmx:load", function (event) {
+    initBoard(event.detail && event.detail.elt);
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    initBoard(document);
+  });
+})();

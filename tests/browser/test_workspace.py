@@ -1,0 +1,194 @@
+"""The CRM workspace in a real browser: the board (drag and the keyboard "move to"), a conflict
+with a manager's change in amoCRM, notes and tasks, a new deal, a change arriving live, a guest."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from playwright.sync_api import expect
+
+from tests.browser.test_crm_page import _shot
+
+pytestmark = pytest.mark.browser
+
+
+def _login(page, base: str, username: str) -> None:
+    page.goto(base + "/login")
+    page.fill("#login-username", username)
+    page.fill("#login-password", "password123")
+    page.click("#login-submit")
+    page.wait_for_url("**/admin/crm**")
+
+
+def _record(sandbox, lead_id: int) -> dict:
+    return sandbox.account.tables["leads"].get(lead_id)
+
+
+def _wait(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def workspace(app, live_app, make_user, celery_worker):  # type: ignore[no-untyped-def]
+    """An owner connected to the sandbox and synced; the sandbox's webhooks reach the app and a
+    real worker applies them."""
+    from crm_app.commands.users import get_or_create_owner
+    from crm_app.services.amo import client_for_owner
+    from crm_app.services.sync import run_sync, start_sync
+    from crm_app.services.webhooks import ensure_webhook_token
+    from testkit.sandbox_link import connect_owner_to_sandbox
+
+    make_user("admin", role="admin", owner="acme")
+    make_user("guest", role="guest", owner="acme")
+    owner_id = get_or_create_owner("acme").id
+    sandbox = live_app.sandbox
+    connect_owner_to_sandbox(owner_id, sandbox)
+    run = start_sync(owner_id, full=True, enqueue=False)
+    run_sync(run.id)
+    token = ensure_webhook_token(owner_id)
+    with client_for_owner(owner_id) as api:
+        api.subscribe_webhook(
+            f"{live_app.url}/webhooks/amocrm/{token}",
+            ["add_lead", "update_lead", "status_lead", "note_lead", "add_task", "update_task"],
+        )
+    celery_worker("workspace", concurrency=1)
+    return owner_id
+
+
+def _board_lead(page) -> tuple[int, int, int]:
+    """A card of the first column with cards and a stage it can move to (not won/lost)."""
+    card = page.locator(".ws-card").first
+    lead_id = int(card.get_attribute("data-deal-id"))
+    column = card.locator("xpath=ancestor::ol[1]")
+    status_id = int(column.get_attribute("data-status-id"))
+    stages = [int(s.get_attribute("data-status-id")) for s in page.locator(".ws-cards").all()]
+    target = next(s for s in stages if s not in (status_id, 142, 143))
+    return lead_id, status_id, target
+
+
+def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:  # type: ignore[no-untyped-def]
+    base, sandbox = live_app.url, live_app.sandbox
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="ru-RU")
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    _login(page, base, "admin")
+    page.click("#nav-deals")
+    page.wait_for_url("**/admin/crm/deals")
+    page.wait_for_selector(".ws-card")
+    _shot(page, "workspace-board")
+
+    # Keyboard: open the card's "move to" menu, pick a stage, submit.
+    lead_id, _from, target = _board_lead(page)
+    card = page.locator(f"#deal-{lead_id}")
+    card.locator("summary").focus()
+    page.keyboard.press("Enter")
+    card.locator("select[name=status_id]").select_option(str(target))
+    card.locator(".ws-move-form button").focus()
+    page.keyboard.press("Enter")
+    _wait(lambda: _record(sandbox, lead_id)["status_id"] == target)
+    expect(page.locator(f'ol[data-status-id="{target}"] #deal-{lead_id}')).to_be_visible()
+
+    # Drag: the card's handle onto another column.
+    moved = lead_id
+    lead_id, _status, target = _board_lead(page)
+    handle = page.locator(f"#deal-{lead_id} .ws-handle")
+    handle.drag_to(page.locator(f'ol[data-status-id="{target}"]'))
+    _wait(lambda: _record(sandbox, lead_id)["status_id"] == target)
+    expect(page.locator(f'ol[data-status-id="{target}"] #deal-{lead_id}')).to_be_visible()
+
+    # A manager renames another deal in amoCRM (amoCRM's versions are whole seconds: a change
+    # of the deal we just wrote, in the same second, is indistinguishable from our echo): the
+    # open board shows it without a reload.
+    lead_id = next(
+        int(c.get_attribute("data-deal-id"))
+        for c in page.locator(".ws-card").all()
+        if int(c.get_attribute("data-deal-id")) not in (lead_id, moved)
+    )
+    requests.patch(
+        f"{sandbox.url}/_sandbox/leads/{lead_id}", json={"name": "Renamed in amoCRM"}, timeout=5
+    )
+    expect(page.locator(f"#deal-{lead_id} .ws-card-name")).to_have_text(
+        "Renamed in amoCRM", timeout=20000
+    )
+
+    # The deals table with a search that lives in the URL.
+    page.click("#tab-table")
+    page.fill("#deals-q", "Renamed in amoCRM")
+    page.wait_for_url("**q=Renamed*")
+    expect(page.locator(f"#row-{lead_id}")).to_be_visible()
+    _shot(page, "workspace-table")
+
+    # The deal card: a manager changes the deal while the form is open → the conflict.
+    page.goto(f"{base}/admin/crm/deals/{lead_id}")
+    page.fill("#deal-name", "My name for it")
+    requests.patch(f"{sandbox.url}/_sandbox/leads/{lead_id}", json={"price": 777}, timeout=5)
+    expect(page.locator("#f-price")).to_contain_text("777", timeout=15000)
+    page.click("#deal-save")
+    expect(page.locator("#ws-conflict")).to_be_visible()
+    assert _record(sandbox, lead_id)["name"] == "Renamed in amoCRM"
+    page.click("#conflict-apply")
+    _wait(lambda: _record(sandbox, lead_id)["name"] == "My name for it")
+    expect(page.locator("#deal-title")).to_have_text("My name for it")
+    expect(page.locator("#ws-conflict")).to_have_count(0)
+    assert _record(sandbox, lead_id)["price"] == 777  # theirs kept, mine on top
+
+    # A note, a task, the task completed.
+    page.fill("#note-text", "Called the client")
+    page.click("#note-add")
+    expect(page.locator("#ws-notes")).to_contain_text("Called the client")
+    page.fill("#task-text", "Send the offer")
+    page.fill("#task-due", "2031-05-01T10:00")
+    page.click("#task-add")
+    task = page.locator(".ws-task", has_text="Send the offer")
+    expect(task).to_be_visible()
+    task.locator("input[name=result]").fill("Sent")
+    task.locator("button").click()
+    expect(page.locator(".ws-task.is-done", has_text="Send the offer")).to_be_visible()
+    _shot(page, "workspace-deal")
+
+    # A new deal with a new contact, from the board.
+    page.click("#nav-deals")
+    page.click("#ws-new-deal summary")
+    page.fill("#new-deal-name", "Deal from the board")
+    page.fill("#new-deal-contact", "Olga")
+    page.click("#new-deal-submit")
+    expect(page.locator("#deal-title")).to_have_text("Deal from the board")
+    created = int(page.url.rstrip("/").rsplit("/", 1)[1].split("?")[0])
+    assert _record(sandbox, created)["name"] == "Deal from the board"
+
+    # English and the phone layout.
+    page.goto(f"{base}/admin/crm/deals?lang=en")
+    expect(page.locator("#nav-deals")).to_have_text("Leads")
+    _shot(page, "workspace-board-en")
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    mobile = phone.new_page()
+    _login(mobile, base, "admin")
+    mobile.goto(f"{base}/admin/crm/deals")
+    mobile.wait_for_selector(".ws-card")
+    board = mobile.locator("#ws-columns")
+    assert board.evaluate("el => el.scrollWidth > el.clientWidth")  # columns scroll sideways
+    _shot(mobile, "workspace-board-phone")
+    mobile.goto(f"{base}/admin/crm/deals/{lead_id}")
+    _shot(mobile, "workspace-deal-phone")
+    phone.close()
+
+    # A guest sees everything and finds no way to write.
+    guest = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    _login(guest, base, "guest")
+    for url in ("/admin/crm/deals", f"/admin/crm/deals/{lead_id}", "/admin/crm/agenda?who=all"):
+        guest.goto(base + url)
+        assert guest.locator("#guest-badge").count() == 1
+        assert (
+            guest.locator(".ws-handle, .ws-move-form, #deal-edit, #note-form, #task-form").count()
+            == 0
+        )
+        assert guest.locator("main form[method=post]").count() == 0
+    assert not [p for p in problems if "CSP" in p or "Refused" in p], problems
+    context.close()

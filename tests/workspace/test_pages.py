@@ -1,0 +1,337 @@
+"""The workspace's HTML: sections, board, table, cards; every write route × role × owner;
+the conflict flow; polls answered 304 while nothing changed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from crm_app.extensions import db
+from crm_app.models import Lead, Note, PipelineStatus, Task
+from tests.workspace.conftest import Owner
+
+
+@pytest.fixture
+def people(synced: Owner, make_user) -> Owner:  # type: ignore[no-untyped-def]
+    from crm_app.commands.users import get_or_create_owner
+
+    get_or_create_owner("other")
+    make_user("boss", role="admin", owner="acme")
+    make_user("ann", role="user", owner="acme")
+    make_user("gus", role="guest", owner="acme")
+    make_user("eve", role="user", owner="other")
+    return synced
+
+
+def _lead(owner: Owner, index: int = 0) -> Lead:
+    db.session.expire_all()
+    row = db.session.get(Lead, (owner.id, owner.ids("leads")[index]))
+    assert row is not None
+    return row
+
+
+def _other_status(owner: Owner, lead: Lead) -> int:
+    return db.session.scalar(
+        select(PipelineStatus.id).where(
+            PipelineStatus.owner_id == owner.id,
+            PipelineStatus.pipeline_id == lead.pipeline_id,
+            PipelineStatus.type == 0,
+            PipelineStatus.id.not_in([lead.status_id, 142, 143]),
+        )
+    )
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+HX = {"HX-Request": "true"}
+
+
+def test_sections_render_for_every_role(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+    lead = _lead(people)
+    for user in ("boss", "ann", "gus"):
+        login(user)
+        for url in (
+            "/admin/crm/deals",
+            "/admin/crm/deals/table?q=&state=open&sort=price&dir=asc",
+            "/admin/crm/people",
+            "/admin/crm/agenda?who=all",
+            f"/admin/crm/deals/{lead.id}",
+            f"/admin/crm/people/{lead.main_contact_id}"
+            if lead.main_contact_id
+            else "/admin/crm/people",
+            "/admin/crm",
+        ):
+            resp = client.get(url)
+            assert resp.status_code == 200, (user, url, resp.get_data(as_text=True)[:400])
+            html = resp.get_data(as_text=True)
+            assert 'id="ws-nav"' in html
+            writable = 'class="ws-handle"' in html or 'id="deal-edit"' in html
+            if user == "gus":
+                assert not writable and "ws-move-form" not in html and 'id="note-form"' not in html
+        board = client.get("/admin/crm/deals").get_data(as_text=True)
+        assert ('class="ws-handle"' in board) == (user != "gus")
+        assert lead.name in board
+
+
+def test_board_columns_totals_and_paging(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+    login("ann")
+    html = client.get("/admin/crm/deals").get_data(as_text=True)
+    counts = [int(n) for n in re.findall(r'<span class="ws-count">(\d+)</span>', html)]
+    lead = _lead(people)
+    total = db.session.scalar(
+        select(db.func.count())
+        .select_from(Lead)
+        .where(Lead.owner_id == people.id, Lead.pipeline_id == lead.pipeline_id)
+    )
+    assert sum(counts) == total
+    # A column's next page: the cursor of the first page gives other cards.
+    from crm_app.services.workspace.board import board_column
+
+    first = board_column(people.id, lead.pipeline_id, lead.status_id, limit=1)
+    assert first is not None
+    if first.next_cursor:
+        resp = client.get(
+            f"/admin/crm/deals/column/{lead.pipeline_id}/{lead.status_id}?after={first.next_cursor}",
+            headers=HX,
+        )
+        assert resp.status_code == 200
+        assert f'id="deal-{first.cards[0].id}"' not in resp.get_data(as_text=True)
+
+
+def test_board_poll_answers_304_until_a_deal_changes(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+    login("ann")
+    lead = _lead(people)
+    url = f"/admin/crm/deals?pipeline_id={lead.pipeline_id}"
+    first = client.get(url, headers=HX)
+    etag = first.headers["ETag"]
+    again = client.get(url, headers={**HX, "If-None-Match": etag})
+    assert again.status_code == 304 and again.get_data() == b""
+    people.subscribe()
+    people.manager("PATCH", f"leads/{lead.id}", json={"name": "Changed by a manager"})
+    people.relay()
+    people.process_webhooks()
+    assert _lead(people).name == "Changed by a manager"
+    changed = client.get(url, headers={**HX, "If-None-Match": etag})
+    assert changed.status_code == 200
+    assert "Changed by a manager" in changed.get_data(as_text=True)
+
+
+def test_move_changes_the_status_in_amocrm_with_one_patch(
+    people: Owner, client, login, kicks
+) -> None:  # type: ignore[no-untyped-def]
+    login("ann")
+    lead = _lead(people)
+    target = _other_status(people, lead)
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    resp = client.post(
+        f"/admin/crm/deals/{lead.id}/move",
+        data={
+            "csrf_token": token,
+            "status_id": target,
+            "updated_at": lead.updated_at,
+            "pipeline_id": lead.pipeline_id,
+        },
+        headers=HX,
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:400]
+    assert people.record("leads", lead.id)["status_id"] == target
+    patches = [r for r in people.api_requests() if r["method"] == "PATCH"]
+    assert len(patches) == 1
+    assert 'id="ws-board"' in resp.get_data(as_text=True)
+
+
+def test_drop_into_lost_asks_for_the_loss_reason(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+    from crm_app.models import LossReason
+
+    if db.session.scalar(select(LossReason.id).where(LossReason.owner_id == people.id)) is None:
+        pytest.skip("the sandbox account has no loss reasons")
+    login("ann")
+    lead = _lead(people, 1)
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    data = {"csrf_token": token, "status_id": 143, "updated_at": lead.updated_at}
+    data["pipeline_id"] = lead.pipeline_id
+    asked = client.post(f"/admin/crm/deals/{lead.id}/move", data=data, headers=HX)
+    assert asked.status_code == 422
+    assert 'id="ws-loss-reason"' in asked.get_data(as_text=True)
+    assert people.api_requests(method="PATCH") == []
+    reason = db.session.scalar(select(LossReason.id).where(LossReason.owner_id == people.id))
+    done = client.post(
+        f"/admin/crm/deals/{lead.id}/move", data={**data, "loss_reason_id": reason}, headers=HX
+    )
+    assert done.status_code == 200
+    assert people.record("leads", lead.id)["status_id"] == 143
+
+
+def test_edit_conflict_shows_both_versions_and_applies_mine_on_top(
+    people: Owner, client, login, kicks
+) -> None:  # type: ignore[no-untyped-def]
+    login("ann")
+    lead = _lead(people)
+    page = client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True)
+    token = _csrf(page)
+    seen = lead.updated_at
+    people.subscribe()
+    # A manager renames the deal in amoCRM; the webhook brings it into the mirror.
+    people.manager("PATCH", f"leads/{lead.id}", json={"name": "Theirs"})
+    people.relay()
+    people.process_webhooks()
+    form = {"csrf_token": token, "updated_at": seen, "name": "Mine", "price": lead.price or 0}
+    resp = client.post(f"/admin/crm/deals/{lead.id}/edit", data=form, headers=HX)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 409
+    assert 'id="ws-conflict"' in html and "Theirs" in html and "Mine" in html
+    assert people.record("leads", lead.id)["name"] == "Theirs"  # nothing was sent
+    theirs_version = re.search(
+        r'id="ws-conflict".*?name="updated_at" value="(\d+)"', html, re.S
+    ).group(1)
+    again = client.post(
+        f"/admin/crm/deals/{lead.id}/edit",
+        data={"csrf_token": token, "updated_at": theirs_version, "name": "Mine"},
+        headers=HX,
+    )
+    assert again.status_code == 200, again.get_data(as_text=True)[:400]
+    assert people.record("leads", lead.id)["name"] == "Mine"
+
+
+def test_validation_error_is_shown_next_to_the_field(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+    login("ann")
+    lead = _lead(people)
+    token = _csrf(client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True))
+    resp = client.post(
+        f"/admin/crm/deals/{lead.id}/edit",
+        data={"csrf_token": token, "updated_at": lead.updated_at, "status_id": 999999},
+        headers=HX,
+    )
+    assert resp.status_code == 422
+    assert 'id="err-edit-status-id"' in resp.get_data(as_text=True)
+
+
+def test_note_task_and_complete_from_the_card(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+    login("ann")
+    lead = _lead(people)
+    token = _csrf(client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True))
+    note = client.post(
+        f"/admin/crm/deals/{lead.id}/notes",
+        data={"csrf_token": token, "text": "Called, will pay Friday"},
+        headers=HX,
+    )
+    assert note.status_code == 200
+    assert "Called, will pay Friday" in note.get_data(as_text=True)
+    assert db.session.scalar(select(Note.id).where(Note.text == "Called, will pay Friday"))
+    task = client.post(
+        f"/admin/crm/deals/{lead.id}/tasks",
+        data={
+            "csrf_token": token,
+            "text": "Send the contract",
+            "complete_till": "2030-01-02T10:00",
+        },
+        headers=HX,
+    )
+    assert task.status_code == 200, task.get_data(as_text=True)[:400]
+    db.session.expire_all()
+    row = db.session.scalar(select(Task).where(Task.text == "Send the contract"))
+    assert row is not None and row.entity_id == lead.id
+    done = client.post(
+        f"/admin/crm/agenda/{row.id}/complete",
+        data={
+            "csrf_token": token,
+            "result": "Sent",
+            "updated_at": row.updated_at,
+            "from": "leads",
+            "entity_id": lead.id,
+        },
+        headers=HX,
+    )
+    assert done.status_code == 200
+    assert people.record("tasks", row.id)["is_completed"] is True
+
+
+def test_create_deal_with_a_new_contact(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+    login("ann")
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    resp = client.post(
+        "/admin/crm/deals/new",
+        data={"csrf_token": token, "name": "Fresh deal", "price": "500", "contact_name": "Ivan"},
+    )
+    assert resp.status_code == 303
+    lead_id = int(resp.headers["Location"].rstrip("/").rsplit("/", 1)[1])
+    assert people.record("leads", lead_id)["name"] == "Fresh deal"
+    assert client.get(resp.headers["Location"]).status_code == 200
+
+
+def test_table_search_filters_and_count(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+    login("gus")
+    lead = _lead(people)
+    html = client.get(f"/admin/crm/deals/table?q={lead.name}").get_data(as_text=True)
+    assert f'id="row-{lead.id}"' in html
+    none = client.get("/admin/crm/deals/table?q=no-such-deal-anywhere").get_data(as_text=True)
+    assert 'id="ws-no-deals"' in none
+    bad = client.get("/admin/crm/deals/table?created_from=yesterday")
+    assert bad.status_code == 400
+
+
+WRITES = [
+    ("/admin/crm/deals/{lead}/edit", {"name": "x"}),
+    ("/admin/crm/deals/{lead}/move", {"status_id": "142"}),
+    ("/admin/crm/deals/{lead}/notes", {"text": "x"}),
+    ("/admin/crm/deals/{lead}/tasks", {"text": "x", "complete_till": "2030-01-01T10:00"}),
+    ("/admin/crm/deals/new", {"name": "x"}),
+    ("/admin/crm/people/{contact}/edit", {"name": "x"}),
+    ("/admin/crm/people/{contact}/notes", {"text": "x"}),
+    ("/admin/crm/agenda/{task}/complete", {"result": "x"}),
+    ("/admin/crm/outbox/1/dismiss", {"entity_type": "leads", "entity_id": "{lead}"}),
+]
+
+
+@pytest.mark.parametrize(("path", "form"), WRITES)
+def test_write_routes_refuse_guest_foreign_owner_and_missing_csrf(
+    people: Owner, client, login, kicks, path: str, form: dict[str, str]
+) -> None:  # type: ignore[no-untyped-def]
+    lead = _lead(people)
+    task_id = people.ids("tasks")[0]
+    ids = {
+        "lead": lead.id,
+        "contact": lead.main_contact_id or people.ids("contacts")[0],
+        "task": task_id,
+    }
+    url = path.format(**ids)
+    data = {k: v.format(**ids) for k, v in form.items()}
+    before = len(people.api_requests())
+    # A guest: 403, nothing sent.
+    login("gus")
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    assert client.post(url, data={**data, "csrf_token": token}).status_code == 403
+    # Another owner's user: the deal is not theirs (404), nothing sent.
+    login("eve")
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    resp = client.post(url, data={**data, "csrf_token": token})
+    if "/new" in url:
+        assert resp.status_code in (303, 409)  # their own owner, which is not connected
+    else:
+        assert resp.status_code == 404
+    # ...nor may they pick the other owner by ?owner_id=.
+    assert (
+        client.post(url + f"?owner_id={people.id}", data={**data, "csrf_token": token}).status_code
+        == 404
+    )
+    # A writer without the CSRF token: refused.
+    login("ann")
+    assert client.post(url, data=data).status_code == 400
+    assert len(people.api_requests()) == before
+    # The admin of another owner may act on it by ?owner_id= (the page links carry it).
+    login("boss")
+    assert client.get(f"/admin/crm/deals/{lead.id}?owner_id={people.id}").status_code == 200
+
+
+def test_reading_another_owners_card_is_404(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+    lead = _lead(people)
+    login("eve")
+    assert client.get(f"/admin/crm/deals/{lead.id}").status_code == 404
+    assert client.get(f"/admin/crm/deals/{lead.id}?owner_id={people.id}").status_code == 404
+    assert client.get(f"/admin/crm/people/{people.ids('contacts')[0]}").status_code == 404
