@@ -48,6 +48,10 @@ NOT_RUNNABLE: list[tuple[str, str]] = [
     (r"^make run\b", "starts these same processes and runs until Ctrl-C"),
     (r"^make test\b", "runs the test suite, this test included"),
     (r"\btelegram set-webhook\b", "calls api.telegram.org with a real bot token (no internet)"),
+    (
+        r"/api/crm/people\?",
+        "needs a person the demo account already knows (tests/people runs these calls)",
+    ),
 ]
 # README text → what it stands for in the test: the app's example origins (PUBLIC_URL, make run's
 # and gunicorn's default ports) and make run's sandbox.
