@@ -49,6 +49,11 @@ NOT_RUNNABLE: list[tuple[str, str]] = [
     (r"^make test\b", "runs the test suite, this test included"),
     (r"\btelegram set-webhook\b", "calls api.telegram.org with a real bot token (no internet)"),
     (
+        r"-X (?:PATCH|POST) \$BASE/admin/crm/(?:leads|tasks|contacts)\b",
+        "stand for a deal the reader has seen (its id and version); tests/workspace/test_api.py "
+        "sends each of these writes",
+    ),
+    (
         r"/api/crm/people\?",
         "needs a person the demo account already knows (tests/people runs these calls)",
     ),
