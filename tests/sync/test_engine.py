@@ -334,3 +334,26 @@ def test_a_failed_run_hands_its_checkpoint_to_the_next(app, make_sandbox, connec
     ]
     assert min(pages) == stopped_at  # went on where the failed run stopped
     assert mirror_count(owner_id, "contacts") == 1500
+
+
+def test_the_log_tells_created_changed_and_no_changes(app, sandbox, connected):
+    from crm_app.services.sync_log import list_log
+
+    owner_id = connected(sandbox)
+    first = _run(owner_id, full=True)
+    assert first.counts["contacts"]["created"] == len(sandbox_items(sandbox, "contacts"))
+    assert first.counts["contacts"]["changed"] == 0
+    quiet = _run(owner_id)
+    assert quiet.status == "success", quiet.error
+    for entity in ("contacts", "leads", "tasks"):
+        # The overlap re-reads the newest records; none of them is news.
+        assert (quiet.counts[entity]["created"], quiet.counts[entity]["changed"]) == (0, 0)
+    lead = sandbox_items(sandbox, "leads")[0]
+    requests.patch(
+        f"{sandbox.url}/_sandbox/leads/{lead['id']}", json={"name": "Переименована"}, timeout=5
+    )
+    edited = _run(owner_id)
+    assert edited.counts["leads"]["changed"] == 1 and edited.counts["leads"]["created"] == 0
+    texts = [item.summary for item in list_log(owner_id, limit=12).items]
+    assert any("изменений нет" in t for t in texts), texts
+    assert any("создано 0, изменено 1" in t for t in texts), texts

@@ -24,6 +24,8 @@ class EntityProgress:
     previous_cursor: int | None = None  # the cursor before this pass
     max_updated_at: int | None = None  # newest updated_at stored by this pass
     records: int = 0
+    created: int = 0  # records the mirror did not have
+    changed: int = 0  # records the mirror held in another version
     pages: int = 0
     older: int = 0  # items older than the cursor (amoCRM ignoring the filter)
     deleted: int = 0

@@ -299,6 +299,9 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
                 with ctx.conn.begin():
                     items = _changed_only(ctx.conn, table, ctx.owner_id, items)
             rows = map_items(entity, ctx.owner_id, items, now, ctx.region)
+            created, changed = _news(table, ctx.owner_id, rows)
+            state.created += created
+            state.changed += changed
             state.page = result.page.page + 1
             state.pages += 1
             state.records += len(rows) if seen_ids is None else len(result.items)
@@ -339,6 +342,8 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
     ctx.counts[entity] = {
         "mode": state.mode,
         "records": state.records,
+        "created": state.created,
+        "changed": state.changed,
         "pages": state.pages,
         "deleted": state.deleted,
         "older": state.older,
@@ -362,6 +367,8 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
                 "run_id": ctx.run_id,
                 "mode": state.mode,
                 "records": state.records,
+                "created": state.created,
+                "changed": state.changed,
                 "pages": state.pages,
                 "deleted": state.deleted,
                 "duration_s": state.duration,
@@ -383,6 +390,30 @@ def _expected_pages(ctx: RunContext, entity: str, table: Any) -> int | None:
             .where(table.c.owner_id == ctx.owner_id, *entity_scope(entity, table))
         ).scalar()
     return math.ceil(rows / PAGE_LIMIT) if rows else None
+
+
+def _news(table: Any, owner_id: int, rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """How many of a page's rows the mirror lacks, and how many it holds in another version.
+
+    Read on a connection of its own before the page is written: the run's connection belongs to
+    the writer thread, which may still be storing the previous page (pages hold other ids).
+    """
+    ids = [r["id"] for r in rows if isinstance(r.get("id"), int)]
+    if not ids or "updated_at" not in table.c or "owner_id" not in table.c:
+        return 0, 0
+    with db.engine.connect() as conn:
+        known: dict[Any, Any] = dict(
+            conn.execute(
+                select(table.c.id, table.c.updated_at).where(
+                    table.c.owner_id == owner_id, table.c.id.in_(ids)
+                )
+            ).all()
+        )
+    created = len([i for i in ids if i not in known])
+    changed = len(
+        [r for r in rows if r.get("id") in known and known[r["id"]] != r.get("updated_at")]
+    )
+    return created, changed
 
 
 def _changed_only(
