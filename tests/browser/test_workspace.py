@@ -34,7 +34,7 @@ def _wait(check, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-def workspace(app, live_app, make_user, celery_worker):  # type: ignore[no-untyped-def]
+def workspace(app, live_app, make_user, celery_worker):
     """An owner connected to the sandbox and synced; the sandbox's webhooks reach the app and a
     real worker applies them."""
     from crm_app.commands.users import get_or_create_owner
@@ -71,7 +71,7 @@ def _board_lead(page) -> tuple[int, int, int]:
     return lead_id, status_id, target
 
 
-def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:  # type: ignore[no-untyped-def]
+def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     base, sandbox = live_app.url, live_app.sandbox
     context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="ru-RU")
     page = context.new_page()

@@ -14,7 +14,7 @@ from tests.workspace.conftest import Owner
 
 
 @pytest.fixture
-def people(synced: Owner, make_user) -> Owner:  # type: ignore[no-untyped-def]
+def people(synced: Owner, make_user) -> Owner:
     from crm_app.commands.users import get_or_create_owner
 
     get_or_create_owner("other")
@@ -52,7 +52,7 @@ def _csrf(html: str) -> str:
 HX = {"HX-Request": "true"}
 
 
-def test_sections_render_for_every_role(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+def test_sections_render_for_every_role(people: Owner, client, login) -> None:
     lead = _lead(people)
     for user in ("boss", "ann", "gus"):
         login(user)
@@ -79,7 +79,7 @@ def test_sections_render_for_every_role(people: Owner, client, login) -> None:  
         assert lead.name in board
 
 
-def test_board_columns_totals_and_paging(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+def test_board_columns_totals_and_paging(people: Owner, client, login) -> None:
     login("ann")
     html = client.get("/admin/crm/deals").get_data(as_text=True)
     counts = [int(n) for n in re.findall(r'<span class="ws-count">(\d+)</span>', html)]
@@ -104,7 +104,7 @@ def test_board_columns_totals_and_paging(people: Owner, client, login) -> None: 
         assert f'id="deal-{first.cards[0].id}"' not in resp.get_data(as_text=True)
 
 
-def test_board_poll_answers_304_until_a_deal_changes(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+def test_board_poll_answers_304_until_a_deal_changes(people: Owner, client, login) -> None:
     login("ann")
     lead = _lead(people)
     url = f"/admin/crm/deals?pipeline_id={lead.pipeline_id}"
@@ -124,7 +124,7 @@ def test_board_poll_answers_304_until_a_deal_changes(people: Owner, client, logi
 
 def test_move_changes_the_status_in_amocrm_with_one_patch(
     people: Owner, client, login, kicks
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     login("ann")
     lead = _lead(people)
     target = _other_status(people, lead)
@@ -146,7 +146,7 @@ def test_move_changes_the_status_in_amocrm_with_one_patch(
     assert 'id="ws-board"' in resp.get_data(as_text=True)
 
 
-def test_drop_into_lost_asks_for_the_loss_reason(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_drop_into_lost_asks_for_the_loss_reason(people: Owner, client, login, kicks) -> None:
     from crm_app.models import LossReason
 
     if db.session.scalar(select(LossReason.id).where(LossReason.owner_id == people.id)) is None:
@@ -170,7 +170,7 @@ def test_drop_into_lost_asks_for_the_loss_reason(people: Owner, client, login, k
 
 def test_edit_conflict_shows_both_versions_and_applies_mine_on_top(
     people: Owner, client, login, kicks
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     login("ann")
     lead = _lead(people)
     page = client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True)
@@ -199,7 +199,7 @@ def test_edit_conflict_shows_both_versions_and_applies_mine_on_top(
     assert people.record("leads", lead.id)["name"] == "Mine"
 
 
-def test_validation_error_is_shown_next_to_the_field(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_validation_error_is_shown_next_to_the_field(people: Owner, client, login, kicks) -> None:
     login("ann")
     lead = _lead(people)
     token = _csrf(client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True))
@@ -212,7 +212,7 @@ def test_validation_error_is_shown_next_to_the_field(people: Owner, client, logi
     assert 'id="err-edit-status-id"' in resp.get_data(as_text=True)
 
 
-def test_note_task_and_complete_from_the_card(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_note_task_and_complete_from_the_card(people: Owner, client, login, kicks) -> None:
     login("ann")
     lead = _lead(people)
     token = _csrf(client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True))
@@ -252,7 +252,7 @@ def test_note_task_and_complete_from_the_card(people: Owner, client, login, kick
     assert people.record("tasks", row.id)["is_completed"] is True
 
 
-def test_create_deal_with_a_new_contact(people: Owner, client, login, kicks) -> None:  # type: ignore[no-untyped-def]
+def test_create_deal_with_a_new_contact(people: Owner, client, login, kicks) -> None:
     login("ann")
     token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
     resp = client.post(
@@ -265,7 +265,7 @@ def test_create_deal_with_a_new_contact(people: Owner, client, login, kicks) -> 
     assert client.get(resp.headers["Location"]).status_code == 200
 
 
-def test_table_search_filters_and_count(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+def test_table_search_filters_and_count(people: Owner, client, login) -> None:
     login("gus")
     lead = _lead(people)
     html = client.get(f"/admin/crm/deals/table?q={lead.name}").get_data(as_text=True)
@@ -292,7 +292,7 @@ WRITES = [
 @pytest.mark.parametrize(("path", "form"), WRITES)
 def test_write_routes_refuse_guest_foreign_owner_and_missing_csrf(
     people: Owner, client, login, kicks, path: str, form: dict[str, str]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     lead = _lead(people)
     task_id = people.ids("tasks")[0]
     ids = {
@@ -329,7 +329,7 @@ def test_write_routes_refuse_guest_foreign_owner_and_missing_csrf(
     assert client.get(f"/admin/crm/deals/{lead.id}?owner_id={people.id}").status_code == 200
 
 
-def test_reading_another_owners_card_is_404(people: Owner, client, login) -> None:  # type: ignore[no-untyped-def]
+def test_reading_another_owners_card_is_404(people: Owner, client, login) -> None:
     lead = _lead(people)
     login("eve")
     assert client.get(f"/admin/crm/deals/{lead.id}").status_code == 404
