@@ -65,6 +65,26 @@ def _locked(model: Any, owner_id: int, entity_id: int) -> Any:
     )
 
 
+def _fresh(
+    model: Any,
+    entity_type: str,
+    owner_id: int,
+    entity_id: int,
+    changes: dict[str, Any],
+    seen: int | None,
+) -> tuple[Any, Outcome | None]:
+    """The row, locked, when it exists and is the version the person saw; else the outcome."""
+    row = _locked(model, owner_id, entity_id)
+    if row is None:
+        db.session.rollback()
+        return None, NotFound(entity_type, entity_id)
+    if _stale(row, seen):
+        theirs = entity_view(entity_type, row)
+        db.session.rollback()
+        return None, Conflict(entity_type, entity_id, theirs, {**changes, "updated_at": seen})
+    return row, None
+
+
 def _write(
     owner_id: int,
     entity_type: str,
@@ -214,14 +234,9 @@ def update_lead(
     user_id: int | None = None,
 ) -> Outcome:
     """Change a deal's name, price, stage, pipeline, responsible user or loss reason."""
-    row = _locked(Lead, owner_id, lead_id)
-    if row is None:
-        db.session.rollback()
-        return NotFound("leads", lead_id)
-    if _stale(row, seen_updated_at):
-        theirs = entity_view("leads", row)
-        db.session.rollback()
-        return Conflict("leads", lead_id, theirs, {**changes, "updated_at": seen_updated_at})
+    row, refused = _fresh(Lead, "leads", owner_id, lead_id, changes, seen_updated_at)
+    if refused is not None:
+        return refused
     payload = _lead_payload(owner_id, row, changes)
     if isinstance(payload, Invalid):
         db.session.rollback()
@@ -346,14 +361,9 @@ def update_task(
     user_id: int | None = None,
 ) -> Outcome:
     """Edit or complete a task (``is_completed`` with an optional ``result`` text)."""
-    row = _locked(Task, owner_id, task_id)
-    if row is None:
-        db.session.rollback()
-        return NotFound("tasks", task_id)
-    if _stale(row, seen_updated_at):
-        theirs = entity_view("tasks", row)
-        db.session.rollback()
-        return Conflict("tasks", task_id, theirs, {**changes, "updated_at": seen_updated_at})
+    row, refused = _fresh(Task, "tasks", owner_id, task_id, changes, seen_updated_at)
+    if refused is not None:
+        return refused
     payload = {k: changes[k] for k in TASK_FIELDS if k in changes}
     if changes.get("result"):
         payload["result"] = {"text": str(changes["result"])}
@@ -375,14 +385,9 @@ def update_contact(
     user_id: int | None = None,
 ) -> Outcome:
     """Edit a contact's names, responsible user, phones or e-mails (lists replace the field)."""
-    row = _locked(Contact, owner_id, contact_id)
-    if row is None:
-        db.session.rollback()
-        return NotFound("contacts", contact_id)
-    if _stale(row, seen_updated_at):
-        theirs = entity_view("contacts", row)
-        db.session.rollback()
-        return Conflict("contacts", contact_id, theirs, {**changes, "updated_at": seen_updated_at})
+    row, refused = _fresh(Contact, "contacts", owner_id, contact_id, changes, seen_updated_at)
+    if refused is not None:
+        return refused
     payload: dict[str, Any] = {k: changes[k] for k in CONTACT_FIELDS if k in changes}
     fields = []
     for key, code in (("phones", "PHONE"), ("emails", "EMAIL")):
