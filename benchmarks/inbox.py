@@ -27,7 +27,7 @@ import requests
 
 from benchmarks.__main__ import Row
 from benchmarks._support import REDIS, bench_database, free_port
-from benchmarks.webhooks import _env, _gunicorn, _worker
+from benchmarks.webhooks import _env, _gunicorn, _setup_owner, _worker
 
 AREA = "inbox"
 CHANNEL = "5d0e7c3a-1f2b-4c5d-8e9f-0a1b2c3d4e5f"
@@ -44,39 +44,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _setup(env: dict[str, str], sandbox: Any, public_url: str) -> dict[str, Any]:
-    os.environ.update({k: env[k] for k in ("CRM_INSTANCE_PATH",)})
-    from crm_app import create_app
-    from crm_app.extensions import db
-    from crm_app.models import Owner
+    """The webhook benchmark's owner (schema, a real code exchange), plus the chat channel."""
     from crm_app.services.chats.channel import connect_channel, save_channel
-    from testkit.sandbox_link import connect_owner_to_sandbox
 
-    app = create_app(
-        {
-            "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"],
-            "REDIS_URL": env["REDIS_URL"],
-            "INSTANCE_PATH": env["CRM_INSTANCE_PATH"],
-            "SECRET_KEY": env["SECRET_KEY"],
-            "CRM_ENCRYPTION_KEY": env["CRM_ENCRYPTION_KEY"],
-            "CELERY_QUEUE": env["CELERY_QUEUE"],
-            "AMOCRM_BASE_URL": sandbox.url,
-            "PUBLIC_URL": public_url,
-            "TELEGRAM_API_BASE": sandbox.url,
-        }
-    )
-    ctx = app.app_context()
-    ctx.push()
-    db.create_all()
-    owner = Owner(name="bench-inbox")
-    db.session.add(owner)
-    db.session.commit()
-    connect_owner_to_sandbox(owner.id, sandbox)
+    setup = _setup_owner(env, sandbox, public_url)
+    setup["app"].config["TELEGRAM_API_BASE"] = sandbox.url
+    owner_id = setup["owner_id"]
     save_channel(
-        owner.id,
+        owner_id,
         {"channel_id": CHANNEL, "secret": SECRET, "mode": "chat", "telegram_bot_token": BOT},
     )
-    connect_channel(owner.id)
-    return {"app": app, "ctx": ctx, "owner_id": owner.id}
+    connect_channel(owner_id)
+    return setup
 
 
 def _wait(check: Any, timeout: float) -> float:
