@@ -25,6 +25,8 @@ from crm_app.extensions import csrf, limiter
 from crm_app.security import HSTS_VALUE, PERMISSIONS_POLICY, REFERRER_POLICY, is_https_deployment
 from crm_app.services.webhooks import inbox, spool
 from crm_app.services.webhooks import receive as receive_service
+from crm_app.services.webhooks.receive import Outcome
+from crm_app.web import chats_hook
 from crm_app.web.context import request_context
 from crm_app.web.respond import respond, to_page, wants_fragment
 
@@ -37,7 +39,7 @@ bp = Blueprint("webhooks", __name__)
 _PREFIX = "/webhooks/amocrm"
 
 
-def _problem(outcome: receive_service.Outcome) -> tuple[bytes, str]:
+def _problem(outcome: Outcome) -> tuple[bytes, str]:
     """The problem+json body errors.py would render for this status."""
     body = {
         "type": "about:blank",
@@ -73,8 +75,14 @@ def receive(token: str | None = None) -> Response:
     return Response("OK", status=200, mimetype="text/plain")
 
 
+JSON = "application/json"
+
+
 class WebhookFastPath:
     """WSGI middleware answering `POST /webhooks/amocrm[/<token>]` without Flask's request cycle.
+
+    On PostgreSQL it answers amojo's channel hooks (`POST /webhooks/amojo/<scope_id>`) too;
+    see `web/chats_hook.py`.
 
     The endpoint must keep up with a bare Flask app (it is benchmarked at >= 50%). Every Flask
     request here pays for session loading, CSRF, the rate limiter, login and security hooks —
@@ -116,6 +124,14 @@ class WebhookFastPath:
             spool.sweep_leftovers(self.app)
         if environ.get("REQUEST_METHOD") != "POST" or not self.app.config["WEBHOOK_FAST_PATH"]:
             return self.wsgi_app(environ, start_response)
+        if environ.get("PATH_INFO", "").startswith(chats_hook.PREFIX):
+            answer = chats_hook.fast_answer(self.app, environ)
+            if answer is None:
+                return self.wsgi_app(environ, start_response)
+            status, detail, reply = answer
+            if status == 200:
+                return self._reply(start_response, status, json.dumps(reply).encode(), JSON)
+            return self._reply(start_response, status, *_problem(Outcome(status, detail)))
         token = self._token(environ)
         if token is None:
             return self.wsgi_app(environ, start_response)
@@ -124,7 +140,7 @@ class WebhookFastPath:
         except ValueError:
             length = -1
         if length is not None and length < 0:
-            outcome = receive_service.Outcome(400, "Bad Content-Length.")
+            outcome = Outcome(400, "Bad Content-Length.")
         else:
             try:
                 outcome = receive_service.ingest(
@@ -139,14 +155,15 @@ class WebhookFastPath:
             except Exception:
                 # A bug, not bad input: logged with its traceback, no detail to the caller.
                 logger.exception("webhook fast path failed")
-                outcome = receive_service.Outcome(500, "Internal error; it has been logged.")
+                outcome = Outcome(500, "Internal error; it has been logged.")
         if outcome.status == 200:
-            body, mimetype = b"OK", "text/plain; charset=utf-8"
-        else:
-            body, mimetype = _problem(outcome)
-        status = f"{outcome.status} {HTTP_STATUS_CODES.get(outcome.status, 'Error')}"
+            return self._reply(start_response, 200, b"OK", "text/plain; charset=utf-8")
+        return self._reply(start_response, outcome.status, *_problem(outcome))
+
+    def _reply(self, start_response: Any, status: int, body: bytes, mimetype: str) -> list[bytes]:
+        line = f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}"
         headers = [("Content-Type", mimetype), ("Content-Length", str(len(body))), *self.headers]
-        start_response(status, headers)
+        start_response(line, headers)
         return [body]
 
 

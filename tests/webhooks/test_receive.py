@@ -344,7 +344,7 @@ def test_commit_mode_of_the_fast_path_connections(owner: Owner, app, sync_commit
 
     app.config["WEBHOOK_SYNC_COMMIT"] = sync_commit
     assert owner.post(owner.body({"leads": {"add": [{"id": "7"}]}})).status_code == 200
-    stack = fastpath._stack(db.engine, sync_commit)
+    stack = fastpath.stack_for(db.engine, sync_commit)
     assert stack is not None
     setting = stack.run(lambda conn: conn.execute("SHOW synchronous_commit").fetchone()[0])
     assert setting == ("on" if sync_commit else "off")

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from crm_app.amocrm.chats_signing import webhook_signature_ok
 from crm_app.models.chats import ChatMessage
 from crm_app.services.chats.channel import channel_for_scope
-from crm_app.services.chats.messages import Person, record_from_manager, record_from_person
+from crm_app.services.chats.hook import checked_reply
+from crm_app.services.chats.messages import Person, record_from_person, store_manager_reply
 
 logger = logging.getLogger(__name__)
 
 _MEDIA_KINDS = ("photo", "document", "video", "voice", "audio", "sticker")
-
-
-class HookRefused(Exception):
-    """A channel hook we must not store: ``status`` is the answer (401 signature, 404 scope)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def from_telegram(owner_id: int, bot_key: str, update: dict[str, Any]) -> ChatMessage | None:
@@ -64,18 +54,9 @@ def from_widget(owner_id: int, payload: dict[str, Any], request_key: str) -> Cha
 
 
 def channel_hook(scope_id: str, raw: bytes, signature: str | None) -> ChatMessage | None:
-    """amojo's hook: checked (X-Signature over the raw body), stored once, delivered later."""
+    """amojo's hook through SQLAlchemy (see `hook` for the PostgreSQL fast path)."""
     ch = channel_for_scope(scope_id)
-    if ch is None:
-        raise HookRefused(404, "unknown scope")
-    if not webhook_signature_ok(ch.secret, raw, signature):
-        raise HookRefused(401, "missing or wrong X-Signature")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise HookRefused(400, "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise HookRefused(400, "the body must be a JSON object")
-    if not isinstance(body.get("message"), dict):
-        return None  # typing and reactions are not messages: acknowledged, not stored
-    return record_from_manager(ch, body)
+    reply = checked_reply(None if ch is None else ch.secret, raw, signature)
+    if reply is None or ch is None:
+        return None
+    return store_manager_reply(ch.owner_id, reply)

@@ -116,38 +116,74 @@ def record_from_person(
     return stored
 
 
-def record_from_manager(ch: ChatChannel, hook: dict[str, Any]) -> ChatMessage | None:
-    """A manager's reply from the channel hook (v2 shape); stored once per amojo message id."""
+@dataclass(frozen=True)
+class ManagerReply:
+    """A manager's message as the channel hook (v2 shape) describes it."""
+
+    amojo_msgid: str
+    client_id: str | None  # our conversation key
+    chat_ref: str | None  # amojo's chat id
+    text: str
+    media: dict[str, Any] | None
+    author_name: str
+    kind: str
+
+    @property
+    def preview(self) -> str:
+        return (self.text or f"[{self.kind}]")[:PREVIEW]
+
+
+def manager_reply(hook: dict[str, Any]) -> ManagerReply | None:
+    """The message in a channel hook, or None for hooks that carry none (typing, reactions)."""
     body = hook.get("message") if isinstance(hook.get("message"), dict) else None
     if body is None:
         return None
     inner = body.get("message") if isinstance(body.get("message"), dict) else {}
     conversation = body.get("conversation") if isinstance(body.get("conversation"), dict) else {}
-    amojo_msgid = str(inner.get("id") or "")
+    amojo_msgid = str(inner.get("id") or "")[:64]
     if not amojo_msgid:
         return None
-    conv = _conversation_of_hook(ch.owner_id, conversation)
-    if conv is None:
-        logger.warning("owner %s: channel hook for an unknown conversation", ch.owner_id)
-        return None
-    text = str(inner.get("text") or "")
     media = None
     if inner.get("media"):
         media = {
             k: inner.get(k) for k in ("type", "media", "file_name", "file_size") if inner.get(k)
         }
-    _touch(conv, text or f"[{inner.get('type', 'file')}]", unread=False)
+    sender = body.get("sender") if isinstance(body.get("sender"), dict) else {}
+    return ManagerReply(
+        amojo_msgid=amojo_msgid,
+        client_id=str(conversation["client_id"])[:64] if conversation.get("client_id") else None,
+        chat_ref=str(conversation["id"])[:64] if conversation.get("id") else None,
+        text=str(inner.get("text") or ""),
+        media=media,
+        author_name=str(sender.get("name") or "")[:255],
+        kind=str(inner.get("type") or "file"),
+    )
+
+
+def record_from_manager(ch: ChatChannel, hook: dict[str, Any]) -> ChatMessage | None:
+    """A manager's reply from a channel hook (or the chat history); stored once."""
+    reply = manager_reply(hook)
+    return None if reply is None else store_manager_reply(ch.owner_id, reply)
+
+
+def store_manager_reply(owner_id: int, reply: ManagerReply) -> ChatMessage | None:
+    """Stored once per amojo message id, queued for the person; None if known or unplaced."""
+    conv = _conversation_of_hook(owner_id, reply)
+    if conv is None:
+        logger.warning("owner %s: channel hook for an unknown conversation", owner_id)
+        return None
+    _touch(conv, reply.preview, unread=False)
     msg = ChatMessage(
-        owner_id=ch.owner_id,
+        owner_id=owner_id,
         conversation_id=conv.id,
         direction="out",
         author="manager",
-        author_name=str((body.get("sender") or {}).get("name") or ""),
-        text=text,
-        media=media,
+        author_name=reply.author_name,
+        text=reply.text,
+        media=reply.media,
         msgid=str(uuid.uuid4()),
-        amojo_msgid=amojo_msgid,
-        source_key=f"amojo:{amojo_msgid}",
+        amojo_msgid=reply.amojo_msgid,
+        source_key=f"amojo:{reply.amojo_msgid}",
         to_amo=Leg.SENT,
         to_person=Leg.PENDING,
     )
@@ -157,16 +193,16 @@ def record_from_manager(ch: ChatChannel, hook: dict[str, Any]) -> ChatMessage | 
     return stored
 
 
-def _conversation_of_hook(owner_id: int, conversation: dict[str, Any]) -> Conversation | None:
-    key = conversation.get("client_id")
-    ref = conversation.get("id")
+def _conversation_of_hook(owner_id: int, reply: ManagerReply) -> Conversation | None:
     query = select(Conversation).where(Conversation.owner_id == owner_id)
-    if key:
-        found = db.session.scalars(query.where(Conversation.conversation_key == str(key))).first()
+    if reply.client_id:
+        found = db.session.scalars(
+            query.where(Conversation.conversation_key == reply.client_id)
+        ).first()
         if found is not None:
             return found
-    if ref:
-        return db.session.scalars(query.where(Conversation.amojo_chat_id == str(ref))).first()
+    if reply.chat_ref:
+        return db.session.scalars(query.where(Conversation.amojo_chat_id == reply.chat_ref)).first()
     return None
 
 

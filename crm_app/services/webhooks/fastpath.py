@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
+from flask import Flask
 from sqlalchemy import Engine, select
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ _by_engine: weakref.WeakKeyDictionary[Engine, dict[bool, _Stack]] = weakref.Weak
 _guard = threading.Lock()
 
 
-def _stack(engine: Engine, sync_commit: bool = True) -> _Stack | None:
+def stack_for(engine: Engine, sync_commit: bool = True) -> _Stack | None:
     """The stack for this engine's database, or None when it is not PostgreSQL."""
     known = _by_engine.get(engine)
     stack = known.get(sync_commit) if known is not None else None
@@ -129,6 +130,20 @@ def _stack(engine: Engine, sync_commit: bool = True) -> _Stack | None:
     return stack
 
 
+_engine_guard = threading.Lock()
+
+
+def engine_for(app: Flask) -> Engine:
+    """The app's engine, reachable without an app context (fast paths run outside Flask)."""
+    engine: Engine | None = app.extensions.get("crm_webhook_engine")
+    if engine is None:
+        with _engine_guard, app.app_context():
+            from crm_app.extensions import db
+
+            engine = app.extensions["crm_webhook_engine"] = db.engine
+    return engine
+
+
 def insert_delivery(
     engine: Engine,
     owner_id: int,
@@ -140,7 +155,7 @@ def insert_delivery(
 ) -> int | None:
     """Commit one inbox row; its id, or None when these bytes were stored before."""
     now = datetime.now(UTC)
-    stack = _stack(engine, sync_commit)
+    stack = stack_for(engine, sync_commit)
     if stack is not None:
         params = (owner_id, now, body, digest, request_id)
         row = stack.run(lambda conn: conn.execute(_INSERT, params, prepare=True).fetchone())
@@ -168,7 +183,7 @@ def lookup_token(engine: Engine, digest: str, *, sync_commit: bool = True) -> To
 
     `sync_commit` only picks the same connections the inserts use; a read does not commit.
     """
-    stack = _stack(engine, sync_commit)
+    stack = stack_for(engine, sync_commit)
     if stack is not None:
         row = stack.run(lambda conn: conn.execute(_LOOKUP, (digest,), prepare=True).fetchone())
         return TokenOwner(*row) if row is not None else None

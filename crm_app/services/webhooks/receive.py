@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import IO, Any
@@ -61,19 +60,6 @@ class TokenCache:
         self.items[digest] = (time.monotonic() + self.ttl, row)
 
 
-_engine_guard = threading.Lock()
-
-
-def _engine(app: Flask) -> Any:
-    engine = app.extensions.get("crm_webhook_engine")
-    if engine is None:
-        with _engine_guard, app.app_context():
-            from crm_app.extensions import db
-
-            engine = app.extensions["crm_webhook_engine"] = db.engine
-    return engine
-
-
 def lookup(app: Flask, token: str) -> fastpath.TokenOwner | None:
     """The owner of a webhook token (cached for a few seconds)."""
     digest = _token_hash(token)
@@ -85,7 +71,7 @@ def lookup(app: Flask, token: str) -> fastpath.TokenOwner | None:
     if row is not None:
         return row
     sync_commit = bool(app.config.get("WEBHOOK_SYNC_COMMIT", False))
-    found = fastpath.lookup_token(_engine(app), digest, sync_commit=sync_commit)
+    found = fastpath.lookup_token(fastpath.engine_for(app), digest, sync_commit=sync_commit)
     if found is not None and ttl > 0:
         cache.put(digest, found)
     return found
@@ -172,7 +158,7 @@ def ingest(
     assert cfg is not None
     try:
         new_id = fastpath.insert_delivery(
-            _engine(app),
+            fastpath.engine_for(app),
             cfg.owner_id,
             body,
             inbox.body_hash(body),
@@ -210,14 +196,16 @@ def _spool(app: Flask, token: str, body: bytes, request_id: str | None) -> Outco
 def probe_database(app: Flask) -> None:
     """Raises while the database cannot answer the token lookup."""
     fastpath.lookup_token(
-        _engine(app), "0" * 64, sync_commit=bool(app.config.get("WEBHOOK_SYNC_COMMIT", False))
+        fastpath.engine_for(app),
+        "0" * 64,
+        sync_commit=bool(app.config.get("WEBHOOK_SYNC_COMMIT", False)),
     )
 
 
 def restore(app: Flask, item: Any) -> int:
     """Move one spooled delivery into the inbox with the usual checks; 1 if it was new."""
     sync_commit = bool(app.config.get("WEBHOOK_SYNC_COMMIT", False))
-    cfg = fastpath.lookup_token(_engine(app), item.token_hash, sync_commit=sync_commit)
+    cfg = fastpath.lookup_token(fastpath.engine_for(app), item.token_hash, sync_commit=sync_commit)
     if cfg is None:
         logger.warning("spooled webhook delivery for an unknown URL dropped")
         return 0
@@ -230,7 +218,7 @@ def restore(app: Flask, item: Any) -> int:
         logger.warning("spooled webhook delivery dropped: %s", refused.detail)
         return 0
     new_id = fastpath.insert_delivery(
-        _engine(app),
+        fastpath.engine_for(app),
         cfg.owner_id,
         item.body,
         inbox.body_hash(item.body),
