@@ -8,7 +8,7 @@ edit. Open boards and cards poll with an ETag and get an empty 304 while nothing
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import (
@@ -48,6 +48,7 @@ bp = Blueprint("workspace", __name__)
 ID = "int(min=1, max=9223372036854775807)"
 PER_COLUMN = 20
 MAX_TEXT = 4000
+MAX_TZ_OFFSET = 16 * 60  # the widest real offsets are -12:00 and +14:00
 
 
 # -- reading the request --------------------------------------------------------------------
@@ -75,12 +76,21 @@ def _day(name: str, end: bool = False) -> int | None:
     return int(day.timestamp()) + (86399 if end else 0)
 
 
-def _moment(raw: str) -> int | None:
-    """A datetime-local field (the browser's local time is sent as UTC by crm.js) as unix."""
+def _moment(raw: str, offset: str = "") -> int | None:
+    """A datetime-local field as unix seconds.
+
+    The field holds the person's wall-clock time; crm.js sends the browser's offset from UTC at
+    that moment (minutes, as JavaScript's getTimezoneOffset: UTC = local + offset). Without it
+    (no JavaScript) the time is taken as UTC, as the form then says.
+    """
     try:
-        return int(datetime.fromisoformat(raw.strip()).replace(tzinfo=UTC).timestamp())
+        moment = datetime.fromisoformat(raw.strip()).replace(tzinfo=UTC)
     except ValueError:
         return None
+    minutes = offset.strip()
+    if minutes.lstrip("-").isdigit() and abs(int(minutes)) <= MAX_TZ_OFFSET:
+        moment += timedelta(minutes=int(minutes))
+    return int(moment.timestamp())
 
 
 def _text(name: str) -> str:
@@ -363,7 +373,12 @@ def _result(entity_type: str, entity_id: int, outcome: Outcome, form: str) -> Re
     if isinstance(outcome, Invalid):
         errors = {f"{form}.{k}": v for k, v in outcome.fields.items()}
         return _card(
-            entity_type, entity_id, status=422, errors=errors, form_values=request.form.to_dict()
+            entity_type,
+            entity_id,
+            status=422,
+            errors=errors,
+            form_values=request.form.to_dict(),
+            typed=form,
         )
     abort(404, description=_("Такой записи нет."))
 
@@ -544,11 +559,18 @@ def note_add(entity_type: str, entity_id: int) -> Response:
 @page_login_required
 def task_add(entity_type: str, entity_id: int) -> Response:
     ctx = request_context(write=True)
-    due = _moment(request.form.get("complete_till", ""))
+    due = _moment(request.form.get("complete_till", ""), request.form.get("tz_offset", ""))
     text = _text("text")
     if due is None or not text:
         errors = {"task.complete_till" if due is None else "task.text": _("Заполните поле.")}
-        return _card(entity_type, entity_id, status=422, errors=errors)
+        return _card(
+            entity_type,
+            entity_id,
+            status=422,
+            errors=errors,
+            form_values=request.form.to_dict(),
+            typed="task",
+        )
     outcome = _safely(
         lambda: workspace.create_task(
             ctx.owner_id,

@@ -177,11 +177,45 @@
     flash(msg("network", "Network error"), "error");
   });
 
+  // A datetime-local field holds the reader's wall-clock time: send the offset from UTC at the
+  // chosen moment (so summer time is right) in its hidden partner, and name the zone by the label.
+  function zoneFields(root) {
+    var zone = "";
+    try {
+      zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+    } catch (e) {
+      zone = "";
+    }
+    (root || document).querySelectorAll("input[data-tz-field]").forEach(function (input) {
+      if (input.getAttribute("data-tz-bound")) return;
+      input.setAttribute("data-tz-bound", "1");
+      var hidden = document.getElementById(input.getAttribute("data-tz-field"));
+      var label = input.id && document.querySelector('label[for="' + input.id + '"] [data-tz-name]');
+      function sync() {
+        var when = input.value ? new Date(input.value) : new Date();
+        if (isNaN(when.getTime())) return;
+        var offset = when.getTimezoneOffset();
+        if (hidden) hidden.value = String(offset);
+        if (label) {
+          var abs = Math.abs(offset);
+          var utc = "UTC" + (offset <= 0 ? "+" : "-") + String(Math.floor(abs / 60)).padStart(2, "0") +
+            ":" + String(abs % 60).padStart(2, "0");
+          label.textContent = zone ? zone + " (" + utc + ")" : utc;
+        }
+      }
+      input.addEventListener("input", sync);
+      input.addEventListener("change", sync);
+      sync();
+    });
+  }
+
   document.addEventListener("htmx:afterSettle", function (event) {
     localizeTimes(event.detail && event.detail.elt);
+    zoneFields(document);
   });
 
   document.addEventListener("DOMContentLoaded", function () {
     localizeTimes(document);
+    zoneFields(document);
   });
 })();

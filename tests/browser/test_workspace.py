@@ -73,7 +73,10 @@ def _board_lead(page) -> tuple[int, int, int]:
 
 def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     base, sandbox = live_app.url, live_app.sandbox
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="ru-RU")
+    # A manager in Moscow: the task's due time typed below is Moscow time.
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 900}, locale="ru-RU", timezone_id="Europe/Moscow"
+    )
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -150,6 +153,10 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     page.click("#task-add")
     task = page.locator(".ws-task", has_text="Send the offer")
     expect(task).to_be_visible()
+    sent = [
+        t for t in sandbox.account.tables["tasks"].records.values() if t["text"] == "Send the offer"
+    ]
+    assert [t["complete_till"] for t in sent] == [1935385200]  # 2031-05-01 07:00 UTC = 10:00 MSK
     task.locator("input[name=result]").fill("Sent")
     task.locator("button").click()
     expect(page.locator(".ws-task.is-done", has_text="Send the offer")).to_be_visible()

@@ -79,11 +79,9 @@ def stored(owner_id: int) -> list[tuple[Any, ...]]:
         select(ChatMessage).where(ChatMessage.author == "manager").order_by(ChatMessage.id)
     ).all()
     conv = db.session.scalars(select(Conversation).where(Conversation.owner_id == owner_id)).one()
-    return [
-        (m.conversation_id, m.author_name, m.text, m.media, m.amojo_msgid, m.source_key)
-        + (m.to_amo, m.to_person, m.direction)
-        for m in rows
-    ] + [("preview", conv.last_text)]
+    fields = ("conversation_id", "author_name", "text", "media", "amojo_msgid", "source_key")
+    fields += ("to_amo", "to_person", "direction")
+    return [tuple(getattr(m, f) for f in fields) for m in rows] + [("preview", conv.last_text)]
 
 
 def test_fast_path_and_view_answer_and_store_alike(
@@ -119,7 +117,11 @@ def test_fast_path_and_view_answer_and_store_alike(
     assert [a[0] for a in fast] == [200, 200, 200, 200, 200, 200, 400, 400, 401, 401, 404, 413]
     assert [a[1] for a in fast[:6]] == [True, False, True, False, False, True]
     assert [r[4] for r in fast_rows[:-1]] == ["m-1", "m-2", "m-3"]
-    assert fast_rows[2][3] == {"type": "picture", "media": "https://x.example/p.png", "file_size": 5}
+    assert fast_rows[2][3] == {
+        "type": "picture",
+        "media": "https://x.example/p.png",
+        "file_size": 5,
+    }
     assert fast_rows[-1] == ("preview", "[picture]")
 
 

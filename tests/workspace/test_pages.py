@@ -335,3 +335,54 @@ def test_reading_another_owners_card_is_404(people: Owner, client, login) -> Non
     assert client.get(f"/admin/crm/deals/{lead.id}").status_code == 404
     assert client.get(f"/admin/crm/deals/{lead.id}?owner_id={people.id}").status_code == 404
     assert client.get(f"/admin/crm/people/{people.ids('contacts')[0]}").status_code == 404
+
+
+def test_task_due_time_is_the_persons_wall_clock_and_a_refused_form_keeps_what_was_typed(
+    people: Owner, client, login, kicks
+) -> None:
+    from datetime import UTC, datetime
+
+    login("ann")
+    lead = _lead(people)
+    token = _csrf(client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True))
+    cases = [
+        ("Moscow", "-180", datetime(2030, 1, 2, 7, 0, tzinfo=UTC)),  # 10:00 at UTC+3
+        ("New York", "300", datetime(2030, 1, 2, 15, 0, tzinfo=UTC)),  # 10:00 at UTC-5
+        ("no JavaScript", "", datetime(2030, 1, 2, 10, 0, tzinfo=UTC)),  # the form says UTC
+        ("nonsense offset", "99999", datetime(2030, 1, 2, 10, 0, tzinfo=UTC)),
+    ]
+    for name, offset, expected in cases:
+        resp = client.post(
+            f"/admin/crm/deals/{lead.id}/tasks",
+            data={
+                "csrf_token": token,
+                "text": f"Call back ({name})",
+                "complete_till": "2030-01-02T10:00",
+                "tz_offset": offset,
+            },
+            headers=HX,
+        )
+        assert resp.status_code == 200, resp.get_data(as_text=True)[:400]
+        db.session.expire_all()
+        due = db.session.scalar(
+            select(Task.complete_till).where(Task.text == f"Call back ({name})")
+        )
+        assert due == int(expected.timestamp()), name
+    refused = client.post(
+        f"/admin/crm/deals/{lead.id}/tasks",
+        data={
+            "csrf_token": token,
+            "text": "",
+            "complete_till": "2030-03-04T09:30",
+            "tz_offset": "-180",
+        },
+        headers=HX,
+    )
+    assert refused.status_code == 422
+    html = refused.get_data(as_text=True)
+    assert 'id="err-task-text"' in html
+    assert 'value="2030-03-04T09:30"' in html  # the due time typed is still in the form
+    note = client.post(
+        f"/admin/crm/deals/{lead.id}/notes", data={"csrf_token": token, "text": ""}, headers=HX
+    )
+    assert note.status_code in (400, 422)
