@@ -177,7 +177,7 @@ def _install_fast_path(state: Any) -> None:
 # -- the admin card ---------------------------------------------------------------------------------
 
 
-def _card(message: str | None = None) -> Response:
+def _card(message: str | None = None, requeued: int = 0) -> Response:
     from crm_app.services.webhooks.subscription import subscription_state
     from crm_app.services.webhooks.watchdog import last_event
 
@@ -191,6 +191,7 @@ def _card(message: str | None = None) -> Response:
         last_error=inbox.last_error(ctx.owner_id),
         watchdog=last_event(ctx.owner_id),
         outcome=message,
+        requeued=requeued,
     )
 
 
@@ -217,3 +218,31 @@ def subscribe_view() -> Response:
         # Without JavaScript the form posts here; back to the page of the same owner.
         return to_page()
     return _card(outcome)
+
+
+@bp.post("/admin/crm/ui/webhooks/rotate")
+@page_login_required
+def rotate_view() -> Response:
+    """A new secret URL; the old one stops working and the new one is subscribed."""
+    from crm_app.services.webhooks.subscription import rotate_url
+
+    ctx = request_context(write=True)
+    rotate_url(ctx.owner_id)
+    if not wants_fragment():
+        return to_page()
+    return _card("rotated")
+
+
+@bp.post("/admin/crm/ui/webhooks/retry-failed")
+@page_login_required
+def retry_failed_view() -> Response:
+    """Failed deliveries back in the queue (after a fix or a reconnect)."""
+    from crm_app.services.webhooks import enqueue
+
+    ctx = request_context(write=True)
+    count = inbox.requeue_failed(ctx.owner_id)
+    if count:
+        enqueue.kick(ctx.owner_id)
+    if not wants_fragment():
+        return to_page()
+    return _card("requeued", requeued=count)

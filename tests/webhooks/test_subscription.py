@@ -233,3 +233,82 @@ def test_admin_may_look_at_another_owner(owner: Owner, make_user, login) -> None
     html = resp.get_data(as_text=True)
     assert owner.token in html
     assert f"/admin/crm/ui/webhooks/subscribe?owner_id={owner.id}" in html
+
+
+def test_rotating_the_url_moves_the_subscription_and_the_old_url_stops_working(
+    owner: Owner, make_user, login
+) -> None:
+    subscribe(owner.id)
+    old = owner.token
+    make_user("viewer", role="guest", owner="acme")
+    login("viewer")
+    html = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    assert 'id="webhooks-rotate"' not in html
+    token = _csrf_from(owner.client.get("/login").get_data(as_text=True))
+    resp = owner.client.post(
+        "/admin/crm/ui/webhooks/rotate", headers={"HX-Request": "true", "X-CSRFToken": token}
+    )
+    assert resp.status_code == 403
+    assert ensure_webhook_token(owner.id) == old
+
+    make_user("boss", role="admin", owner="acme")
+    login("boss")
+    html = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    assert 'id="webhooks-rotate"' in html
+    resp = owner.client.post(
+        "/admin/crm/ui/webhooks/rotate",
+        data={"csrf_token": _csrf_from(html)},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status_code == 200
+    new = ensure_webhook_token(owner.id)
+    assert new != old and new in resp.get_data(as_text=True)
+    assert 'id="webhooks-message"' in resp.get_data(as_text=True)
+    [hook] = _hooks(owner)  # the old destination is gone from amoCRM, the new one is there
+    assert hook["destination"].endswith(new)
+    assert _cfg(owner.id).webhook_subscribed
+    body = owner.body({"leads": {"add": [{"id": "1"}]}})
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    owner.app.config["WEBHOOK_TOKEN_CACHE_SECONDS"] = 0  # no cached owner of the old token
+    assert (
+        owner.client.post(f"/webhooks/amocrm/{old}", data=body, headers=headers).status_code == 404
+    )
+    assert (
+        owner.client.post(f"/webhooks/amocrm/{new}", data=body, headers=headers).status_code == 200
+    )
+
+
+def test_failed_deliveries_go_back_in_the_queue_from_the_card(
+    owner: Owner, make_user, login
+) -> None:
+    from crm_app.models import InboxStatus, WebhookDelivery
+
+    assert owner.post(owner.body({"leads": {"add": [{"id": "1"}]}})).status_code == 200
+    db.session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.owner_id == owner.id)
+        .values(status=InboxStatus.FAILED, error="amoCRM: 500", attempts=12)
+    )
+    db.session.commit()
+    make_user("boss", role="admin", owner="acme")
+    login("boss")
+    html = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    assert 'id="webhooks-retry-failed"' in html
+    resp = owner.client.post(
+        "/admin/crm/ui/webhooks/retry-failed",
+        data={"csrf_token": _csrf_from(html)},
+        headers={"HX-Request": "true"},
+    )
+    assert resp.status_code == 200
+    assert "Снова в очереди: 1." in resp.get_data(as_text=True)
+    db.session.expire_all()
+    row = db.session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.owner_id == owner.id)
+    ).one()
+    assert (row.status, row.attempts) == (InboxStatus.PENDING, 0)

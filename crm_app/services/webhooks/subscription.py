@@ -81,6 +81,23 @@ def rotate_webhook_token(owner_id: int) -> str:
     return token
 
 
+def rotate_url(owner_id: int) -> dict[str, Any]:
+    """A new webhook URL (the old one leaked, say): the old destination is removed from amoCRM,
+    the old URL answers 404 from now on, and the new one is subscribed when amoCRM is connected.
+
+    Deliveries already stored are kept; amoCRM's in-flight retries to the old URL are lost to
+    us, which the next incremental sync makes good (it reads everything changed since the last).
+    """
+    cfg = _config(owner_id)
+    connected = bool(cfg and cfg.account_id)
+    if connected:
+        unsubscribe(owner_id)
+    rotate_webhook_token(owner_id)
+    if not connected:
+        return subscription_state(owner_id) | {"rotated": True}
+    return subscribe(owner_id) | {"rotated": True}
+
+
 def webhook_url(owner_id: int) -> str:
     """PUBLIC_URL + /webhooks/amocrm/<token> (creates the token if needed)."""
     base = str(current_app.config.get("PUBLIC_URL") or "").rstrip("/")
