@@ -39,7 +39,13 @@ def sweep() -> list[int]:
     """Beat: queue a drain for every owner with due rows (a lost message, a broker outage)."""
     from crm_app.services.workspace import outbox
 
+    from crm_app.services.sync import claim_beat_slot
+
     owners = outbox.owners_due()
     for owner_id in owners:
         outbox.kick(owner_id)
+    if claim_beat_slot("workspace.prune", 3600):  # once an hour, whichever beat runs it
+        pruned = outbox.prune()
+        if pruned:
+            logger.info("outbox: %d finished edits past retention pruned", pruned)
     return owners

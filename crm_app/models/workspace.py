@@ -25,7 +25,8 @@ class OutboxWrite(Model):
     """One edit made in the workspace that amoCRM has not accepted yet (or refused).
 
     Rows are never deleted by the worker: an applied row keeps amoCRM's answer, a conflict both
-    versions, a failure the reason, so the card can show what happened to every edit.
+    versions, a failure the reason, so the card can show what happened to every edit. The beat
+    prunes applied and dismissed rows 30 days after they finished (``outbox.prune``).
     """
 
     __tablename__ = "crm_outbox"

@@ -268,3 +268,42 @@ def test_a_note_whose_answer_was_lost_is_not_added_twice(synced: Owner, kicks) -
     assert len(notes) == 1
     assert [c["method"] for c in synced.api_requests()] == ["GET"]  # looked, did not resend
     assert db.session.get(Note, (synced.id, notes[0]["id"])) is not None
+
+
+def test_prune_forgets_only_settled_edits_past_retention(owner: Owner) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from crm_app.models import OutboxStatus, OutboxWrite
+
+    old = datetime.now(UTC) - timedelta(days=31)
+    recent = datetime.now(UTC) - timedelta(days=1)
+    rows = {
+        "applied-old": (OutboxStatus.APPLIED, old),
+        "dismissed-old": (OutboxStatus.DISMISSED, old),
+        "applied-recent": (OutboxStatus.APPLIED, recent),
+        "conflict-old": (OutboxStatus.CONFLICT, old),  # still asks for a decision
+        "failed-old": (OutboxStatus.FAILED, old),
+        "pending": (OutboxStatus.PENDING, None),
+    }
+    for name, (status, finished) in rows.items():
+        db.session.add(
+            OutboxWrite(
+                owner_id=owner.id,
+                entity_type="leads",
+                entity_id=1,
+                op="update",
+                payload={"name": name},
+                status=status,
+                finished_at=finished,
+            )
+        )
+    db.session.commit()
+    assert outbox.prune(batch=1) == 2  # batches smaller than the work still finish it
+    left = db.session.scalars(select(OutboxWrite.payload).where(OutboxWrite.owner_id == owner.id))
+    assert sorted(p["name"] for p in left) == [
+        "applied-recent",
+        "conflict-old",
+        "failed-old",
+        "pending",
+    ]
+    assert outbox.prune() == 0

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from crm_app.amocrm.client import AmoCRMClient
 from crm_app.amocrm.errors import AmoCRMAPIError, AmoCRMRateLimited, AmoCRMValidationError
@@ -47,6 +47,8 @@ TASK_NAME = "workspace.outbox"
 NOTE_VERSION = 0
 BATCH = 50  # amoCRM recommends at most 50 items per write request
 HEADS = 500  # rows looked at per round
+# Applied and dismissed edits stay visible in the card's history this long, then go.
+RETENTION = timedelta(days=30)
 
 
 def utcnow() -> datetime:
@@ -435,3 +437,29 @@ def _next_due(owner_id: int) -> float | None:
 
 def settle_refused(row: OutboxWrite, problem: Refused) -> None:
     _finish(row, OutboxStatus.FAILED, {"fields": problem.fields}, problem.detail)
+
+
+def prune(older_than: timedelta = RETENTION, batch: int = 5000) -> int:
+    """Forget applied and dismissed edits finished before the retention; returns how many.
+
+    Pending edits, conflicts and refusals nobody has closed are never pruned: they still ask
+    for a person's decision.
+    """
+    cutoff = utcnow() - older_than
+    removed = 0
+    while True:
+        ids = list(
+            db.session.scalars(
+                select(OutboxWrite.id)
+                .where(
+                    OutboxWrite.status.in_((OutboxStatus.APPLIED, OutboxStatus.DISMISSED)),
+                    OutboxWrite.finished_at < cutoff,
+                )
+                .limit(batch)
+            )
+        )
+        if not ids:
+            return removed
+        db.session.execute(delete(OutboxWrite).where(OutboxWrite.id.in_(ids)))
+        db.session.commit()
+        removed += len(ids)
