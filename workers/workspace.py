@@ -37,9 +37,8 @@ def drain_outbox(self: Any, owner_id: int) -> dict[str, Any]:
 @shared_task(name="workspace.outbox_sweep")
 def sweep() -> list[int]:
     """Beat: queue a drain for every owner with due rows (a lost message, a broker outage)."""
-    from crm_app.services.workspace import outbox
-
     from crm_app.services.sync import claim_beat_slot
+    from crm_app.services.workspace import outbox
 
     owners = outbox.owners_due()
     for owner_id in owners:
