@@ -146,6 +146,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", 0),
+        # The inbox: how long a message waits for a side that is down before it is marked failed.
+        "CHATS_GIVE_UP_HOURS": _float("CHATS_GIVE_UP_HOURS", 24.0),
         "TESTING": False,
     }
     if overrides:

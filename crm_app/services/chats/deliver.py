@@ -29,7 +29,10 @@ from crm_app.services.locks import LockTimeout, named_lock
 
 logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 12
+# A message that cannot be delivered because the other side is down or throttling is retried
+# for this long (CHATS_GIVE_UP_HOURS) before it is marked failed: an outage of hours loses
+# nothing. A refusal (blocked bot, bad request) fails at once.
+GIVE_UP_HOURS = 24.0
 # How long the first message waits for the inbound flow to create the person's contact, so that
 # the chat is linked to it instead of amoCRM making a second contact.
 CONTACT_WAIT = 120.0
@@ -113,13 +116,19 @@ def _deliver(conversation_id: int, until: float) -> float | None:
         except Retry as exc:
             msg.attempts += 1
             msg.error = exc.reason[:500]
-            if msg.attempts >= MAX_ATTEMPTS:
+            if _too_old(msg):
                 _give_up(msg, exc.reason)
                 continue
             msg.next_attempt_at = _now() + timedelta(seconds=exc.delay)
             db.session.commit()
             logger.info("chat message %s: retry in %.0f s (%s)", msg.id, exc.delay, exc.reason)
             return exc.delay
+
+
+def _too_old(msg: ChatMessage) -> bool:
+    hours = float(current_app.config.get("CHATS_GIVE_UP_HOURS") or GIVE_UP_HOURS)
+    created = msg.created_at.replace(tzinfo=msg.created_at.tzinfo or UTC)
+    return _now() - created > timedelta(hours=hours)
 
 
 def _give_up(msg: ChatMessage, reason: str) -> None:
