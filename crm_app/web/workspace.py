@@ -371,16 +371,21 @@ def _result(entity_type: str, entity_id: int, outcome: Outcome, form: str) -> Re
         conflict = {"form": form, "theirs": outcome.theirs, "yours": outcome.yours}
         return _card(entity_type, entity_id, status=409, conflict=conflict)
     if isinstance(outcome, Invalid):
-        errors = {f"{form}.{k}": v for k, v in outcome.fields.items()}
-        return _card(
-            entity_type,
-            entity_id,
-            status=422,
-            errors=errors,
-            form_values=request.form.to_dict(),
-            typed=form,
-        )
+        return _refused(entity_type, entity_id, form, outcome.fields)
     abort(404, description=_("Такой записи нет."))
+
+
+def _refused(entity_type: str, entity_id: int, form: str, fields: dict[str, str]) -> Response:
+    """422: the card with each message next to its field and `form` filled with what was typed."""
+    errors = {f"{form}.{k}": v for k, v in fields.items()}
+    return _card(
+        entity_type,
+        entity_id,
+        status=422,
+        errors=errors,
+        form_values=request.form.to_dict(),
+        typed=form,
+    )
 
 
 def _safely(run: Any) -> Outcome:
@@ -562,15 +567,8 @@ def task_add(entity_type: str, entity_id: int) -> Response:
     due = _moment(request.form.get("complete_till", ""), request.form.get("tz_offset", ""))
     text = _text("text")
     if due is None or not text:
-        errors = {"task.complete_till" if due is None else "task.text": _("Заполните поле.")}
-        return _card(
-            entity_type,
-            entity_id,
-            status=422,
-            errors=errors,
-            form_values=request.form.to_dict(),
-            typed="task",
-        )
+        field = "complete_till" if due is None else "text"
+        return _refused(entity_type, entity_id, "task", {field: _("Заполните поле.")})
     outcome = _safely(
         lambda: workspace.create_task(
             ctx.owner_id,

@@ -235,6 +235,17 @@ def test_admin_may_look_at_another_owner(owner: Owner, make_user, login) -> None
     assert f"/admin/crm/ui/webhooks/subscribe?owner_id={owner.id}" in html
 
 
+def _press(owner: Owner, button: str, action: str):
+    """The card as its admin sees it, with `button` on it, and the answer to pressing it."""
+    html = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    assert f'id="{button}"' in html
+    return owner.client.post(
+        action, data={"csrf_token": _csrf_from(html)}, headers={"HX-Request": "true"}
+    )
+
+
 def test_rotating_the_url_moves_the_subscription_and_the_old_url_stops_working(
     owner: Owner, make_user, login
 ) -> None:
@@ -255,15 +266,7 @@ def test_rotating_the_url_moves_the_subscription_and_the_old_url_stops_working(
 
     make_user("boss", role="admin", owner="acme")
     login("boss")
-    html = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"}).get_data(
-        as_text=True
-    )
-    assert 'id="webhooks-rotate"' in html
-    resp = owner.client.post(
-        "/admin/crm/ui/webhooks/rotate",
-        data={"csrf_token": _csrf_from(html)},
-        headers={"HX-Request": "true"},
-    )
+    resp = _press(owner, "webhooks-rotate", "/admin/crm/ui/webhooks/rotate")
     assert resp.status_code == 200
     new = ensure_webhook_token(owner.id)
     assert new != old and new in resp.get_data(as_text=True)
@@ -296,15 +299,7 @@ def test_failed_deliveries_go_back_in_the_queue_from_the_card(
     db.session.commit()
     make_user("boss", role="admin", owner="acme")
     login("boss")
-    html = owner.client.get("/admin/crm/ui/webhooks", headers={"HX-Request": "true"}).get_data(
-        as_text=True
-    )
-    assert 'id="webhooks-retry-failed"' in html
-    resp = owner.client.post(
-        "/admin/crm/ui/webhooks/retry-failed",
-        data={"csrf_token": _csrf_from(html)},
-        headers={"HX-Request": "true"},
-    )
+    resp = _press(owner, "webhooks-retry-failed", "/admin/crm/ui/webhooks/retry-failed")
     assert resp.status_code == 200
     assert "Снова в очереди: 1." in resp.get_data(as_text=True)
     db.session.expire_all()
