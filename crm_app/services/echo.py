@@ -4,7 +4,10 @@ Every write this service makes (a deal created by ``leads/complex``, a lead edit
 workspace, a note, a task) is remembered as (owner, entity type, id, ``updated_at``). When the
 account webhook for exactly that version comes back, the apply path knows the mirror already
 holds it and skips the API read. A different ``updated_at`` is somebody else's change and is
-re-read as usual, so suppression can only ever save a request, never hide a change.
+re-read as usual. The one blind spot: another person's edit of the same entity within the same
+second as ours carries the same ``updated_at`` (amoCRM's versions are whole seconds); the next
+incremental sync (every ``SYNC_INTERVAL_SECONDS``) reads everything updated since the last one
+and brings it in.
 
 The record is committed on its own connection at once: amoCRM sends the webhook while we are
 still handling its answer, and the apply worker must already see the record by then.
