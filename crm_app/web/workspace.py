@@ -15,6 +15,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     flash,
     make_response,
     redirect,
@@ -46,8 +47,8 @@ from crm_app.web.respond import respond, wants_fragment
 bp = Blueprint("workspace", __name__)
 
 ID = "int(min=1, max=9223372036854775807)"
-PER_COLUMN = 20
 MAX_TEXT = 4000
+MAX_SHOWN = 2000  # characters of `shown`: a hundred stages fit
 
 
 # -- reading the request --------------------------------------------------------------------
@@ -128,10 +129,33 @@ def _section(section: str, template: str, title: str, status: int = 200, **vm: A
     )
 
 
+def _per_column() -> int:
+    return max(1, int(current_app.config.get("WORKSPACE_BOARD_PAGE", 20)))
+
+
+def _shown() -> dict[int, int] | None:
+    """The cards each column has on screen, `shown=<stage>:<count>,…` (workspace.js sends it
+    with a board's poll and a move): the answer renders as many, so loaded pages stay."""
+    raw = str(request.values.get("shown", "")).strip()
+    if not raw:
+        return None
+    parts = raw.split(",")
+    shown: dict[int, int] = {}
+    for part in parts if len(raw) <= MAX_SHOWN else ["-"]:
+        stage, sep, count = part.strip().partition(":")
+        if not (sep and stage.isdigit() and count.isdigit() and len(stage) <= 18):
+            abort(400, description=_("Параметр shown: нужен вид «этап:число,этап:число»."))
+        # The service caps the counts; a long number here is only clamped.
+        shown[int(stage)] = int(count) if len(count) <= 9 else boards.MAX_PER_COLUMN
+    return shown
+
+
 def _board_vm(pipeline_id: int | None) -> dict[str, Any]:
     ctx = request_context()
     return {
-        "board": boards.board(ctx.owner_id, pipeline_id, per_column=PER_COLUMN),
+        "board": boards.board(
+            ctx.owner_id, pipeline_id, per_column=_per_column(), shown=_shown()
+        ),
         "choices": cards.choices(ctx.owner_id),
     }
 
@@ -158,7 +182,7 @@ def board_column(pipeline_id: int, status_id: int) -> Response:
         pipeline_id,
         status_id,
         after=request.args.get("after", "")[:200] or None,
-        limit=PER_COLUMN,
+        limit=_per_column(),
         totals=False,
     )
     if column is None:

@@ -335,3 +335,122 @@ def test_reading_another_owners_card_is_404(people: Owner, client, login) -> Non
     assert client.get(f"/admin/crm/deals/{lead.id}").status_code == 404
     assert client.get(f"/admin/crm/deals/{lead.id}?owner_id={people.id}").status_code == 404
     assert client.get(f"/admin/crm/people/{people.ids('contacts')[0]}").status_code == 404
+
+
+def _fullest_column(owner: Owner) -> tuple[int, int, int]:
+    """(pipeline, stage, deals) of the stage with the most deals."""
+    row = db.session.execute(
+        select(Lead.pipeline_id, Lead.status_id, db.func.count())
+        .where(Lead.owner_id == owner.id)
+        .group_by(Lead.pipeline_id, Lead.status_id)
+        .order_by(db.func.count().desc())
+        .limit(1)
+    ).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _column_cards(html: str, status_id: int) -> list[int]:
+    match = re.search(rf'<ol class="ws-cards" data-status-id="{status_id}".*?</ol>', html, re.S)
+    assert match, f"no column {status_id}"
+    return [int(i) for i in re.findall(r'data-deal-id="(\d+)"', match.group(0))]
+
+
+def test_board_refresh_renders_the_cards_each_column_shows(people: Owner, app) -> None:
+    from crm_app.services.workspace.board import board, board_column
+
+    pipeline_id, status_id, count = _fullest_column(people)
+    assert count >= 4, "the sandbox should give one stage at least four deals"
+    first = board(people.id, pipeline_id, per_column=1)
+    assert first is not None
+    column = next(c for c in first.columns if c.status.id == status_id)
+    assert len(column.cards) == 1 and column.next_cursor
+    refreshed = board(people.id, pipeline_id, per_column=1, shown={status_id: 3, 1: 50})
+    assert refreshed is not None
+    column = next(c for c in refreshed.columns if c.status.id == status_id)
+    assert len(column.cards) == 3
+    # The cards of a first page plus the next pages, and the cursor continues after them.
+    paged = board_column(people.id, pipeline_id, status_id, limit=count)
+    assert paged is not None
+    assert [c.id for c in column.cards] == [c.id for c in paged.cards[:3]]
+    rest = board_column(people.id, pipeline_id, status_id, after=column.next_cursor, limit=count)
+    assert rest is not None
+    assert [c.id for c in rest.cards] == [c.id for c in paged.cards[3:]]
+    # Other stages keep their first page.
+    assert all(
+        len(c.cards) == min(1, c.count) for c in refreshed.columns if c.status.id != status_id
+    )
+
+
+def test_column_limits_are_capped() -> None:
+    from crm_app.services.workspace.board import (
+        MAX_BOARD_CARDS,
+        MAX_PER_COLUMN,
+        column_limits,
+    )
+
+    assert column_limits([1, 2], 20, None) == {1: 20, 2: 20}
+    assert column_limits([1, 2], 20, {1: 5, 2: 45}) == {1: 20, 2: 45}
+    assert column_limits([1], 20, {1: 10**9}) == {1: MAX_PER_COLUMN}
+    many = column_limits(list(range(100)), 20, dict.fromkeys(range(100), 10**9))
+    assert sum(many.values()) <= MAX_BOARD_CARDS + 100 * 20
+    assert min(many.values()) == 20 and max(many.values()) == MAX_PER_COLUMN
+
+
+def test_board_poll_with_the_cards_on_screen(people: Owner, client, login, app) -> None:
+    login("ann")
+    app.config["WORKSPACE_BOARD_PAGE"] = 1
+    pipeline_id, status_id, _count = _fullest_column(people)
+    url = f"/admin/crm/deals?pipeline_id={pipeline_id}"
+    first = client.get(url, headers=HX).get_data(as_text=True)
+    assert len(_column_cards(first, status_id)) == 1
+    resp = client.get(f"{url}&shown={status_id}:3,999:7", headers=HX)
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert len(_column_cards(html, status_id)) == 3
+    # The "more" loader continues after the third card.
+    more = re.search(
+        rf'/deals/column/{pipeline_id}/{status_id}\?after=([^"&]+)', html.replace("&amp;", "&")
+    )
+    assert more, "the column should still offer its next page"
+    after = client.get(
+        f"/admin/crm/deals/column/{pipeline_id}/{status_id}?after={more.group(1)}", headers=HX
+    ).get_data(as_text=True)
+    found = [int(i) for i in re.findall(r'data-deal-id="(\d+)"', after)]
+    assert found and not set(found) & set(_column_cards(html, status_id))
+    # A crafted count is clamped; a malformed one is a 400 with a message, never a 500.
+    huge = client.get(f"{url}&shown={status_id}:99999999999999999", headers=HX)
+    assert huge.status_code == 200
+    for bad in ("abc", f"{status_id}:-1", f"{status_id}", f"{status_id}:3," * 1000):
+        resp = client.get(f"{url}&shown={bad}", headers=HX)
+        assert resp.status_code == 400, (bad, resp.status_code)
+        assert "shown" in resp.get_data(as_text=True)
+
+
+def test_move_keeps_the_cards_on_screen(people: Owner, client, login, kicks, app) -> None:
+    login("ann")
+    app.config["WORKSPACE_BOARD_PAGE"] = 1
+    pipeline_id, status_id, _count = _fullest_column(people)
+    lead = db.session.scalars(
+        select(Lead).where(
+            Lead.owner_id == people.id,
+            Lead.pipeline_id == pipeline_id,
+            Lead.status_id != status_id,
+            Lead.status_id.not_in([142, 143]),
+        )
+    ).first()
+    assert lead is not None
+    html = client.get(f"/admin/crm/deals?pipeline_id={pipeline_id}").get_data(as_text=True)
+    resp = client.post(
+        f"/admin/crm/deals/{lead.id}/move",
+        data={
+            "csrf_token": _csrf(html),
+            "status_id": str(status_id),
+            "pipeline_id": str(pipeline_id),
+            "updated_at": str(lead.updated_at),
+            "shown": f"{status_id}:3",
+        },
+        headers=HX,
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    cards = _column_cards(resp.get_data(as_text=True), status_id)
+    assert len(cards) == 3 and lead.id in cards  # the moved deal is the newest change
