@@ -305,12 +305,28 @@ CARDS: dict[str, tuple[str, Any, str, str, str, str]] = {
 }  # fmt: skip
 
 
+def _notes_link(entity_type: str, entity_id: int) -> Any:
+    """`notes_link(before, part=None)`: the card's URL on the timeline page before that note."""
+    ctx = request_context()
+    endpoint, arg = CARDS[entity_type][2], CARDS[entity_type][3]
+
+    def link(before: int, **more: Any) -> str:
+        return ctx.url(endpoint, **{arg: entity_id}, notes_before=before, **more)
+
+    return link
+
+
 def _card_vm(entity_type: str, entity_id: int, **extra: Any) -> dict[str, Any]:
     ctx = request_context()
     _template, read, endpoint, arg, _section_name, missing = CARDS[entity_type]
-    view = read(ctx.owner_id, entity_id)
+    # A card read (GET) may page its timeline: `notes_before` is the "older notes" link's,
+    # `notes_to` a live refresh's (the oldest note on screen, sent by workspace.js).
+    before = _int("notes_before", request.args) if request.method == "GET" else None
+    down_to = _int("notes_to", request.args) if request.method == "GET" else None
+    view = read(ctx.owner_id, entity_id, notes_before=before, notes_down_to=down_to)
     if view is None:
         abort(404, description=_t(missing))
+    live = {"part": "live", **({"notes_before": before} if before else {})}
     return {
         "view": view,
         "kind": entity_type,
@@ -318,9 +334,27 @@ def _card_vm(entity_type: str, entity_id: int, **extra: Any) -> dict[str, Any]:
         "choices": cards.choices(ctx.owner_id),
         "errors": {},
         "card_url": ctx.url(endpoint, **{arg: entity_id}),
-        "live_url": ctx.url(endpoint, **{arg: entity_id}, part="live"),
+        "live_url": ctx.url(endpoint, **{arg: entity_id}, **live),
+        "notes_before": before,
+        "notes_link": _notes_link(entity_type, entity_id),
         **extra,
     }
+
+
+def _older_notes(entity_type: str, entity_id: int) -> Response:
+    """The timeline's next page for htmx: its notes and the link to the page after."""
+    ctx = request_context()
+    if not cards.exists(ctx.owner_id, entity_type, entity_id):
+        abort(404, description=_t(CARDS[entity_type][5]))
+    page = cards.note_page(
+        ctx.owner_id, entity_type, entity_id, before=_int("notes_before", request.args)
+    )
+    return respond(
+        "workspace/_notes.html",
+        notes=page.items,
+        older=page.older,
+        notes_link=_notes_link(entity_type, entity_id),
+    )
 
 
 def _card(entity_type: str, entity_id: int, status: int = 200, **extra: Any) -> Response:
@@ -342,6 +376,8 @@ def _card(entity_type: str, entity_id: int, status: int = 200, **extra: Any) -> 
 
 def _live_card(entity_type: str, entity_id: int) -> Response:
     ctx = request_context()
+    if request.args.get("part") == "notes" and wants_fragment():
+        return _older_notes(entity_type, entity_id)
     etag = live.entity_version(ctx.owner_id, entity_type, entity_id)
     if hit := _poll(etag):
         return hit

@@ -454,3 +454,75 @@ def test_move_keeps_the_cards_on_screen(people: Owner, client, login, kicks, app
     assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
     cards = _column_cards(resp.get_data(as_text=True), status_id)
     assert len(cards) == 3 and lead.id in cards  # the moved deal is the newest change
+
+
+def _many_notes(owner: Owner, lead: Lead, count: int) -> list[int]:
+    """`count` notes on the deal, straight into the mirror; their ids, newest first."""
+    base = 900_000_000
+    for i in range(count):
+        db.session.add(
+            Note(
+                owner_id=owner.id,
+                id=base + i,
+                entity_type="leads",
+                entity_id=lead.id,
+                note_type="common",
+                text=f"note number {i}",
+                created_at=1_700_000_000 + i,
+            )
+        )
+    db.session.commit()
+    return [base + i for i in reversed(range(count))]
+
+
+def test_older_notes_are_paged_by_id(people: Owner) -> None:
+    from crm_app.services.workspace.cards import deal_card, note_page
+
+    lead = _lead(people)
+    ids = _many_notes(people, lead, 230)
+    view = deal_card(people.id, lead.id)
+    assert view is not None
+    assert [n.id for n in view.notes] == ids[:100] and view.older_notes == ids[99]
+    second = note_page(people.id, "leads", lead.id, before=view.older_notes)
+    assert [n.id for n in second.items] == ids[100:200] and second.older == ids[199]
+    last = note_page(people.id, "leads", lead.id, before=second.older)
+    assert [n.id for n in last.items] == ids[200:] and last.older is None
+    # A refresh down to the oldest note on screen keeps the pages opened, and at least one.
+    kept = note_page(people.id, "leads", lead.id, down_to=ids[149])
+    assert [n.id for n in kept.items] == ids[:150] and kept.older == ids[149]
+    assert [n.id for n in note_page(people.id, "leads", lead.id, down_to=ids[0]).items] == ids[
+        :100
+    ]
+    assert len(note_page(people.id, "leads", lead.id, down_to=1).items) == 230
+    assert note_page(people.id, "leads", 1).items == []
+
+
+def test_show_older_notes_with_htmx_and_as_a_plain_link(people: Owner, client, login) -> None:
+    login("gus")
+    lead = _lead(people)
+    ids = _many_notes(people, lead, 130)
+    card = client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True)
+    assert f'data-note-id="{ids[99]}"' in card and f'data-note-id="{ids[100]}"' not in card
+    link = re.search(r'href="([^"]*notes_before=(\d+)[^"]*)"', card)
+    assert link and int(link.group(2)) == ids[99]
+    # Without JS: the card on the older page, with the way back to the newest notes.
+    plain = client.get(link.group(1).replace("&amp;", "&").split("#")[0])
+    html = plain.get_data(as_text=True)
+    assert plain.status_code == 200 and 'id="ws-notes-newest"' in html
+    assert f'data-note-id="{ids[100]}"' in html and f'data-note-id="{ids[99]}"' not in html
+    assert "ws-notes-more" not in html  # 30 older notes: one page, nothing after
+    # With htmx: only the older lines, to put in place of the link.
+    piece = client.get(
+        f"/admin/crm/deals/{lead.id}?part=notes&notes_before={ids[99]}", headers=HX
+    ).get_data(as_text=True)
+    assert 'id="ws-card"' not in piece
+    assert re.findall(r'data-note-id="(\d+)"', piece) == [str(i) for i in ids[100:]]
+    # A live refresh that names the oldest note on screen keeps the older page.
+    live = client.get(
+        f"/admin/crm/deals/{lead.id}?part=live&notes_to={ids[-1]}", headers=HX
+    ).get_data(as_text=True)
+    assert len(re.findall(r'data-note-id="', live)) == 130
+    assert client.get(f"/admin/crm/deals/{lead.id}?notes_before=x").status_code == 400
+    login("eve")
+    other = client.get(f"/admin/crm/deals/{lead.id}?part=notes&notes_before=5", headers=HX)
+    assert other.status_code == 404
