@@ -240,6 +240,9 @@ def deals_table() -> Response:
         link=_linker("workspace.deals_table"),
         choices=choices,
         status_names={s.id: s.name for p in choices.pipelines for s in p.statuses},
+        picked_statuses=[
+            s.name for p in choices.pipelines for s in p.statuses if s.id in table.filters.status_ids
+        ],
     )
 
 

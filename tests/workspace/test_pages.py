@@ -526,3 +526,36 @@ def test_show_older_notes_with_htmx_and_as_a_plain_link(people: Owner, client, l
     login("eve")
     other = client.get(f"/admin/crm/deals/{lead.id}?part=notes&notes_before=5", headers=HX)
     assert other.status_code == 404
+
+
+def test_table_filters_several_stages_from_the_url(people: Owner, client, login) -> None:
+    login("gus")
+    rows = db.session.execute(
+        select(Lead.status_id, db.func.count())
+        .where(Lead.owner_id == people.id)
+        .group_by(Lead.status_id)
+        .order_by(db.func.count().desc())
+    ).all()
+    assert len(rows) >= 3, "the sandbox should spread deals over three stages at least"
+    (one, n_one), (two, n_two), (three, _n) = rows[:3]
+    url = f"/admin/crm/deals/table?status_id={one}&status_id={two}"
+    html = client.get(url).get_data(as_text=True)
+    assert f"Найдено: {n_one + n_two}" in html
+    shown = {int(i) for i in re.findall(r'<tr id="row-(\d+)"', html)}
+    expected = set(
+        db.session.scalars(
+            select(Lead.id).where(Lead.owner_id == people.id, Lead.status_id.in_([one, two]))
+        )
+    )
+    assert shown == expected
+    # The form offers every stage as a checkbox, the chosen ones checked.
+    checked = set(re.findall(r'id="stage-(\d+)" name="status_id" value="\d+" checked', html))
+    assert checked == {str(one), str(two)}
+    assert f'id="stage-{three}" name="status_id" value="{three}">' in html
+    # Sorting and paging links keep both stages; "all stages" drops them.
+    sort = re.search(r'href="([^"]*sort=price[^"]*)"', html)
+    assert sort and sort.group(1).count("status_id=") == 2
+    clear = re.search(r'id="ws-stages-clear" href="([^"]*)"', html)
+    assert clear and "status_id" not in clear.group(1)
+    # Bad values in the URL are ignored, not a 500.
+    assert client.get("/admin/crm/deals/table?status_id=abc&status_id=").status_code == 200
