@@ -153,9 +153,7 @@ def _shown() -> dict[int, int] | None:
 def _board_vm(pipeline_id: int | None) -> dict[str, Any]:
     ctx = request_context()
     return {
-        "board": boards.board(
-            ctx.owner_id, pipeline_id, per_column=_per_column(), shown=_shown()
-        ),
+        "board": boards.board(ctx.owner_id, pipeline_id, per_column=_per_column(), shown=_shown()),
         "choices": cards.choices(ctx.owner_id),
     }
 
@@ -241,7 +239,10 @@ def deals_table() -> Response:
         choices=choices,
         status_names={s.id: s.name for p in choices.pipelines for s in p.statuses},
         picked_statuses=[
-            s.name for p in choices.pipelines for s in p.statuses if s.id in table.filters.status_ids
+            s.name
+            for p in choices.pipelines
+            for s in p.statuses
+            if s.id in table.filters.status_ids
         ],
     )
 

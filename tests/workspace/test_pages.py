@@ -490,9 +490,7 @@ def test_older_notes_are_paged_by_id(people: Owner) -> None:
     # A refresh down to the oldest note on screen keeps the pages opened, and at least one.
     kept = note_page(people.id, "leads", lead.id, down_to=ids[149])
     assert [n.id for n in kept.items] == ids[:150] and kept.older == ids[149]
-    assert [n.id for n in note_page(people.id, "leads", lead.id, down_to=ids[0]).items] == ids[
-        :100
-    ]
+    assert [n.id for n in note_page(people.id, "leads", lead.id, down_to=ids[0]).items] == ids[:100]
     assert len(note_page(people.id, "leads", lead.id, down_to=1).items) == 230
     assert note_page(people.id, "leads", 1).items == []
 
