@@ -223,12 +223,27 @@ def _linker(endpoint: str) -> Any:
     return link
 
 
+def _stage_groups(choices: cards.Choices) -> list[tuple[str, list[boards.StatusChoice]]]:
+    """The stage filter's checkboxes: each pipeline's own stages, then won and lost once (142
+    and 143 are the same two stages in every pipeline)."""
+    groups = [(p.name, [s for s in p.statuses if not s.closed]) for p in choices.pipelines]
+    closed: dict[int, boards.StatusChoice] = {}
+    for p in choices.pipelines:
+        for s in p.statuses:
+            if s.closed:
+                closed.setdefault(s.id, s)
+    if closed:
+        groups.append((_("Во всех воронках"), sorted(closed.values(), key=lambda s: s.id)))
+    return [(name, stages) for name, stages in groups if stages]
+
+
 @bp.get("/admin/crm/deals/table")
 @page_login_required
 def deals_table() -> Response:
     ctx = request_context()
     table = boards.deals_table(ctx.owner_id, _deal_filter())
     choices = cards.choices(ctx.owner_id)
+    groups = _stage_groups(choices)
     return _section(
         "deals",
         "workspace/_table.html",
@@ -238,11 +253,9 @@ def deals_table() -> Response:
         link=_linker("workspace.deals_table"),
         choices=choices,
         status_names={s.id: s.name for p in choices.pipelines for s in p.statuses},
+        stage_groups=groups,
         picked_statuses=[
-            s.name
-            for p in choices.pipelines
-            for s in p.statuses
-            if s.id in table.filters.status_ids
+            s.name for _name, stages in groups for s in stages if s.id in table.filters.status_ids
         ],
     )
 

@@ -59,6 +59,8 @@
     target.querySelectorAll("details[data-keep-open][open]").forEach(function (d) {
       if (d.id) state.open.push(d.id);
     });
+    var active = document.activeElement;
+    if (active && active.id && target.contains(active)) state.focus = active.id;
     return state;
   }
 
@@ -69,6 +71,9 @@
       var d = document.getElementById(id);
       if (d) d.open = true;
     });
+    // htmx gives the focus back before the menu around the field is open again: do it now.
+    var focused = state.focus && document.getElementById(state.focus);
+    if (focused && document.activeElement !== focused) focused.focus({ preventScroll: true });
     var board = root.querySelector("#ws-columns");
     if (board) board.scrollLeft = state.left;
     root.querySelectorAll(".ws-cards[data-status-id]").forEach(function (list) {
