@@ -150,10 +150,10 @@ def _shown() -> dict[int, int] | None:
     return shown
 
 
-def _board_vm(pipeline_id: int | None) -> dict[str, Any]:
+def _board_vm(pipeline_id: int | None, shown: dict[int, int] | None = None) -> dict[str, Any]:
     ctx = request_context()
     return {
-        "board": boards.board(ctx.owner_id, pipeline_id, per_column=_per_column(), shown=_shown()),
+        "board": boards.board(ctx.owner_id, pipeline_id, per_column=_per_column(), shown=shown),
         "choices": cards.choices(ctx.owner_id),
     }
 
@@ -163,11 +163,12 @@ def _board_vm(pipeline_id: int | None) -> dict[str, Any]:
 def deals_board() -> Response:
     ctx = request_context()
     pipeline_id = _int("pipeline_id")
+    shown = _shown()  # checked before the 304: a malformed value is a 400 either way
     chosen = pipeline_id or next(iter(p.id for p in boards.pipelines(ctx.owner_id)), 0)
     etag = boards.board_version(ctx.owner_id, chosen)
     if hit := _poll(etag):
         return hit
-    vm = _board_vm(pipeline_id)
+    vm = _board_vm(pipeline_id, shown)
     return _tagged(_section("deals", "workspace/_board.html", _("Сделки"), **vm), etag)
 
 
@@ -515,7 +516,8 @@ def deal_move(lead_id: int) -> Response:
     status_id = _int("status_id", request.form)
     reason = _int("loss_reason_id", request.form)
     pipeline_id = _int("pipeline_id", request.form)
-    vm = _board_vm(pipeline_id)
+    shown = _shown()
+    vm = _board_vm(pipeline_id, shown)
     if status_id is None:
         abort(400, description=_("Выберите этап."))
     if _needs_reason(status_id, reason, vm["choices"].loss_reasons):
@@ -546,7 +548,7 @@ def deal_move(lead_id: int) -> Response:
         category, status = "error", 422
     elif not isinstance(outcome, Applied):
         abort(404, description=_("Такой сделки нет."))
-    vm = _board_vm(pipeline_id)  # after the write: the card is in its new column
+    vm = _board_vm(pipeline_id, shown)  # after the write: the card is in its new column
     return respond("workspace/_board.html", status=status, message=message, category=category, **vm)
 
 

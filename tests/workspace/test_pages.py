@@ -401,8 +401,13 @@ def test_board_poll_with_the_cards_on_screen(people: Owner, client, login, app) 
     app.config["WORKSPACE_BOARD_PAGE"] = 1
     pipeline_id, status_id, _count = _fullest_column(people)
     url = f"/admin/crm/deals?pipeline_id={pipeline_id}"
-    first = client.get(url, headers=HX).get_data(as_text=True)
+    first_resp = client.get(url, headers=HX)
+    first, first_etag = first_resp.get_data(as_text=True), first_resp.headers["ETag"]
     assert len(_column_cards(first, status_id)) == 1
+    unchanged = client.get(
+        f"{url}&shown={status_id}:3", headers={**HX, "If-None-Match": first_etag}
+    )
+    assert unchanged.status_code == 304  # more cards on screen is no change of the board
     resp = client.get(f"{url}&shown={status_id}:3,999:7", headers=HX)
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
@@ -424,6 +429,9 @@ def test_board_poll_with_the_cards_on_screen(people: Owner, client, login, app) 
         resp = client.get(f"{url}&shown={bad}", headers=HX)
         assert resp.status_code == 400, (bad, resp.status_code)
         assert "shown" in resp.get_data(as_text=True)
+        # Also when the poll would otherwise be a 304.
+        etag = {"If-None-Match": first_etag}
+        assert client.get(f"{url}&shown={bad}", headers={**HX, **etag}).status_code == 400
 
 
 def test_move_keeps_the_cards_on_screen(people: Owner, client, login, kicks, app) -> None:
