@@ -98,6 +98,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             _float("WORKSPACE_READ_TIMEOUT", 10.0),
         ),
         "WORKSPACE_OUTBOX_MAX_BACKOFF": _float("WORKSPACE_OUTBOX_MAX_BACKOFF", 5.0),
+        # Cards in one page of a board column (the first paint and every "more").
+        "WORKSPACE_BOARD_PAGE": _int("WORKSPACE_BOARD_PAGE", 20),
         "WEBHOOK_TOKEN_CACHE_SECONDS": _float("WEBHOOK_TOKEN_CACHE_SECONDS", 5.0),
         "WEBHOOK_FAST_PATH": _bool("WEBHOOK_FAST_PATH", True),
         "WEBHOOK_SYNC_COMMIT": _bool("WEBHOOK_SYNC_COMMIT", False),

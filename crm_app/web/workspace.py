@@ -15,6 +15,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     flash,
     make_response,
     redirect,
@@ -46,9 +47,9 @@ from crm_app.web.respond import respond, wants_fragment
 bp = Blueprint("workspace", __name__)
 
 ID = "int(min=1, max=9223372036854775807)"
-PER_COLUMN = 20
 MAX_TEXT = 4000
 MAX_TZ_OFFSET = 16 * 60  # the widest real offsets are -12:00 and +14:00
+MAX_SHOWN = 2000  # characters of `shown`: a hundred stages fit
 
 
 # -- reading the request --------------------------------------------------------------------
@@ -138,10 +139,31 @@ def _section(section: str, template: str, title: str, status: int = 200, **vm: A
     )
 
 
-def _board_vm(pipeline_id: int | None) -> dict[str, Any]:
+def _per_column() -> int:
+    return max(1, int(current_app.config.get("WORKSPACE_BOARD_PAGE", 20)))
+
+
+def _shown() -> dict[int, int] | None:
+    """The cards each column has on screen, `shown=<stage>:<count>,…` (workspace.js sends it
+    with a board's poll and a move): the answer renders as many, so loaded pages stay."""
+    raw = str(request.values.get("shown", "")).strip()
+    if not raw:
+        return None
+    parts = raw.split(",")
+    shown: dict[int, int] = {}
+    for part in parts if len(raw) <= MAX_SHOWN else ["-"]:
+        stage, sep, count = part.strip().partition(":")
+        if not (sep and stage.isdigit() and count.isdigit() and len(stage) <= 18):
+            abort(400, description=_("Параметр shown: нужен вид «этап:число,этап:число»."))
+        # The service caps the counts; a long number here is only clamped.
+        shown[int(stage)] = int(count) if len(count) <= 9 else boards.MAX_PER_COLUMN
+    return shown
+
+
+def _board_vm(pipeline_id: int | None, shown: dict[int, int] | None = None) -> dict[str, Any]:
     ctx = request_context()
     return {
-        "board": boards.board(ctx.owner_id, pipeline_id, per_column=PER_COLUMN),
+        "board": boards.board(ctx.owner_id, pipeline_id, per_column=_per_column(), shown=shown),
         "choices": cards.choices(ctx.owner_id),
     }
 
@@ -151,11 +173,12 @@ def _board_vm(pipeline_id: int | None) -> dict[str, Any]:
 def deals_board() -> Response:
     ctx = request_context()
     pipeline_id = _int("pipeline_id")
+    shown = _shown()  # checked before the 304: a malformed value is a 400 either way
     chosen = pipeline_id or next(iter(p.id for p in boards.pipelines(ctx.owner_id)), 0)
     etag = boards.board_version(ctx.owner_id, chosen)
     if hit := _poll(etag):
         return hit
-    vm = _board_vm(pipeline_id)
+    vm = _board_vm(pipeline_id, shown)
     return _tagged(_section("deals", "workspace/_board.html", _("Сделки"), **vm), etag)
 
 
@@ -168,7 +191,7 @@ def board_column(pipeline_id: int, status_id: int) -> Response:
         pipeline_id,
         status_id,
         after=request.args.get("after", "")[:200] or None,
-        limit=PER_COLUMN,
+        limit=_per_column(),
         totals=False,
     )
     if column is None:
@@ -211,12 +234,27 @@ def _linker(endpoint: str) -> Any:
     return link
 
 
+def _stage_groups(choices: cards.Choices) -> list[tuple[str, list[boards.StatusChoice]]]:
+    """The stage filter's checkboxes: each pipeline's own stages, then won and lost once (142
+    and 143 are the same two stages in every pipeline)."""
+    groups = [(p.name, [s for s in p.statuses if not s.closed]) for p in choices.pipelines]
+    closed: dict[int, boards.StatusChoice] = {}
+    for p in choices.pipelines:
+        for s in p.statuses:
+            if s.closed:
+                closed.setdefault(s.id, s)
+    if closed:
+        groups.append((_("Во всех воронках"), sorted(closed.values(), key=lambda s: s.id)))
+    return [(name, stages) for name, stages in groups if stages]
+
+
 @bp.get("/admin/crm/deals/table")
 @page_login_required
 def deals_table() -> Response:
     ctx = request_context()
     table = boards.deals_table(ctx.owner_id, _deal_filter())
     choices = cards.choices(ctx.owner_id)
+    groups = _stage_groups(choices)
     return _section(
         "deals",
         "workspace/_table.html",
@@ -226,6 +264,10 @@ def deals_table() -> Response:
         link=_linker("workspace.deals_table"),
         choices=choices,
         status_names={s.id: s.name for p in choices.pipelines for s in p.statuses},
+        stage_groups=groups,
+        picked_statuses=[
+            s.name for _name, stages in groups for s in stages if s.id in table.filters.status_ids
+        ],
     )
 
 
@@ -291,12 +333,28 @@ CARDS: dict[str, tuple[str, Any, str, str, str, str]] = {
 }  # fmt: skip
 
 
+def _notes_link(entity_type: str, entity_id: int) -> Any:
+    """`notes_link(before, part=None)`: the card's URL on the timeline page before that note."""
+    ctx = request_context()
+    endpoint, arg = CARDS[entity_type][2], CARDS[entity_type][3]
+
+    def link(before: int, **more: Any) -> str:
+        return ctx.url(endpoint, **{arg: entity_id}, notes_before=before, **more)
+
+    return link
+
+
 def _card_vm(entity_type: str, entity_id: int, **extra: Any) -> dict[str, Any]:
     ctx = request_context()
     _template, read, endpoint, arg, _section_name, missing = CARDS[entity_type]
-    view = read(ctx.owner_id, entity_id)
+    # A card read (GET) may page its timeline: `notes_before` is the "older notes" link's,
+    # `notes_to` a live refresh's (the oldest note on screen, sent by workspace.js).
+    before = _int("notes_before", request.args) if request.method == "GET" else None
+    down_to = _int("notes_to", request.args) if request.method == "GET" else None
+    view = read(ctx.owner_id, entity_id, notes_before=before, notes_down_to=down_to)
     if view is None:
         abort(404, description=_t(missing))
+    live = {"part": "live", **({"notes_before": before} if before else {})}
     return {
         "view": view,
         "kind": entity_type,
@@ -304,9 +362,27 @@ def _card_vm(entity_type: str, entity_id: int, **extra: Any) -> dict[str, Any]:
         "choices": cards.choices(ctx.owner_id),
         "errors": {},
         "card_url": ctx.url(endpoint, **{arg: entity_id}),
-        "live_url": ctx.url(endpoint, **{arg: entity_id}, part="live"),
+        "live_url": ctx.url(endpoint, **{arg: entity_id}, **live),
+        "notes_before": before,
+        "notes_link": _notes_link(entity_type, entity_id),
         **extra,
     }
+
+
+def _older_notes(entity_type: str, entity_id: int) -> Response:
+    """The timeline's next page for htmx: its notes and the link to the page after."""
+    ctx = request_context()
+    if not cards.exists(ctx.owner_id, entity_type, entity_id):
+        abort(404, description=_t(CARDS[entity_type][5]))
+    page = cards.note_page(
+        ctx.owner_id, entity_type, entity_id, before=_int("notes_before", request.args)
+    )
+    return respond(
+        "workspace/_notes.html",
+        notes=page.items,
+        older=page.older,
+        notes_link=_notes_link(entity_type, entity_id),
+    )
 
 
 def _card(entity_type: str, entity_id: int, status: int = 200, **extra: Any) -> Response:
@@ -328,6 +404,8 @@ def _card(entity_type: str, entity_id: int, status: int = 200, **extra: Any) -> 
 
 def _live_card(entity_type: str, entity_id: int) -> Response:
     ctx = request_context()
+    if request.args.get("part") == "notes" and wants_fragment():
+        return _older_notes(entity_type, entity_id)
     etag = live.entity_version(ctx.owner_id, entity_type, entity_id)
     if hit := _poll(etag):
         return hit
@@ -458,7 +536,8 @@ def deal_move(lead_id: int) -> Response:
     status_id = _int("status_id", request.form)
     reason = _int("loss_reason_id", request.form)
     pipeline_id = _int("pipeline_id", request.form)
-    vm = _board_vm(pipeline_id)
+    shown = _shown()
+    vm = _board_vm(pipeline_id, shown)
     if status_id is None:
         abort(400, description=_("Выберите этап."))
     if _needs_reason(status_id, reason, vm["choices"].loss_reasons):
@@ -489,7 +568,7 @@ def deal_move(lead_id: int) -> Response:
         category, status = "error", 422
     elif not isinstance(outcome, Applied):
         abort(404, description=_("Такой сделки нет."))
-    vm = _board_vm(pipeline_id)  # after the write: the card is in its new column
+    vm = _board_vm(pipeline_id, shown)  # after the write: the card is in its new column
     return respond("workspace/_board.html", status=status, message=message, category=category, **vm)
 
 

@@ -13,11 +13,78 @@
     return !!(active && elt.contains(active) && active.matches("input, select, textarea"));
   }
 
+  // --- what a refresh must keep: the cards each column shows, the notes the card shows -------
+  function boardShown() {
+    // "<stage>:<cards on screen>,…": the server renders as many, so loaded pages stay.
+    var parts = [];
+    document.querySelectorAll("#ws-columns .ws-cards").forEach(function (list) {
+      var n = list.querySelectorAll(".ws-card").length;
+      if (n) parts.push(list.getAttribute("data-status-id") + ":" + n);
+    });
+    return parts.join(",");
+  }
+
+  function oldestNote() {
+    var notes = document.querySelectorAll("#ws-notes [data-note-id]");
+    return notes.length ? notes[notes.length - 1].getAttribute("data-note-id") : "";
+  }
+
   document.addEventListener("htmx:configRequest", function (event) {
     var elt = event.detail.elt;
+    var target = event.detail.target;
+    if (target && target.id === "ws-board") {
+      var shown = boardShown(); // a poll or a move: the board comes back as it is on screen
+      if (shown) event.detail.parameters.shown = shown;
+    }
     if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-live") || !elt.id) return;
     if (event.detail.verb !== "get") return;
+    if (elt.id === "ws-live") {
+      var oldest = oldestNote();
+      if (oldest) event.detail.parameters.notes_to = oldest;
+    }
     if (etags[elt.id]) event.detail.headers["If-None-Match"] = etags[elt.id];
+  });
+
+  // --- scroll positions and open menus survive a swap of the piece they are in --------------
+  var kept = null;
+
+  function keep(target) {
+    if (!target || !target.id) return null;
+    var state = { id: target.id, columns: {}, left: 0, open: [] };
+    var board = target.querySelector("#ws-columns");
+    if (board) state.left = board.scrollLeft;
+    target.querySelectorAll(".ws-cards[data-status-id]").forEach(function (list) {
+      state.columns[list.getAttribute("data-status-id")] = list.scrollTop;
+    });
+    target.querySelectorAll("details[data-keep-open][open]").forEach(function (d) {
+      if (d.id) state.open.push(d.id);
+    });
+    var active = document.activeElement;
+    if (active && active.id && target.contains(active)) state.focus = active.id;
+    return state;
+  }
+
+  function restore(state) {
+    var root = document.getElementById(state.id);
+    if (!root) return;
+    state.open.forEach(function (id) {
+      var d = document.getElementById(id);
+      if (d) d.open = true;
+    });
+    // htmx gives the focus back before the menu around the field is open again: do it now.
+    var focused = state.focus && document.getElementById(state.focus);
+    if (focused && document.activeElement !== focused) focused.focus({ preventScroll: true });
+    var board = root.querySelector("#ws-columns");
+    if (board) board.scrollLeft = state.left;
+    root.querySelectorAll(".ws-cards[data-status-id]").forEach(function (list) {
+      var top = state.columns[list.getAttribute("data-status-id")];
+      if (top) list.scrollTop = top;
+    });
+  }
+
+  document.addEventListener("htmx:afterSwap", function () {
+    if (kept) restore(kept);
+    kept = null;
   });
 
   document.addEventListener("htmx:beforeRequest", function (event) {
@@ -35,6 +102,10 @@
       return;
     }
     var elt = event.detail.elt;
+    var target = event.detail.target;
+    if (target && (target.id === "ws-board" || target.id === "ws-table")) {
+      kept = keep(target);
+    }
     var tag = xhr && xhr.getResponseHeader("ETag");
     if (elt && elt.id && tag && elt.hasAttribute && elt.hasAttribute("data-live")) etags[elt.id] = tag;
   });

@@ -1,5 +1,6 @@
 """The CRM workspace in a real browser: the board (drag and the keyboard "move to"), a conflict
-with a manager's change in amoCRM, notes and tasks, a new deal, a change arriving live, a guest."""
+with a manager's change in amoCRM, notes and tasks, a new deal, a change arriving live, a guest;
+a live refresh that keeps the loaded pages and scroll positions, older notes, several stages."""
 
 from __future__ import annotations
 
@@ -200,4 +201,144 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
         )
         assert guest.locator("main form[method=post]").count() == 0
     assert not [p for p in problems if "CSP" in p or "Refused" in p], problems
+    context.close()
+
+
+def _column_ids(page, status_id: str) -> list[int]:
+    return [
+        int(c.get_attribute("data-deal-id"))
+        for c in page.locator(f'ol[data-status-id="{status_id}"] .ws-card').all()
+    ]
+
+
+def _quiet(page) -> None:
+    """Wait until no htmx request is in flight (a poll or a page of cards)."""
+    _wait(lambda: page.locator(".htmx-request").count() == 0, timeout=20)
+
+
+def test_live_refresh_keeps_loaded_pages_notes_and_stage_filter(
+    app, live_app, browser, workspace
+) -> None:
+    from crm_app.extensions import db
+    from crm_app.models import Lead, Note
+
+    base, sandbox = live_app.url, live_app.sandbox
+    app.config["WORKSPACE_BOARD_PAGE"] = 3  # small pages: the sandbox's columns have several
+    context = browser.new_context(viewport={"width": 1000, "height": 600}, locale="ru-RU")
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    _login(page, base, "admin")
+    page.goto(f"{base}/admin/crm/deals")
+    page.wait_for_selector(".ws-card")
+
+    # A column with a next page: its second page arrives as its end comes into view (at once
+    # when the first page does not fill the column, or on scrolling).
+    status_id = page.locator(".ws-cards:has(.ws-more)").first.get_attribute("data-status-id")
+    column = page.locator(f'ol[data-status-id="{status_id}"]')
+    column.locator(".ws-more").scroll_into_view_if_needed()
+    _wait(lambda: column.locator(".ws-card").count() > 3, timeout=20)
+    _quiet(page)
+    assert column.evaluate("el => el.scrollHeight > el.clientHeight + 40")
+    top = column.evaluate("el => { el.scrollTop = 40; return el.scrollTop; }")
+    # One column sideways (a snap point: the board snaps to column starts).
+    left = page.locator("#ws-columns").evaluate(
+        "el => { el.scrollLeft = el.children[1].offsetLeft - el.children[0].offsetLeft;"
+        " return el.scrollLeft; }"
+    )
+    assert top == 40 and left > 0
+    _quiet(page)
+    loaded = _column_ids(page, status_id)
+    assert len(loaded) > 3
+
+    # A manager renames a deal of the second page in amoCRM: it arrives, and the loaded cards
+    # and both scroll positions stay.
+    renamed = loaded[3]
+    requests.patch(
+        f"{sandbox.url}/_sandbox/leads/{renamed}", json={"name": "Renamed far down"}, timeout=5
+    )
+    expect(page.locator(f"#deal-{renamed} .ws-card-name")).to_have_text(
+        "Renamed far down", timeout=20000
+    )
+    assert set(loaded) <= set(_column_ids(page, status_id))
+    assert _column_ids(page, status_id)[0] == renamed  # the newest change leads the column
+    assert column.evaluate("el => el.scrollTop") == top
+    assert page.locator("#ws-columns").evaluate("el => el.scrollLeft") == left
+    _shot(page, "workspace-board-refreshed")
+
+    # Older notes on the card: 105 notes, the newest 100 first, then the rest on request; a
+    # change arriving live keeps them.
+    lead_id = loaded[0]
+    owner_id = workspace
+    for i in range(105):
+        db.session.add(
+            Note(
+                owner_id=owner_id,
+                id=800_000_000 + i,
+                entity_type="leads",
+                entity_id=lead_id,
+                note_type="common",
+                text=f"Old note {i}",
+                created_at=1_700_000_000 + i,
+            )
+        )
+    db.session.commit()
+    page.goto(f"{base}/admin/crm/deals/{lead_id}")
+    notes = page.locator("#ws-notes .ws-note")
+    expect(notes).to_have_count(100)
+    page.click("#ws-notes-more a")
+    expect(notes).to_have_count(105)
+    expect(page.locator("#ws-notes-more")).to_have_count(0)
+    expect(page.locator("#ws-notes")).to_contain_text("Old note 0")
+    requests.patch(f"{sandbox.url}/_sandbox/leads/{lead_id}", json={"price": 4242}, timeout=5)
+    expect(page.locator("#f-price")).to_contain_text("4 242", timeout=20000)
+    expect(notes).to_have_count(105)
+
+    # Several stages in the table: tick two, both go into the URL; a bookmark restores them.
+    stages = [
+        str(s)
+        for (s,) in db.session.execute(
+            db.select(Lead.status_id).where(Lead.owner_id == owner_id).distinct().limit(2)
+        )
+    ]
+    page.goto(f"{base}/admin/crm/deals/table")
+    page.click("#ws-stages summary")
+    page.check(f"#stage-{stages[0]}")
+    page.wait_for_url(f"**status_id={stages[0]}**", timeout=60000)
+    _quiet(page)
+    expect(page.locator("#ws-stages")).to_have_attribute("open", "")  # still open to tick more
+    expect(page.locator(f"#stage-{stages[0]}")).to_be_focused()
+    page.check(f"#stage-{stages[1]}")
+    # (page.url can lag behind htmx's pushState: ask the page.)
+    _wait(lambda: page.evaluate("() => location.search").count("status_id=") == 2, timeout=30)
+    _quiet(page)
+    _shot(page, "workspace-table-stages")
+    page.goto(page.evaluate("() => location.href"))
+    for sid in stages:
+        expect(page.locator(f"#stage-{sid}")).to_be_checked()
+    expected = db.session.scalar(
+        db.select(db.func.count())
+        .select_from(Lead)
+        .where(Lead.owner_id == owner_id, Lead.status_id.in_([int(s) for s in stages]))
+    )
+    expect(page.locator("#ws-count")).to_contain_text(str(expected))
+
+    # English and the phone width.
+    page.goto(f"{page.url}&lang=en")
+    expect(page.locator("#ws-stages-label")).to_have_text("Stages")
+    _shot(page, "workspace-table-stages-en")
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    mobile = phone.new_page()
+    _login(mobile, base, "admin")
+    mobile.goto(f"{base}/admin/crm/deals/table")
+    mobile.click("#ws-stages summary")
+    mobile.check(f"#stage-{stages[0]}")
+    mobile.wait_for_url(f"**status_id={stages[0]}**", timeout=60000)
+    _shot(mobile, "workspace-table-stages-phone")
+    mobile.goto(f"{base}/admin/crm/deals/{lead_id}")
+    mobile.click("#ws-notes-more a")
+    expect(mobile.locator("#ws-notes .ws-note")).to_have_count(105)
+    _shot(mobile, "workspace-deal-notes-phone")
+    phone.close()
+    assert not problems, problems
     context.close()

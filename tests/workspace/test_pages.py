@@ -386,3 +386,236 @@ def test_task_due_time_is_the_persons_wall_clock_and_a_refused_form_keeps_what_w
         f"/admin/crm/deals/{lead.id}/notes", data={"csrf_token": token, "text": ""}, headers=HX
     )
     assert note.status_code in (400, 422)
+
+
+def _fullest_column(owner: Owner) -> tuple[int, int, int]:
+    """(pipeline, stage, deals) of the stage with the most deals."""
+    row = db.session.execute(
+        select(Lead.pipeline_id, Lead.status_id, db.func.count())
+        .where(Lead.owner_id == owner.id)
+        .group_by(Lead.pipeline_id, Lead.status_id)
+        .order_by(db.func.count().desc())
+        .limit(1)
+    ).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _column_cards(html: str, status_id: int) -> list[int]:
+    match = re.search(rf'<ol class="ws-cards" data-status-id="{status_id}".*?</ol>', html, re.S)
+    assert match, f"no column {status_id}"
+    return [int(i) for i in re.findall(r'data-deal-id="(\d+)"', match.group(0))]
+
+
+def test_board_refresh_renders_the_cards_each_column_shows(people: Owner, app) -> None:
+    from crm_app.services.workspace.board import board, board_column
+
+    pipeline_id, status_id, count = _fullest_column(people)
+    assert count >= 4, "the sandbox should give one stage at least four deals"
+    first = board(people.id, pipeline_id, per_column=1)
+    assert first is not None
+    column = next(c for c in first.columns if c.status.id == status_id)
+    assert len(column.cards) == 1 and column.next_cursor
+    refreshed = board(people.id, pipeline_id, per_column=1, shown={status_id: 3, 1: 50})
+    assert refreshed is not None
+    column = next(c for c in refreshed.columns if c.status.id == status_id)
+    assert len(column.cards) == 3
+    # The cards of a first page plus the next pages, and the cursor continues after them.
+    paged = board_column(people.id, pipeline_id, status_id, limit=count)
+    assert paged is not None
+    assert [c.id for c in column.cards] == [c.id for c in paged.cards[:3]]
+    rest = board_column(people.id, pipeline_id, status_id, after=column.next_cursor, limit=count)
+    assert rest is not None
+    assert [c.id for c in rest.cards] == [c.id for c in paged.cards[3:]]
+    # Other stages keep their first page.
+    assert all(
+        len(c.cards) == min(1, c.count) for c in refreshed.columns if c.status.id != status_id
+    )
+
+
+def test_column_limits_are_capped() -> None:
+    from crm_app.services.workspace.board import (
+        MAX_BOARD_CARDS,
+        MAX_PER_COLUMN,
+        column_limits,
+    )
+
+    assert column_limits([1, 2], 20, None) == {1: 20, 2: 20}
+    assert column_limits([1, 2], 20, {1: 5, 2: 45}) == {1: 20, 2: 45}
+    assert column_limits([1], 20, {1: 10**9}) == {1: MAX_PER_COLUMN}
+    many = column_limits(list(range(100)), 20, dict.fromkeys(range(100), 10**9))
+    assert sum(many.values()) <= MAX_BOARD_CARDS + 100 * 20
+    assert min(many.values()) == 20 and max(many.values()) == MAX_PER_COLUMN
+
+
+def test_board_poll_with_the_cards_on_screen(people: Owner, client, login, app) -> None:
+    login("ann")
+    app.config["WORKSPACE_BOARD_PAGE"] = 1
+    pipeline_id, status_id, _count = _fullest_column(people)
+    url = f"/admin/crm/deals?pipeline_id={pipeline_id}"
+    first_resp = client.get(url, headers=HX)
+    first, first_etag = first_resp.get_data(as_text=True), first_resp.headers["ETag"]
+    assert len(_column_cards(first, status_id)) == 1
+    unchanged = client.get(
+        f"{url}&shown={status_id}:3", headers={**HX, "If-None-Match": first_etag}
+    )
+    assert unchanged.status_code == 304  # more cards on screen is no change of the board
+    resp = client.get(f"{url}&shown={status_id}:3,999:7", headers=HX)
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert len(_column_cards(html, status_id)) == 3
+    # The "more" loader continues after the third card.
+    more = re.search(
+        rf'/deals/column/{pipeline_id}/{status_id}\?after=([^"&]+)', html.replace("&amp;", "&")
+    )
+    assert more, "the column should still offer its next page"
+    after = client.get(
+        f"/admin/crm/deals/column/{pipeline_id}/{status_id}?after={more.group(1)}", headers=HX
+    ).get_data(as_text=True)
+    found = [int(i) for i in re.findall(r'data-deal-id="(\d+)"', after)]
+    assert found and not set(found) & set(_column_cards(html, status_id))
+    # A crafted count is clamped; a malformed one is a 400 with a message, never a 500.
+    huge = client.get(f"{url}&shown={status_id}:99999999999999999", headers=HX)
+    assert huge.status_code == 200
+    for bad in ("abc", f"{status_id}:-1", f"{status_id}", f"{status_id}:3," * 1000):
+        resp = client.get(f"{url}&shown={bad}", headers=HX)
+        assert resp.status_code == 400, (bad, resp.status_code)
+        assert "shown" in resp.get_data(as_text=True)
+        # Also when the poll would otherwise be a 304.
+        etag = {"If-None-Match": first_etag}
+        assert client.get(f"{url}&shown={bad}", headers={**HX, **etag}).status_code == 400
+
+
+def test_move_keeps_the_cards_on_screen(people: Owner, client, login, kicks, app) -> None:
+    login("ann")
+    app.config["WORKSPACE_BOARD_PAGE"] = 1
+    pipeline_id, status_id, _count = _fullest_column(people)
+    lead = db.session.scalars(
+        select(Lead).where(
+            Lead.owner_id == people.id,
+            Lead.pipeline_id == pipeline_id,
+            Lead.status_id != status_id,
+            Lead.status_id.not_in([142, 143]),
+        )
+    ).first()
+    assert lead is not None
+    html = client.get(f"/admin/crm/deals?pipeline_id={pipeline_id}").get_data(as_text=True)
+    resp = client.post(
+        f"/admin/crm/deals/{lead.id}/move",
+        data={
+            "csrf_token": _csrf(html),
+            "status_id": str(status_id),
+            "pipeline_id": str(pipeline_id),
+            "updated_at": str(lead.updated_at),
+            "shown": f"{status_id}:3",
+        },
+        headers=HX,
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    cards = _column_cards(resp.get_data(as_text=True), status_id)
+    assert len(cards) == 3 and lead.id in cards  # the moved deal is the newest change
+
+
+def _many_notes(owner: Owner, lead: Lead, count: int) -> list[int]:
+    """`count` notes on the deal, straight into the mirror; their ids, newest first."""
+    base = 900_000_000
+    for i in range(count):
+        db.session.add(
+            Note(
+                owner_id=owner.id,
+                id=base + i,
+                entity_type="leads",
+                entity_id=lead.id,
+                note_type="common",
+                text=f"note number {i}",
+                created_at=1_700_000_000 + i,
+            )
+        )
+    db.session.commit()
+    return [base + i for i in reversed(range(count))]
+
+
+def test_older_notes_are_paged_by_id(people: Owner) -> None:
+    from crm_app.services.workspace.cards import deal_card, note_page
+
+    lead = _lead(people)
+    ids = _many_notes(people, lead, 230)
+    view = deal_card(people.id, lead.id)
+    assert view is not None
+    assert [n.id for n in view.notes] == ids[:100] and view.older_notes == ids[99]
+    second = note_page(people.id, "leads", lead.id, before=view.older_notes)
+    assert [n.id for n in second.items] == ids[100:200] and second.older == ids[199]
+    last = note_page(people.id, "leads", lead.id, before=second.older)
+    assert [n.id for n in last.items] == ids[200:] and last.older is None
+    # A refresh down to the oldest note on screen keeps the pages opened, and at least one.
+    kept = note_page(people.id, "leads", lead.id, down_to=ids[149])
+    assert [n.id for n in kept.items] == ids[:150] and kept.older == ids[149]
+    assert [n.id for n in note_page(people.id, "leads", lead.id, down_to=ids[0]).items] == ids[:100]
+    assert len(note_page(people.id, "leads", lead.id, down_to=1).items) == 230
+    assert note_page(people.id, "leads", 1).items == []
+
+
+def test_show_older_notes_with_htmx_and_as_a_plain_link(people: Owner, client, login) -> None:
+    login("gus")
+    lead = _lead(people)
+    ids = _many_notes(people, lead, 130)
+    card = client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True)
+    assert f'data-note-id="{ids[99]}"' in card and f'data-note-id="{ids[100]}"' not in card
+    link = re.search(r'href="([^"]*notes_before=(\d+)[^"]*)"', card)
+    assert link and int(link.group(2)) == ids[99]
+    # Without JS: the card on the older page, with the way back to the newest notes.
+    plain = client.get(link.group(1).replace("&amp;", "&").split("#")[0])
+    html = plain.get_data(as_text=True)
+    assert plain.status_code == 200 and 'id="ws-notes-newest"' in html
+    assert f'data-note-id="{ids[100]}"' in html and f'data-note-id="{ids[99]}"' not in html
+    assert "ws-notes-more" not in html  # 30 older notes: one page, nothing after
+    # With htmx: only the older lines, to put in place of the link.
+    piece = client.get(
+        f"/admin/crm/deals/{lead.id}?part=notes&notes_before={ids[99]}", headers=HX
+    ).get_data(as_text=True)
+    assert 'id="ws-card"' not in piece
+    assert re.findall(r'data-note-id="(\d+)"', piece) == [str(i) for i in ids[100:]]
+    # A live refresh that names the oldest note on screen keeps the older page.
+    live = client.get(
+        f"/admin/crm/deals/{lead.id}?part=live&notes_to={ids[-1]}", headers=HX
+    ).get_data(as_text=True)
+    assert len(re.findall(r'data-note-id="', live)) == 130
+    assert client.get(f"/admin/crm/deals/{lead.id}?notes_before=x").status_code == 400
+    login("eve")
+    other = client.get(f"/admin/crm/deals/{lead.id}?part=notes&notes_before=5", headers=HX)
+    assert other.status_code == 404
+
+
+def test_table_filters_several_stages_from_the_url(people: Owner, client, login) -> None:
+    login("gus")
+    rows = db.session.execute(
+        select(Lead.status_id, db.func.count())
+        .where(Lead.owner_id == people.id)
+        .group_by(Lead.status_id)
+        .order_by(db.func.count().desc())
+    ).all()
+    assert len(rows) >= 3, "the sandbox should spread deals over three stages at least"
+    (one, n_one), (two, n_two), (three, _n) = rows[:3]
+    url = f"/admin/crm/deals/table?status_id={one}&status_id={two}"
+    html = client.get(url).get_data(as_text=True)
+    assert f"Найдено: {n_one + n_two}" in html
+    shown = {int(i) for i in re.findall(r'<tr id="row-(\d+)"', html)}
+    expected = set(
+        db.session.scalars(
+            select(Lead.id).where(Lead.owner_id == people.id, Lead.status_id.in_([one, two]))
+        )
+    )
+    assert shown == expected
+    # The form offers every stage as a checkbox, the chosen ones checked.
+    checked = set(re.findall(r'id="stage-(\d+)" name="status_id" value="\d+" checked', html))
+    assert checked == {str(one), str(two)}
+    assert f'id="stage-{three}" name="status_id" value="{three}">' in html
+    # Won and lost are the same two stages in every pipeline: one checkbox each.
+    boxes = re.findall(r'id="stage-(\d+)" name="status_id"', html)
+    assert len(boxes) == len(set(boxes)) and {"142", "143"} <= set(boxes)
+    # Sorting and paging links keep both stages; "all stages" drops them.
+    sort = re.search(r'href="([^"]*sort=price[^"]*)"', html)
+    assert sort and sort.group(1).count("status_id=") == 2
+    clear = re.search(r'id="ws-stages-clear" href="([^"]*)"', html)
+    assert clear and "status_id" not in clear.group(1)
+    # Bad values in the URL are ignored, not a 500.
+    assert client.get("/admin/crm/deals/table?status_id=abc&status_id=").status_code == 200

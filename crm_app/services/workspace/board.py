@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,11 @@ from crm_app.models import (
 )
 
 CLOSED = (142, 143)
+
+# A live refresh renders as many cards per column as the person has loaded, within these
+# bounds: a crafted request cannot make one render thousands of cards.
+MAX_PER_COLUMN = 200
+MAX_BOARD_CARDS = 1000
 
 
 @dataclass(frozen=True)
@@ -269,26 +275,52 @@ def board_version(owner_id: int, pipeline_id: int) -> str:
     return _version(pipeline_id, _totals(owner_id, pipeline_id), _pending_count(owner_id))
 
 
-def board(owner_id: int, pipeline_id: int | None = None, *, per_column: int = 20) -> Board | None:
+def column_limits(
+    statuses: list[int], per_column: int, shown: Mapping[int, int] | None
+) -> dict[int, int]:
+    """How many cards each stage renders: what the person has loaded (``shown``), never less
+    than a first page, at most MAX_PER_COLUMN a stage and MAX_BOARD_CARDS in all (stages in
+    board order; a stage past the budget gets its first page)."""
+    limits: dict[int, int] = {}
+    budget = MAX_BOARD_CARDS
+    for sid in statuses:
+        wanted = min(max(per_column, (shown or {}).get(sid, 0)), MAX_PER_COLUMN)
+        limits[sid] = max(per_column, min(wanted, budget))
+        budget = max(0, budget - limits[sid])
+    return limits
+
+
+def board(
+    owner_id: int,
+    pipeline_id: int | None = None,
+    *,
+    per_column: int = 20,
+    shown: Mapping[int, int] | None = None,
+) -> Board | None:
     """The board of a pipeline (the main one by default): every stage with its count, sum and
-    first page of cards. None when the owner has no pipelines mirrored yet."""
+    first page of cards. None when the owner has no pipelines mirrored yet.
+
+    ``shown`` (stage → cards on screen) is a live refresh's: those stages render that many
+    cards (see ``column_limits``), so further pages a person loaded stay, and each stage's
+    ``next_cursor`` continues after its last rendered card."""
     choices = pipelines(owner_id)
     if not choices:
         return None
     pipeline = next((p for p in choices if p.id == pipeline_id), choices[0])
     totals = _totals(owner_id, pipeline.id)
     statuses = [s for s in pipeline.statuses if totals.get(s.id)]
+    limits = column_limits([s.id for s in statuses], per_column, shown)
     pages: dict[int, list[Any]] = {}
     if statuses:
-        # Every stage's first page in one round trip (one index range per stage).
+        # Every stage's cards in one round trip (one index range per stage).
         parts: list[Any] = [
-            _page_query(owner_id, pipeline.id, s.id, None, per_column).subquery().select()
+            _page_query(owner_id, pipeline.id, s.id, None, limits[s.id]).subquery().select()
             for s in statuses
         ]
         query: Any = parts[0] if len(parts) == 1 else union_all(*parts)
         for row in db.session.execute(query):
             pages.setdefault(int(row.status_id), []).append(row)
-    split = {sid: _split_page(rows, per_column) for sid, rows in pages.items()}
+    split = {sid: _split_page(rows, limits[sid]) for sid, rows in pages.items()}
     cards = {c.id: c for c in _cards(owner_id, [r for rows, _c in split.values() for r in rows])}
     columns = []
     for status in pipeline.statuses:

@@ -50,6 +50,14 @@ class NoteItem:
 
 
 @dataclass(frozen=True)
+class NotePage:
+    """A page of a timeline, newest first; ``older`` is the ``before`` of the next page."""
+
+    items: list[NoteItem]
+    older: int | None
+
+
+@dataclass(frozen=True)
 class TaskItem:
     id: int
     text: str | None
@@ -96,6 +104,7 @@ class DealView:
     pending: list[OutboxItem]
     conflicts: list[OutboxItem]
     failed: list[OutboxItem]
+    older_notes: int | None = None  # the ``before`` of the timeline's next page, if any
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ class ContactView:
     pending: list[OutboxItem]
     conflicts: list[OutboxItem]
     failed: list[OutboxItem]
+    older_notes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -158,17 +168,48 @@ def _task_types(owner_id: int) -> dict[int, str]:
     )
 
 
-def _note_items(owner_id: int, entity_type: str, entity_id: int, limit: int) -> list[NoteItem]:
-    users = _users(owner_id)
-    rows = db.session.scalars(
-        select(Note)
-        .where(
-            Note.owner_id == owner_id, Note.entity_type == entity_type, Note.entity_id == entity_id
+def exists(owner_id: int, entity_type: str, entity_id: int) -> bool:
+    """Whether the owner's mirror has this deal (``leads``) or contact (``contacts``)."""
+    model = Lead if entity_type == "leads" else Contact
+    return db.session.get(model, (owner_id, entity_id)) is not None
+
+
+NOTES_PAGE = 100
+MAX_NOTES = 1000  # what one refresh renders at most, however far back a person has read
+
+
+def note_page(
+    owner_id: int,
+    entity_type: str,
+    entity_id: int,
+    *,
+    before: int | None = None,
+    down_to: int | None = None,
+    limit: int = NOTES_PAGE,
+) -> NotePage:
+    """A page of an entity's notes, newest first, keyset-paged by id (amoCRM numbers notes in
+    the order they are made): ``before`` = the previous page's ``older``.
+
+    ``down_to`` is a refresh's: the notes down to that id (the oldest one on screen), at least
+    a page and at most MAX_NOTES, so older pages a person opened stay."""
+    where = [
+        Note.owner_id == owner_id,
+        Note.entity_type == entity_type,
+        Note.entity_id == entity_id,
+    ]
+    if before is not None:
+        where.append(Note.id < before)
+    if down_to is not None:
+        on_screen = db.session.scalar(
+            select(func.count()).select_from(Note).where(*where, Note.id >= down_to)
         )
-        .order_by(Note.created_at.desc().nulls_last(), Note.id.desc())
-        .limit(limit)
+        limit = min(max(limit, int(on_screen or 0)), MAX_NOTES)
+    rows = list(
+        db.session.scalars(select(Note).where(*where).order_by(Note.id.desc()).limit(limit + 1))
     )
-    return [
+    older = rows[limit - 1].id if len(rows) > limit else None
+    users = _users(owner_id)
+    items = [
         NoteItem(
             n.id,
             n.note_type,
@@ -178,8 +219,9 @@ def _note_items(owner_id: int, entity_type: str, entity_id: int, limit: int) -> 
             users.get(n.created_by or 0),
             n.created_at,
         )
-        for n in rows
+        for n in rows[:limit]
     ]
+    return NotePage(items, older)
 
 
 def _task_items(owner_id: int, rows: list[Task]) -> list[TaskItem]:
@@ -290,8 +332,16 @@ def _contacts(owner_id: int, lead: Lead) -> list[ContactBrief]:
     ]
 
 
-def deal_card(owner_id: int, lead_id: int, *, notes_limit: int = 100) -> DealView | None:
-    """Everything the deal card shows; None when the deal is not in the owner's mirror."""
+def deal_card(
+    owner_id: int,
+    lead_id: int,
+    *,
+    notes_limit: int = NOTES_PAGE,
+    notes_before: int | None = None,
+    notes_down_to: int | None = None,
+) -> DealView | None:
+    """Everything the deal card shows; None when the deal is not in the owner's mirror.
+    The timeline is a ``note_page`` (``notes_before`` / ``notes_down_to`` passed on)."""
     lead = db.session.get(Lead, (owner_id, lead_id))
     if lead is None:
         return None
@@ -307,6 +357,14 @@ def deal_card(owner_id: int, lead_id: int, *, notes_limit: int = 100) -> DealVie
         db.session.get(LossReason, (owner_id, reason_id)) if isinstance(reason_id, int) else None
     )
     pending, conflicts, failed = _split(outbox_items(owner_id, "leads", lead_id))
+    notes = note_page(
+        owner_id,
+        "leads",
+        lead_id,
+        before=notes_before,
+        down_to=notes_down_to,
+        limit=notes_limit,
+    )
     return DealView(
         deal=card,
         pipeline_name=pipeline.name if pipeline else None,
@@ -314,15 +372,23 @@ def deal_card(owner_id: int, lead_id: int, *, notes_limit: int = 100) -> DealVie
         loss_reason_id=reason_id if isinstance(reason_id, int) else None,
         loss_reason_name=reason.name if reason else None,
         contacts=_contacts(owner_id, lead),
-        notes=_note_items(owner_id, "leads", lead_id, notes_limit),
+        notes=notes.items,
         tasks=_entity_tasks(owner_id, "leads", lead_id),
         pending=pending,
         conflicts=conflicts,
         failed=failed,
+        older_notes=notes.older,
     )
 
 
-def contact_card(owner_id: int, contact_id: int, *, notes_limit: int = 100) -> ContactView | None:
+def contact_card(
+    owner_id: int,
+    contact_id: int,
+    *,
+    notes_limit: int = NOTES_PAGE,
+    notes_before: int | None = None,
+    notes_down_to: int | None = None,
+) -> ContactView | None:
     """The contact card: fields, its deals, notes, tasks and edits not yet in amoCRM."""
     contact = db.session.get(Contact, (owner_id, contact_id))
     if contact is None:
@@ -337,6 +403,14 @@ def contact_card(owner_id: int, contact_id: int, *, notes_limit: int = 100) -> C
     )
     pending, conflicts, failed = _split(outbox_items(owner_id, "contacts", contact_id))
     users = _users(owner_id)
+    notes = note_page(
+        owner_id,
+        "contacts",
+        contact_id,
+        before=notes_before,
+        down_to=notes_down_to,
+        limit=notes_limit,
+    )
     return ContactView(
         id=contact.id,
         name=contact.name or "",
@@ -348,11 +422,12 @@ def contact_card(owner_id: int, contact_id: int, *, notes_limit: int = 100) -> C
         responsible_name=users.get(contact.responsible_user_id or 0),
         updated_at=contact.updated_at,
         deals=_cards(owner_id, deals),
-        notes=_note_items(owner_id, "contacts", contact_id, notes_limit),
+        notes=notes.items,
         tasks=_entity_tasks(owner_id, "contacts", contact_id),
         pending=pending,
         conflicts=conflicts,
         failed=failed,
+        older_notes=notes.older,
     )
 
 
