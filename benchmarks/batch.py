@@ -18,16 +18,8 @@ import time
 from typing import Any
 
 from benchmarks.__main__ import Row
-from benchmarks._support import REDIS, bench_database
-from benchmarks.inbound import (
-    _api_count,
-    _connect,
-    _mark,
-    _post_all,
-    _settings,
-    _sync_mirror,
-    _worker,
-)
+from benchmarks._support import app_config, bench_database, celery_worker, settings
+from benchmarks.inbound import _api_count, _connect, _mark, _post_all, _sync_mirror
 
 AREA = "batch"
 RATE = 7
@@ -167,23 +159,14 @@ def run(quick: bool) -> list[Row]:
                            quiet=True).start()  # fmt: skip
     try:
         with bench_database("batch") as db_url, tempfile.TemporaryDirectory() as instance:
-            settings = _settings(db_url, instance, queue, server.url)
-            settings["AMOCRM_RATE_LIMIT"] = str(RATE)
-            app = create_app({
-                "SQLALCHEMY_DATABASE_URI": db_url, "REDIS_URL": REDIS,
-                "RATELIMIT_STORAGE_URI": "memory://", "INSTANCE_PATH": instance,
-                "SECRET_KEY": settings["SECRET_KEY"],
-                "CRM_ENCRYPTION_KEY": settings["CRM_ENCRYPTION_KEY"], "CELERY_QUEUE": queue,
-                "AMOCRM_BASE_URL": server.url, "AMOCRM_RATE_LIMIT": float(RATE),
-                "INBOUND_RATE_LIMIT": "1000000 per minute",
-            })  # fmt: skip
+            env = dict(os.environ) | settings(db_url, instance, queue, server.url, rate=RATE)
+            app = create_app(app_config(env, INBOUND_RATE_LIMIT="1000000 per minute"))
             with app.app_context():
                 db.create_all()
                 owner_id, key = _connect(app, server)
                 _sync_mirror(owner_id)
                 load_field_map(owner_id)  # what connecting does
-                env = dict(os.environ) | settings
-                with _worker(env, queue, instance, concurrency=2):
+                with celery_worker(env, queue, instance, name="bench-inbound", concurrency=2):
                     burst, people = _burst(app, server, key, total)
                     rows += burst
                     time.sleep(2)

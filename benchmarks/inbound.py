@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from benchmarks.__main__ import Row
-from benchmarks._support import REDIS, bench_database
+from benchmarks._support import app_config, bench_database, celery_worker, settings
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 AREA = "inbound"
 RATE = 25
 # The sandbox enforces a little above our pace: this benchmark counts requests per person, and a
@@ -37,50 +31,6 @@ RATE = 25
 SANDBOX_RATE = 30
 REPEAT_SHARE = 0.3
 CONCURRENT_COPIES = 50
-
-
-def _settings(db_url: str, instance: str, queue: str, sandbox_url: str) -> dict[str, str]:
-    from cryptography.fernet import Fernet
-
-    return {
-        "DATABASE_URL": db_url,
-        "REDIS_URL": REDIS,
-        "CRM_INSTANCE_PATH": instance,
-        "SECRET_KEY": "bench-secret-" + "x" * 40,
-        "CRM_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "CELERY_QUEUE": queue,
-        "AMOCRM_BASE_URL": sandbox_url,
-        "AMOCRM_RATE_LIMIT": str(RATE),
-        "PYTHONPATH": str(ROOT),
-        "LOG_LEVEL": "warning",
-    }
-
-
-@contextmanager
-def _worker(env: dict[str, str], queue: str, logdir: str, concurrency: int) -> Iterator[None]:
-    log = Path(logdir) / "worker.log"
-    proc = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queue,
-         "-n", f"bench-inbound-{os.getpid()}@%h", "--concurrency", str(concurrency), "-l", "INFO",
-         "--without-gossip", "--without-mingle", "--logfile", str(log)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while "ready." not in (log.read_text(errors="replace") if log.exists() else ""):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("celery worker did not start; see " + str(log))
-            time.sleep(0.2)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _connect(app: Any, server: Any) -> tuple[int, str]:
@@ -194,21 +144,8 @@ def run(quick: bool) -> list[Row]:
     ).start()
     try:
         with bench_database("inbound") as db_url, tempfile.TemporaryDirectory() as instance:
-            settings = _settings(db_url, instance, queue, server.url)
-            app = create_app(
-                {
-                    "SQLALCHEMY_DATABASE_URI": db_url,
-                    "REDIS_URL": REDIS,
-                    "RATELIMIT_STORAGE_URI": "memory://",
-                    "INSTANCE_PATH": instance,
-                    "SECRET_KEY": settings["SECRET_KEY"],
-                    "CRM_ENCRYPTION_KEY": settings["CRM_ENCRYPTION_KEY"],
-                    "CELERY_QUEUE": queue,
-                    "AMOCRM_BASE_URL": server.url,
-                    "AMOCRM_RATE_LIMIT": float(RATE),
-                    "INBOUND_RATE_LIMIT": "100000 per minute",
-                }
-            )
+            env = dict(os.environ) | settings(db_url, instance, queue, server.url, rate=RATE)
+            app = create_app(app_config(env, INBOUND_RATE_LIMIT="100000 per minute"))
             with app.app_context():
                 db.create_all()
                 owner_id, key = _connect(app, server)
@@ -216,8 +153,7 @@ def run(quick: bool) -> list[Row]:
                 mark = _mark(server)
                 get_field_map(owner_id, lambda: client_for_owner(owner_id))
                 lookup = _api_count(server, mark)
-                env = dict(os.environ) | settings
-                with _worker(env, queue, instance, concurrency=4):
+                with celery_worker(env, queue, instance, name="bench-inbound", concurrency=4):
                     rows.extend(_measure(app, server, key, fresh, repeats))
                 db.session.remove()
                 db.engine.dispose()

@@ -26,8 +26,8 @@ from typing import Any
 import requests
 
 from benchmarks.__main__ import Row
-from benchmarks._support import REDIS, bench_database, free_port
-from benchmarks.webhooks import _env, _gunicorn, _setup_owner, _worker
+from benchmarks._support import REDIS, bench_database, celery_worker, free_port, gunicorn
+from benchmarks.webhooks import _env, _setup_owner
 
 AREA = "inbox"
 CHANNEL = "5d0e7c3a-1f2b-4c5d-8e9f-0a1b2c3d4e5f"
@@ -324,7 +324,10 @@ def run(quick: bool) -> list[Row]:
                 timeout=5,
             )
             try:
-                with _gunicorn("wsgi:app", env, port) as app_url, _worker(env, queue, instance):
+                with (
+                    gunicorn("wsgi:app", env, port) as app_url,
+                    celery_worker(env, queue, instance),
+                ):
                     rows += _both_ways(sandbox, setup, conversations)
                     rows += _hook_latency(app_url, setup, hook_seconds, 200.0)
             finally:

@@ -20,18 +20,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from benchmarks.__main__ import Row
-from benchmarks._support import REDIS, bench_database, free_port, wait_http
+from benchmarks._support import (
+    REDIS,
+    bench_database,
+    celery_worker,
+    free_port,
+    gunicorn,
+    settings,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 AREA = "webhooks"
 SENDERS = 20  # concurrent senders for throughput and p99
 LAG_RATE = 5.0  # sandbox changes per second
@@ -54,81 +57,8 @@ class Load:
 
 
 def _env(db_url: str, instance: str, queue: str, sandbox_url: str) -> dict[str, str]:
-    from cryptography.fernet import Fernet
-
-    env = dict(os.environ)
-    env.update(
-        {
-            "DATABASE_URL": db_url,
-            "REDIS_URL": REDIS,
-            "CRM_INSTANCE_PATH": instance,
-            "SECRET_KEY": "bench-secret-" + "x" * 40,
-            "CRM_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "CELERY_QUEUE": queue,
-            "AMOCRM_BASE_URL": sandbox_url,
-            "PYTHONPATH": str(ROOT),
-            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
-        }
-    )
-    return env
-
-
-@contextmanager
-def _gunicorn(module: str, env: dict[str, str], port: int) -> Iterator[str]:
-    """The repository's gunicorn settings (gthread workers) minus access log and recycling."""
-    run_env = dict(env, GUNICORN_BIND=f"127.0.0.1:{port}")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            module,
-            "-c",
-            str(Path(__file__).parent / "gunicorn_bench.conf.py"),
-        ],
-        cwd=ROOT,
-        env=run_env,
-        stdout=open(os.environ.get("BENCH_GUNICORN_LOG", os.devnull), "ab"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/healthz")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@contextmanager
-def _worker(env: dict[str, str], queue: str, logdir: str) -> Iterator[Path]:
-    log = Path(logdir) / "worker.log"
-    proc = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queue, "-n", f"bench-{os.getpid()}@%h",
-         "--concurrency", "2", "-l", "INFO", "--without-gossip", "--without-mingle", "--logfile", str(log)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if log.exists() and "ready." in log.read_text(errors="replace"):
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    "celery worker exited: " + log.read_text(errors="replace")[-2000:]
-                )
-            time.sleep(0.2)
-        yield log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    level = os.environ.get("BENCH_LOG_LEVEL", "warning")
+    return dict(os.environ) | settings(db_url, instance, queue, sandbox_url, log_level=level)
 
 
 # -- load generation --------------------------------------------------------------------------------
@@ -300,8 +230,8 @@ def _throughput(
     # No worker in this phase: the kicks queue tasks in Redis, as they would with a busy worker.
     pairs: list[tuple[Load, Load]] = []
     with (
-        _gunicorn("wsgi:app", env, free_port()) as app_url,
-        _gunicorn("benchmarks._bare_app:app", env, free_port()) as bare_url,
+        gunicorn("wsgi:app", env, free_port()) as app_url,
+        gunicorn("benchmarks._bare_app:app", env, free_port()) as bare_url,
     ):
         _load(app_url, path, setup["prefix"], 1, 4)  # warm-up: connections, imports, caches
         _load(bare_url, path, setup["prefix"], 1, 4)
@@ -356,8 +286,8 @@ def _lag(env: dict[str, str], setup: dict[str, Any], sandbox: Any, seconds: floa
     changes: dict[int, tuple[float, int]] = {}
     seen: dict[int, float] = {}
     with (
-        _gunicorn("wsgi:app", run_env, port),
-        _worker(run_env, env["CELERY_QUEUE"], env["CRM_INSTANCE_PATH"]),
+        gunicorn("wsgi:app", run_env, port),
+        celery_worker(run_env, env["CELERY_QUEUE"], env["CRM_INSTANCE_PATH"]),
     ):
         state = subscribe(setup["owner_id"])
         if not state.get("subscribed"):

@@ -17,24 +17,19 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text
 
 from benchmarks.__main__ import Row
-from benchmarks._support import REDIS, bench_database
+from benchmarks._support import app_config, bench_database, celery_worker, settings
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 AREA = "workspace"
 RATE = 7
 UNREACHABLE = "http://127.0.0.1:9/hook"
@@ -57,30 +52,6 @@ def _timed(fn: Callable[[], Any], runs: int) -> float:
         samples.append((time.perf_counter() - started) * 1000)
         db.session.rollback()
     return _p95(samples)
-
-
-@contextmanager
-def _worker(env: dict[str, str], queue: str, logdir: str) -> Iterator[None]:
-    log = Path(logdir) / "worker.log"
-    proc = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queue,
-         "-n", f"bench-workspace-{os.getpid()}@%h", "--concurrency", "2", "-l", "INFO",
-         "--without-gossip", "--without-mingle", "--logfile", str(log)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while "ready." not in (log.read_text(errors="replace") if log.exists() else ""):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("celery worker did not start; see " + str(log))
-            time.sleep(0.2)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _fill_board(owner_id: int, pipeline_id: int, statuses: list[int], count: int) -> None:
@@ -135,28 +106,14 @@ def run(quick: bool) -> list[Row]:
     rows: list[Row] = []
     try:
         with bench_database("workspace") as db_url, tempfile.TemporaryDirectory() as instance:
-            from cryptography.fernet import Fernet
-
-            settings = {
-                "DATABASE_URL": db_url, "REDIS_URL": REDIS, "CRM_INSTANCE_PATH": instance,
-                "SECRET_KEY": "bench-secret-" + "x" * 40, "CRM_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-                "CELERY_QUEUE": queue, "AMOCRM_BASE_URL": server.url, "AMOCRM_RATE_LIMIT": str(RATE),
-                "PYTHONPATH": str(ROOT), "LOG_LEVEL": "warning",
-            }  # fmt: skip
-            app = create_app(
-                {
-                    "SQLALCHEMY_DATABASE_URI": db_url, "REDIS_URL": REDIS,
-                    "RATELIMIT_STORAGE_URI": "memory://", "INSTANCE_PATH": instance,
-                    "SECRET_KEY": settings["SECRET_KEY"], "CRM_ENCRYPTION_KEY": settings["CRM_ENCRYPTION_KEY"],
-                    "CELERY_QUEUE": queue, "AMOCRM_BASE_URL": server.url, "AMOCRM_RATE_LIMIT": float(RATE),
-                }
-            )  # fmt: skip
+            env = dict(os.environ) | settings(db_url, instance, queue, server.url, rate=RATE)
+            app = create_app(app_config(env))
             with app.app_context():
                 db.create_all()
                 owner_id = _connect(server)
                 rows.extend(_reads(app, owner_id, quick))
                 rows.extend(_drag(app, server, owner_id))
-                with _worker(dict(os.environ) | settings, queue, instance):
+                with celery_worker(env, queue, instance, name="bench-workspace"):
                     rows.extend(_outbox(server, owner_id, 100 if quick else 500))
                 db.session.remove()
                 db.engine.dispose()
