@@ -341,17 +341,8 @@ class AmoCRMClient:
                 )
                 wait = self.retry.failure_wait(failures) if retryable else None
                 if wait is not None:
-                    delay = self.retry.with_jitter(wait, self._random)
-                    logger.warning(
-                        "amoCRM %s %s failed (%s); retry %d/%d in %.1f s",
-                        method,
-                        url_path(url),
-                        type(exc).__name__,
-                        failures,
-                        self.retry.failure_retries,
-                        delay,
-                    )
-                    self._sleep(delay)
+                    what = f"failed ({type(exc).__name__})"
+                    self._back_off(wait, method, url, what, failures, self.retry.failure_retries)
                     continue
                 # Only the class name: proxy error texts can contain proxy credentials.
                 raise AmoCRMUnavailable(
@@ -383,33 +374,33 @@ class AmoCRMClient:
                         problem=problem,
                         retry_after=retry_after,
                     )
-                delay = self.retry.with_jitter(wait, self._random)
-                logger.warning(
-                    "amoCRM %s %s got 429; retry %d/%d in %.1f s",
-                    method,
-                    url_path(url),
-                    rate_limited,
-                    self.retry.rate_limit_retries,
-                    delay,
-                )
-                self._sleep(delay)
+                retries = self.retry.rate_limit_retries
+                self._back_off(wait, method, url, "got 429", rate_limited, retries)
                 continue
             wait = self.retry.failure_wait(failures + 1) if status >= 500 and idempotent else None
             if wait is not None:
                 failures += 1
-                delay = self.retry.with_jitter(wait, self._random)
-                logger.warning(
-                    "amoCRM %s %s got %d; retry %d/%d in %.1f s",
-                    method,
-                    url_path(url),
-                    status,
-                    failures,
-                    self.retry.failure_retries,
-                    delay,
+                self._back_off(
+                    wait, method, url, f"got {status}", failures, self.retry.failure_retries
                 )
-                self._sleep(delay)
                 continue
             self._raise_for(method, url, response)
+
+    def _back_off(
+        self, wait: float, method: str, url: str, what: str, attempt: int, retries: int
+    ) -> None:
+        """Sleep `wait` with the policy's jitter, logging which retry this is and why."""
+        delay = self.retry.with_jitter(wait, self._random)
+        logger.warning(
+            "amoCRM %s %s %s; retry %d/%d in %.1f s",
+            method,
+            url_path(url),
+            what,
+            attempt,
+            retries,
+            delay,
+        )
+        self._sleep(delay)
 
     def _raise_for(self, method: str, url: str, response: requests.Response) -> None:
         status = response.status_code
