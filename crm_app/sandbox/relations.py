@@ -7,7 +7,7 @@ from typing import Any
 from crm_app.sandbox import fields as fx
 from crm_app.sandbox.store import Record
 from crm_app.sandbox.webhooks import SINGULAR, Event
-from crm_app.sandbox.writes import ValidationFailed, Writer, link_contact, request_id
+from crm_app.sandbox.writes import ValidationFailed, Writer, check_each, link_contact
 
 COMPLEX_LIMIT = 50
 NOTE_TYPES = (
@@ -30,21 +30,7 @@ class Relations(Writer):
             # Duplicate control compares with data that existed before the call only
             # (https://www.amocrm.ru/developers/content/crm_platform/leads-api, complex add).
             known = self._contact_index() if self.sb.config.duplicate_control else None
-            plans: list[tuple[dict[str, Any], str]] = []
-            problems: list[dict[str, Any]] = []
-            for index, item in enumerate(items):
-                rid = request_id(item, index)
-                errs: fx.Errors = []
-                plan = self._plan_complex(item, errs, known) if isinstance(item, dict) else None
-                if not isinstance(item, dict):
-                    fx.type_error(errs, "", "object")
-                if errs:
-                    problems.append({"request_id": rid, "errors": errs})
-                else:
-                    assert plan is not None  # no errors: the item was a dict and got planned
-                    plans.append((plan, rid))
-            if problems:
-                raise ValidationFailed(problems)
+            plans = check_each(items, lambda item, errs: self._plan_complex(item, errs, known))
             results = self._commit_all(plans)
         self.flush()
         return results
@@ -166,20 +152,7 @@ class Relations(Writer):
         acc = self.acc
         table = acc.tables["notes"]
         with acc.lock:
-            built, problems = [], []
-            for index, item in enumerate(items):
-                rid = request_id(item, index)
-                errs: fx.Errors = []
-                note = self._note(kind, item, entity_id, errs) if isinstance(item, dict) else None
-                if not isinstance(item, dict):
-                    fx.type_error(errs, "", "object")
-                if errs:
-                    problems.append({"request_id": rid, "errors": errs})
-                else:
-                    assert note is not None  # no errors: the item was a dict and got built
-                    built.append((note, rid))
-            if problems:
-                raise ValidationFailed(problems)
+            built = check_each(items, lambda item, errs: self._note(kind, item, entity_id, errs))
             for note, _rid in built:
                 note["id"] = table.new_id()
                 table.put(note)
@@ -197,34 +170,27 @@ class Relations(Writer):
         """PATCH notes: each item names its `id`; `params` replace the old ones whole."""
         acc = self.acc
         table = acc.tables["notes"]
+
+        def check(item: dict[str, Any], errs: fx.Errors) -> Record | None:
+            item_id = item.get("id")
+            old = table.get(item_id) if isinstance(item_id, int) else None
+            if old is None or old["entity_type"] != kind:
+                fx.err(errs, "NotFound", "id", "Entity not found")
+                return None
+            if entity_id is not None and old["entity_id"] != entity_id:
+                fx.err(errs, "NotSupportedChoice", "entity_id", fx.NOT_CHOICE)
+                return None
+            merged = {"note_type": old["note_type"], "params": old["params"], **item}
+            merged.pop("id", None)
+            fresh = self._note(kind, merged, old["entity_id"], errs)
+            if errs:
+                return None
+            note = dict(old, note_type=fresh["note_type"], params=fresh["params"])
+            note.update(updated_at=self.now, updated_by=self.user_id)
+            return note
+
         with acc.lock:
-            built, problems = [], []
-            for index, item in enumerate(items):
-                rid = request_id(item, index)
-                errs: fx.Errors = []
-                item_id = item.get("id") if isinstance(item, dict) else None
-                old = table.get(item_id) if isinstance(item_id, int) else None
-                if not isinstance(item, dict):
-                    fx.type_error(errs, "", "object")
-                elif old is None or old["entity_type"] != kind:
-                    fx.err(errs, "NotFound", "id", "Entity not found")
-                elif entity_id is not None and old["entity_id"] != entity_id:
-                    fx.err(errs, "NotSupportedChoice", "entity_id", fx.NOT_CHOICE)
-                if errs:
-                    problems.append({"request_id": rid, "errors": errs})
-                    continue
-                assert old is not None and isinstance(item, dict)
-                merged = {"note_type": old["note_type"], "params": old["params"], **item}
-                merged.pop("id", None)
-                fresh = self._note(kind, merged, old["entity_id"], errs)
-                if errs:
-                    problems.append({"request_id": rid, "errors": errs})
-                    continue
-                note = dict(old, note_type=fresh["note_type"], params=fresh["params"])
-                note.update(updated_at=self.now, updated_by=self.user_id)
-                built.append((note, rid))
-            if problems:
-                raise ValidationFailed(problems)
+            built = check_each(items, check)
             for note, _rid in built:
                 table.put(note)
                 if self.sb.config.note_update_webhook:

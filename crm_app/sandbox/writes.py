@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from crm_app.sandbox import fields as fx
 from crm_app.sandbox.seed import leads_record_defaults
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from crm_app.sandbox.state import Sandbox
 
 ENTITY_TYPES = ("leads", "contacts", "companies", "customers")
+T = TypeVar("T")
 CLOSED = (WON_STATUS, LOST_STATUS)
 # Fields whose change is an `update` on its own; status and responsible have their own actions.
 QUIET_KEYS = {
@@ -37,6 +39,32 @@ def request_id(item: Any, index: int) -> str:
     return str(index)
 
 
+def check_each(
+    items: list[Any], check: Callable[[dict[str, Any], fx.Errors], T | None]
+) -> list[tuple[T, str]]:
+    """`check` every item (each must be an object) before anything changes.
+
+    Returns (result, request_id) pairs; if any item has errors, raises ValidationFailed naming
+    each failing request_id, as amoCRM refuses the whole batch.
+    """
+    built: list[tuple[T, str]] = []
+    problems: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        rid = request_id(item, index)
+        errs: fx.Errors = []
+        result = check(item, errs) if isinstance(item, dict) else None
+        if not isinstance(item, dict):
+            fx.type_error(errs, "", "object")
+        if errs:
+            problems.append({"request_id": rid, "errors": errs})
+        else:
+            assert result is not None  # no errors: the item was an object and got checked
+            built.append((result, rid))
+    if problems:
+        raise ValidationFailed(problems)
+    return built
+
+
 class Writer:
     """One write request against one account: validate everything, then commit and notify."""
 
@@ -51,20 +79,7 @@ class Writer:
     # --- public operations ------------------------------------------------------------
     def create(self, kind: str, items: list[Any]) -> list[tuple[Record, str]]:
         with self.acc.lock:
-            built, problems = [], []
-            for index, item in enumerate(items):
-                rid = request_id(item, index)
-                errs: fx.Errors = []
-                record = self.build(kind, item, None, errs) if isinstance(item, dict) else None
-                if not isinstance(item, dict):
-                    fx.type_error(errs, "", "object")
-                if errs:
-                    problems.append({"request_id": rid, "errors": errs})
-                else:
-                    assert record is not None  # no errors: the item was a dict and got built
-                    built.append((record, rid))
-            if problems:
-                raise ValidationFailed(problems)
+            built = check_each(items, lambda item, errs: self.build(kind, item, None, errs))
             for record, _rid in built:
                 self.insert(kind, record)
         self.flush()
@@ -72,32 +87,23 @@ class Writer:
 
     def update(self, kind: str, items: list[Any]) -> list[tuple[Record, str]]:
         table = self.acc.tables[kind]
+
+        def check(item: dict[str, Any], errs: fx.Errors) -> tuple[Record, Record] | None:
+            if not fx.is_int(item.get("id")):
+                fx.err(errs, "NotBlank", "id", fx.NOT_BLANK)
+                return None
+            old = table.get(item["id"])
+            if old is None:
+                fx.err(errs, "NotFound", "id", "Entity not found")
+                return None
+            return old, self.build(kind, item, old, errs)
+
         with self.acc.lock:
-            built, problems = [], []
-            for index, item in enumerate(items):
-                rid = request_id(item, index)
-                errs: fx.Errors = []
-                ok_id = isinstance(item, dict) and fx.is_int(item.get("id"))
-                old = table.get(item["id"]) if ok_id else None
-                if not isinstance(item, dict):
-                    fx.type_error(errs, "", "object")
-                elif not fx.is_int(item.get("id")):
-                    fx.err(errs, "NotBlank", "id", fx.NOT_BLANK)
-                elif old is None:
-                    fx.err(errs, "NotFound", "id", "Entity not found")
-                else:
-                    record = self.build(kind, item, old, errs)
-                if errs:
-                    problems.append({"request_id": rid, "errors": errs})
-                else:
-                    assert old is not None  # no errors: the entity exists
-                    built.append((old, record, rid))
-            if problems:
-                raise ValidationFailed(problems)
-            for old, record, _rid in built:
+            built = check_each(items, check)
+            for (old, record), _rid in built:
                 self.replace(kind, old, record)
         self.flush()
-        return [(record, rid) for _old, record, rid in built]
+        return [(record, rid) for (_old, record), rid in built]
 
     def delete(self, kind: str, rid: int) -> Record | None:
         with self.acc.lock:
