@@ -33,6 +33,20 @@ def _body() -> dict[str, Any]:
     return body
 
 
+def _items() -> tuple[Any, list[Any]]:
+    """The raw JSON body and its items: an array's elements, or the one object."""
+    raw = request.get_json(force=True, silent=True)
+    items = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else None
+    if not items:
+        raise _fail(400, "JSON object or array expected")
+    return raw, items
+
+
+def _created(raw: Any, rendered: list[dict[str, Any]]) -> Response:
+    """201 with a list for an array body, the one record for an object body."""
+    return errors.json_response(rendered if isinstance(raw, list) else rendered[0], 201)
+
+
 def _account(key: Any = None) -> Account:
     sb = common.sandbox()
     wanted = key if key is not None else request.args.get("account")
@@ -330,17 +344,14 @@ def read_entity(kind: str, rid: int) -> Response:
 @bp.post(f"/<{KINDS}:kind>")
 def create(kind: str) -> Response:
     account = _account()
-    raw = request.get_json(force=True, silent=True)
-    items = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else None
-    if not items:
-        raise _fail(400, "JSON object or array expected")
+    raw, items = _items()
     try:
         built = _writer(account).create(kind, items)
     except ValidationFailed as exc:
         return errors.validation(exc.errors)
     with account.lock:
         rendered = [_render(account, kind, record) for record, _rid in built]
-    return errors.json_response(rendered if isinstance(raw, list) else rendered[0], 201)
+    return _created(raw, rendered)
 
 
 @bp.patch(f"/<{KINDS}:kind>/<int:rid>")
@@ -373,10 +384,7 @@ def add_note(kind: str, rid: int) -> Response:
     from crm_app.sandbox.relations import Relations
 
     account = _account()
-    raw = request.get_json(force=True, silent=True)
-    items = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else None
-    if not items:
-        raise _fail(400, "JSON object or array expected")
+    raw, items = _items()
     if account.tables[kind].get(rid) is None:
         raise _fail(404, f"{kind} {rid} not found")
     writer = _writer(account)
@@ -388,4 +396,4 @@ def add_note(kind: str, rid: int) -> Response:
     render = Renderer(account, common.origin(), sb.config.multitext_enum_keys)
     with account.lock:
         rendered = [render.note(note) for note, _rid in built]
-    return errors.json_response(rendered if isinstance(raw, list) else rendered[0], 201)
+    return _created(raw, rendered)

@@ -25,15 +25,25 @@ def _relations() -> Relations:
 
 
 # --- links ----------------------------------------------------------------------------
-def _links_body(path: str, links: list[dict[str, Any]]) -> Response:
-    if not links:
-        return errors.no_content()
+def _links_hal(path: str, links: list[dict[str, Any]]) -> Response:
     body = {
         "_total_items": len(links),
         "_links": link(f"{common.origin()}{path}"),
         "_embedded": {"links": links},
     }
     return errors.hal(body)
+
+
+def _links_body(path: str, links: list[dict[str, Any]]) -> Response:
+    """A list of links; 204 when there are none (a link call answers 200 even then)."""
+    if not links:
+        return errors.no_content()
+    return _links_hal(path, links)
+
+
+def _pairs(items: list[Any]) -> list[tuple[Any, Any]]:
+    """(entity_id, item) for the mass link and unlink calls, where each item names its entity."""
+    return [(item.get("entity_id") if isinstance(item, dict) else None, item) for item in items]
 
 
 @bp.get(f"/api/v4/<{LINKABLE}:kind>/<int:rid>/links")
@@ -69,10 +79,7 @@ def link_one(kind: str, rid: int) -> Response:
 
 @bp.post(f"/api/v4/<{LINKABLE}:kind>/link")
 def link_many(kind: str) -> Response:
-    items = common.read_batch()
-    return _do_link(
-        kind, [(item.get("entity_id") if isinstance(item, dict) else None, item) for item in items]
-    )
+    return _do_link(kind, _pairs(common.read_batch()))
 
 
 def _do_link(kind: str, pairs: list[tuple[Any, Any]]) -> Response:
@@ -80,13 +87,7 @@ def _do_link(kind: str, pairs: list[tuple[Any, Any]]) -> Response:
         links = _relations().link(kind, pairs)
     except ValidationFailed as exc:
         return errors.validation(exc.errors)
-    path = request.path.rsplit("/", 1)[0] + "/links"
-    body = {
-        "_total_items": len(links),
-        "_links": link(f"{common.origin()}{path}"),
-        "_embedded": {"links": links},
-    }
-    return errors.hal(body)
+    return _links_hal(request.path.rsplit("/", 1)[0] + "/links", links)
 
 
 @bp.post(f"/api/v4/<{LINKABLE}:kind>/<int:rid>/unlink")
@@ -98,9 +99,7 @@ def unlink_one(kind: str, rid: int) -> Response:
 
 @bp.post(f"/api/v4/<{LINKABLE}:kind>/unlink")
 def unlink_many(kind: str) -> Response:
-    items = common.read_batch()
-    pairs = [(item.get("entity_id") if isinstance(item, dict) else None, item) for item in items]
-    _relations().unlink(kind, pairs)
+    _relations().unlink(kind, _pairs(common.read_batch()))
     return errors.no_content()
 
 
