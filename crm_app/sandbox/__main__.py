@@ -8,7 +8,8 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from crm_app.sandbox.config import CHOICES, SandboxConfig
 from crm_app.sandbox.server import SandboxServer
@@ -25,44 +26,64 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _option(
+    group: argparse._ArgumentGroup,
+    flag: str,
+    help: str,
+    *,
+    dest: str | None = None,
+    kind: Callable[[str], Any] | None = None,
+) -> None:
+    """A valued switch for the SandboxConfig field `dest` (by default the flag's own name).
+
+    The default comes from SandboxConfig, the choices from CHOICES, and the type (`kind`) from
+    the default (int or float) unless given.
+    """
+    dest = dest or flag.removeprefix("--").replace("-", "_")
+    default = getattr(D, dest)
+    extra: dict[str, Any] = {}
+    if kind is None and isinstance(default, int | float) and not isinstance(default, bool):
+        kind = type(default)
+    if kind is not None:
+        extra["type"] = kind
+    if dest in CHOICES:
+        extra["choices"] = CHOICES[dest]
+    group.add_argument(flag, dest=dest, default=default, help=help, **extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m crm_app.sandbox",
         description="amoCRM API v4 sandbox: OAuth, API, limits and webhooks on one origin.",
         formatter_class=HelpFormatter,
     )
-    add = p.add_argument
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     g.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     g.add_argument("--verbose", action="store_true", help="log every request line")
 
     g = p.add_argument_group("accounts and seeded data")
-    g.add_argument("--subdomain", default=D.subdomain, help="first account; others get a number")
-    g.add_argument("--accounts", type=int, default=D.accounts, help="how many accounts")
-    g.add_argument(
-        "--base-domain", default=D.base_domain, help="amocrm.ru (platform 1) or kommo.com"
-    )
-    g.add_argument("--api-domain", default=D.api_domain, help="the JWT api_domain claim")
-    g.add_argument("--contacts", type=int, default=D.contacts, help="seeded contacts per account")
-    g.add_argument("--leads", type=int, default=D.leads, help="seeded leads per account")
-    g.add_argument("--tasks", type=int, default=D.tasks, help="seeded tasks per account")
-    g.add_argument("--companies", type=int, default=None, help="default: contacts/10, ≤5000")
-    g.add_argument("--seed", type=int, default=D.seed, help="RNG seed of the generated data")
-    g.add_argument("--seed-anchor", type=int, default=None, help="unix time the history ends at")
-    g.add_argument("--utc-offset", type=int, default=D.utc_offset, help="account time zone, hours")
+    _option(g, "--subdomain", "first account; others get a number")
+    _option(g, "--accounts", "how many accounts")
+    _option(g, "--base-domain", "amocrm.ru (platform 1) or kommo.com")
+    _option(g, "--api-domain", "the JWT api_domain claim")
+    _option(g, "--contacts", "seeded contacts per account")
+    _option(g, "--leads", "seeded leads per account")
+    _option(g, "--tasks", "seeded tasks per account")
+    _option(g, "--companies", "default: contacts/10, ≤5000", kind=int)
+    _option(g, "--seed", "RNG seed of the generated data")
+    _option(g, "--seed-anchor", "unix time the history ends at", kind=int)
+    _option(g, "--utc-offset", "account time zone, hours")
 
     g = p.add_argument_group("integration and OAuth")
-    g.add_argument("--client-id", default=D.client_id, help="the registered integration")
-    g.add_argument("--client-secret", default=D.client_secret, help="its secret key")
-    g.add_argument("--redirect-uri", default=D.redirect_uri, help="must match exactly")
-    g.add_argument(
-        "--integration-name", default=D.integration_name, help="shown on the consent page"
-    )
-    g.add_argument("--disconnect-url", default=None, help="the integration's disconnect hook")
-    g.add_argument("--code-ttl", type=int, default=D.code_ttl, help="authorization code, seconds")
-    g.add_argument("--access-ttl", type=int, default=D.access_ttl, help="expires_in, seconds")
-    g.add_argument("--refresh-ttl", type=int, default=D.refresh_ttl, help="refresh token, seconds")
+    _option(g, "--client-id", "the registered integration")
+    _option(g, "--client-secret", "its secret key")
+    _option(g, "--redirect-uri", "must match exactly")
+    _option(g, "--integration-name", "shown on the consent page")
+    _option(g, "--disconnect-url", "the integration's disconnect hook")
+    _option(g, "--code-ttl", "authorization code, seconds")
+    _option(g, "--access-ttl", "expires_in, seconds")
+    _option(g, "--refresh-ttl", "refresh token, seconds")
     g.add_argument(
         "--refresh-grace",
         action="store_true",
@@ -74,30 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave server_time out of token responses",
     )
-    g.add_argument(
+    _option(
+        g,
         "--oauth-client-errors",
-        choices=CHOICES["oauth_client_errors"],
-        default=D.oauth_client_errors,
-        help="wrong client_id/secret/redirect: hint (400) or invalid_client (401)",
+        "wrong client_id/secret/redirect: hint (400) or invalid_client (401)",
     )
 
     g = p.add_argument_group("API behaviour")
-    g.add_argument(
-        "--default-limit", type=int, default=D.default_limit, help="page size without limit="
-    )
-    g.add_argument("--max-limit", type=int, default=D.max_limit, help="largest page size")
-    g.add_argument(
-        "--over-limit",
-        choices=CHOICES["over_limit"],
-        default=D.over_limit,
-        help="limit>max: cap it, or fall back to the default size",
-    )
-    g.add_argument(
-        "--next-link",
-        choices=CHOICES["next_link"],
-        default=D.next_link,
-        help="_links.next only while more data exists, or on every full page",
-    )
+    _option(g, "--default-limit", "page size without limit=")
+    _option(g, "--max-limit", "largest page size")
+    _option(g, "--over-limit", "limit>max: cap it, or fall back to the default size")
+    _option(g, "--next-link", "_links.next only while more data exists, or on every full page")
     g.add_argument(
         "--no-api-filter",
         dest="api_filter",
@@ -115,92 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --duplicate-control: items of one complex request sharing a phone/email "
         "become one deal naming all their request_ids (UNCONFIRMED)",
     )
-    g.add_argument(
-        "--payment-required",
-        choices=CHOICES["payment_required"],
-        default=D.payment_required,
-        help="expired subscription: 402 on writes or on all",
-    )
-    g.add_argument(
+    _option(g, "--payment-required", "expired subscription: 402 on writes or on all")
+    _option(
+        g,
         "--multitext-enum-keys",
-        choices=CHOICES["multitext_enum_keys"],
-        default=D.multitext_enum_keys,
-        help="phone/email values carry enum_code, enum, or both (plus enum_id)",
+        "phone/email values carry enum_code, enum, or both (plus enum_id)",
     )
-    g.add_argument(
-        "--401-lang",
-        dest="unauthorized_lang",
-        choices=CHOICES["unauthorized_lang"],
-        default=D.unauthorized_lang,
-        help="language of the 401 detail",
-    )
+    _option(g, "--401-lang", "language of the 401 detail", dest="unauthorized_lang")
 
     g = p.add_argument_group("limits")
-    g.add_argument(
-        "--rate-limit",
-        type=int,
-        default=D.rate_limit,
-        help="API calls per second per integration and account; 0 = off",
-    )
-    g.add_argument(
-        "--account-rate-limit",
-        type=int,
-        default=D.account_rate_limit,
-        help="API calls per second per account; 0 = off",
-    )
-    g.add_argument(
-        "--429-body",
-        dest="body_429",
-        choices=CHOICES["body_429"],
-        default=D.body_429,
-        help="Kommo's JSON with retry_after, or an nginx HTML page",
+    _option(g, "--rate-limit", "API calls per second per integration and account; 0 = off")
+    _option(g, "--account-rate-limit", "API calls per second per account; 0 = off")
+    _option(
+        g, "--429-body", "Kommo's JSON with retry_after, or an nginx HTML page", dest="body_429"
     )
     g.add_argument("--retry-after-header", action="store_true", help="add Retry-After to 429s")
-    g.add_argument(
-        "--block-after",
-        type=int,
-        default=D.block_after,
-        help="429s within --block-window that block the account (403); 0 = never",
+    _option(
+        g, "--block-after", "429s within --block-window that block the account (403); 0 = never"
     )
-    g.add_argument("--block-window", type=float, default=D.block_window, help="seconds")
-    g.add_argument(
-        "--block-duration",
-        type=float,
-        default=D.block_duration,
-        help="seconds; 0 = until POST /_sandbox/unblock",
-    )
-    g.add_argument(
+    _option(g, "--block-window", "seconds")
+    _option(g, "--block-duration", "seconds; 0 = until POST /_sandbox/unblock")
+    _option(
+        g,
         "--403-body",
+        "plain text '403 Forbidden' (Kommo docs) or an nginx HTML page",
         dest="body_403",
-        choices=CHOICES["body_403"],
-        default=D.body_403,
-        help="plain text '403 Forbidden' (Kommo docs) or an nginx HTML page",
     )
 
     g = p.add_argument_group("webhooks")
-    g.add_argument(
-        "--webhook-time-scale",
-        type=float,
-        default=D.webhook_time_scale,
-        help="multiplies retry delays and the 2-hour disable window",
-    )
-    g.add_argument(
-        "--webhook-timeout",
-        type=float,
-        default=D.webhook_timeout,
-        help="seconds amoCRM waits for an answer",
-    )
-    g.add_argument(
-        "--webhook-workers",
-        type=int,
-        default=D.webhook_workers,
-        help="sender threads (each destination still gets events in order)",
-    )
-    g.add_argument(
+    _option(g, "--webhook-time-scale", "multiplies retry delays and the 2-hour disable window")
+    _option(g, "--webhook-timeout", "seconds amoCRM waits for an answer")
+    _option(g, "--webhook-workers", "sender threads (each destination still gets events in order)")
+    _option(
+        g,
         "--webhook-text-values",
-        choices=CHOICES["webhook_text_values"],
-        default=D.webhook_text_values,
-        help="plain custom field values as bare strings (RU sample) or {value: …}",
+        "plain custom field values as bare strings (RU sample) or {value: …}",
     )
     g.add_argument(
         "--webhook-status-also-update",
@@ -212,31 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add old_pipeline_id to leads[status]",
     )
-    g.add_argument(
+    _option(
+        g,
         "--webhook-disable-threshold",
-        type=int,
-        default=D.webhook_disable_threshold,
-        help="invalid answers within 2 hours (scaled) that disable a hook",
+        "invalid answers within 2 hours (scaled) that disable a hook",
     )
 
     g = p.add_argument_group("Chats API (amojo)")
-    g.add_argument("--chat-channel-id", default=D.chat_channel_id, help="register a channel")
-    g.add_argument("--chat-secret", default=D.chat_secret, help="the channel's secret")
-    g.add_argument(
-        "--chat-hook-url", default=D.chat_hook_url, help="the channel's hook URL, with :scope_id"
-    )
-    g.add_argument(
-        "--chat-hook-timeout",
-        type=float,
-        default=D.chat_hook_timeout,
-        help="seconds a channel hook waits (sent once, never retried)",
-    )
-    g.add_argument(
+    _option(g, "--chat-channel-id", "register a channel")
+    _option(g, "--chat-secret", "the channel's secret")
+    _option(g, "--chat-hook-url", "the channel's hook URL, with :scope_id")
+    _option(g, "--chat-hook-timeout", "seconds a channel hook waits (sent once, never retried)")
+    _option(
+        g,
         "--chat-unsorted-setting",
-        default=D.chat_unsorted_setting,
-        help="the account-webhook setting that receives unsorted[add] for a new chat",
+        "the account-webhook setting that receives unsorted[add] for a new chat",
     )
-    del add
     return p
 
 
