@@ -62,6 +62,18 @@ def _raw(item: Mapping[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _entity_row(owner_id: int, item: Mapping[str, Any], synced_at: datetime) -> Row:
+    """The columns every mirrored contact, lead and task row starts with."""
+    return {
+        "owner_id": owner_id,
+        "id": as_int(item.get("id")),
+        "created_at": as_int(item.get("created_at")),
+        "updated_at": as_int(item.get("updated_at")),
+        "raw": _raw(item),
+        "synced_at": synced_at,
+    }
+
+
 def _embedded(item: Mapping[str, Any]) -> Mapping[str, Any]:
     emb = item.get("_embedded")
     return emb if isinstance(emb, Mapping) else {}
@@ -166,12 +178,7 @@ def map_contact(
     phones, emails, telegram = contact_details(item, region)
     first_phone = next((p for p in phones if p.startswith("+")), None)
     return {
-        "owner_id": owner_id,
-        "id": as_int(item.get("id")),
-        "created_at": as_int(item.get("created_at")),
-        "updated_at": as_int(item.get("updated_at")),
-        "raw": _raw(item),
-        "synced_at": synced_at,
+        **_entity_row(owner_id, item, synced_at),
         "name": _text(item.get("name")),
         "first_name": _text(item.get("first_name")),
         "last_name": _text(item.get("last_name")),
@@ -215,12 +222,7 @@ def map_lead(
 ) -> Row:
     """A crm_leads row: pipeline, status, price, responsible user, linked contacts, raw JSON."""
     row: Row = {
-        "owner_id": owner_id,
-        "id": as_int(item.get("id")),
-        "created_at": as_int(item.get("created_at")),
-        "updated_at": as_int(item.get("updated_at")),
-        "raw": _raw(item),
-        "synced_at": synced_at,
+        **_entity_row(owner_id, item, synced_at),
         "name": _text(item.get("name")),
         "price": as_int(item.get("price")),
         "pipeline_id": as_int(item.get("pipeline_id")),
@@ -258,12 +260,7 @@ def map_task(
 ) -> Row:
     """A crm_tasks row: text, type, the entity it hangs on, due time, completion, raw JSON."""
     return {
-        "owner_id": owner_id,
-        "id": as_int(item.get("id")),
-        "created_at": as_int(item.get("created_at")),
-        "updated_at": as_int(item.get("updated_at")),
-        "raw": _raw(item),
-        "synced_at": synced_at,
+        **_entity_row(owner_id, item, synced_at),
         "text": str(item["text"]) if item.get("text") is not None else None,
         "task_type_id": as_int(item.get("task_type_id")),
         "entity_type": _text(item.get("entity_type"), 32),
