@@ -8,34 +8,13 @@ its schema and media type. Bounded: a few dozen examples per operation.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.config import SchemathesisConfig
-from schemathesis.generation.modes import GenerationMode
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.api.conftest import World
+from tests.openapi_fuzz import fuzz_operation, openapi_schema
 
 MAX_EXAMPLES = 30
-
-
-def _per_request_context(app: Any) -> Callable[..., Any]:
-    """Each request in its own app context, as under a real server (fresh `g` and DB session)."""
-
-    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        with app.app_context():
-            return list(app(environ, start_response))
-
-    return wsgi
 
 
 @pytest.fixture
@@ -56,15 +35,7 @@ def _operations() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def api_schema(app, world: World, sandbox_url: str):
-    config = SchemathesisConfig.from_dict(
-        {
-            "headers": {"Authorization": f"Bearer {world.tokens['admin']}"},
-            "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
-        }
-    )
-    return schemathesis.openapi.from_wsgi(
-        "/api/openapi.json", _per_request_context(app), config=config
-    )
+    return openapi_schema(app, world.tokens["admin"], MAX_EXAMPLES)
 
 
 def test_every_documented_operation_is_fuzzed(api_schema) -> None:
@@ -79,30 +50,7 @@ def test_every_documented_operation_is_fuzzed(api_schema) -> None:
     assert documented == set(_operations())
 
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-
-
 @pytest.mark.parametrize("operation", _operations(), ids=lambda o: f"{o[0]} {o[1]}")
 def test_operation_conforms_to_the_document(api_schema, operation) -> None:
     method, path = operation
-    op = api_schema[path][method]
-    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        # The pytest plugin of schemathesis 4.32 does not run under pytest 9, so the property
-        # test is spelled out with Hypothesis: generate cases, call, check every answer.
-        @settings(
-            max_examples=MAX_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-            phases=[Phase.explicit, Phase.generate],
-        )
-        @given(case=op.as_strategy(generation_mode=mode))
-        def run(case) -> None:
-            case.call_and_validate(checks=CHECKS)
-
-        run()
+    fuzz_operation(api_schema, method, path, MAX_EXAMPLES)
