@@ -30,6 +30,33 @@ def subscribe(api: Api, url: str, *settings: str) -> dict[str, Any]:
     return dict(reply.json())
 
 
+def first_lead(api: Api) -> int:
+    return int(api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"])
+
+
+def hooked_lead(
+    make_sandbox: Factory, receiver: Receiver, **options: Any
+) -> tuple[SandboxServer, Api, int]:
+    """A sandbox on a frozen clock whose lead updates go to `receiver`: (server, api, a lead id)."""
+    server = make_sandbox(rate_limit=0, **options)
+    server.freeze_clock()
+    api = api_for(server)
+    subscribe(api, receiver.url, "update_lead")
+    return server, api, first_lead(api)
+
+
+def settled(server: SandboxServer, receiver: Receiver, received: int) -> None:
+    """Wait for the `received`-th hit and for the sender to have nothing due."""
+    receiver.wait(received)
+    assert server.wait_webhooks_idle()
+
+
+def after(server: SandboxServer, receiver: Receiver, seconds: float, received: int) -> None:
+    """Move the frozen clock on, then as `settled`."""
+    server.advance_clock(seconds)
+    settled(server, receiver, received)
+
+
 def pairs(body: bytes) -> list[tuple[str, str]]:
     return parse_qsl(body.decode("ascii"), keep_blank_values=True)
 
@@ -160,7 +187,7 @@ def test_task_webhooks_use_the_singular_key_and_dates(
     sandbox: SandboxServer, api: Api, receiver: Receiver
 ) -> None:
     subscribe(api, receiver.url, "add_task", "update_task")
-    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
+    lead_id = first_lead(api)
     created = admin(
         sandbox,
         "POST",
@@ -241,7 +268,7 @@ def test_delivery_never_blocks_the_api(make_sandbox: Factory, receiver: Receiver
     api = api_for(server)
     subscribe(api, receiver.url, "update_lead")
     receiver.delay = 3.0  # the sandbox gives up on the answer after webhook_timeout
-    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
+    lead_id = first_lead(api)
     assert api.patch(f"/api/v4/leads/{lead_id}", json={"price": 7}).status_code == 200
     # Had the API waited for the delivery, its attempt (a timeout) would be logged by now.
     assert server.deliveries() == []
@@ -250,12 +277,8 @@ def test_delivery_never_blocks_the_api(make_sandbox: Factory, receiver: Receiver
 
 
 def test_retry_ladder(make_sandbox: Factory, receiver: Receiver) -> None:
-    server = make_sandbox(rate_limit=0)
-    server.freeze_clock()
-    api = api_for(server)
-    subscribe(api, receiver.url, "update_lead")
+    server, api, lead_id = hooked_lead(make_sandbox, receiver)
     receiver.default_status = 503
-    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 1})
     receiver.wait(1)
     # 5 min, 15 min, 15 min and 1 h after the attempt before: nothing comes a second early.
@@ -264,9 +287,7 @@ def test_retry_ladder(make_sandbox: Factory, receiver: Receiver) -> None:
         server.advance_clock(delay - 1)
         assert server.wait_webhooks_idle()
         assert len(receiver.received) == attempt - 1
-        server.advance_clock(1)
-        receiver.wait(attempt)
-        assert server.wait_webhooks_idle()
+        after(server, receiver, 1, attempt)
     server.advance_clock(6 * 3600)
     assert server.wait_webhooks_idle()
     assert len(receiver.received) == 5, "five attempts and no more"
@@ -279,15 +300,10 @@ def test_retry_ladder(make_sandbox: Factory, receiver: Receiver) -> None:
 
 
 def test_time_scale_compresses_the_ladder(make_sandbox: Factory, receiver: Receiver) -> None:
-    server = make_sandbox(rate_limit=0, webhook_time_scale=1 / 60)
-    server.freeze_clock()
-    api = api_for(server)
-    subscribe(api, receiver.url, "update_lead")
+    server, api, lead_id = hooked_lead(make_sandbox, receiver, webhook_time_scale=1 / 60)
     receiver.default_status = 503
-    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 1})
-    receiver.wait(1)
-    assert server.wait_webhooks_idle()
+    settled(server, receiver, 1)
     server.advance_clock(5)  # 5 minutes at 1/60
     receiver.wait(2)
     assert server.deliveries()[0]["next_attempt_in"] == 5
@@ -296,21 +312,12 @@ def test_time_scale_compresses_the_ladder(make_sandbox: Factory, receiver: Recei
 def test_client_errors_stop_after_the_third_attempt(
     make_sandbox: Factory, receiver: Receiver
 ) -> None:
-    server = make_sandbox(rate_limit=0)
-    server.freeze_clock()
-    api = api_for(server)
-    subscribe(api, receiver.url, "update_lead")
+    server, api, lead_id = hooked_lead(make_sandbox, receiver)
     receiver.default_status = 404
-    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 2})
-    receiver.wait(1)
-    assert server.wait_webhooks_idle()
-    server.advance_clock(300)
-    receiver.wait(2)
-    assert server.wait_webhooks_idle()
-    server.advance_clock(900)
-    receiver.wait(3)
-    assert server.wait_webhooks_idle()
+    settled(server, receiver, 1)
+    after(server, receiver, 300, 2)
+    after(server, receiver, 900, 3)
     server.advance_clock(6 * 3600)  # a 5xx would be tried a fourth time by now
     assert server.wait_webhooks_idle()
     assert len(receiver.received) == 3
@@ -320,18 +327,11 @@ def test_client_errors_stop_after_the_third_attempt(
 def test_success_stops_retries_and_timeouts_count_as_failures(
     make_sandbox: Factory, receiver: Receiver
 ) -> None:
-    server = make_sandbox(rate_limit=0, webhook_timeout=0.3)
-    server.freeze_clock()
-    api = api_for(server)
-    subscribe(api, receiver.url, "update_lead")
+    server, api, lead_id = hooked_lead(make_sandbox, receiver, webhook_timeout=0.3)
     receiver.statuses = [500, 200]
-    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 3})
-    receiver.wait(1)
-    assert server.wait_webhooks_idle()
-    server.advance_clock(300)
-    receiver.wait(2)
-    assert server.wait_webhooks_idle()
+    settled(server, receiver, 1)
+    after(server, receiver, 300, 2)
     server.advance_clock(6 * 3600)
     assert server.wait_webhooks_idle()
     assert len(receiver.received) == 2
@@ -345,19 +345,13 @@ def test_success_stops_retries_and_timeouts_count_as_failures(
 def test_hook_is_disabled_after_too_many_invalid_answers(
     make_sandbox: Factory, receiver: Receiver
 ) -> None:
-    server = make_sandbox(rate_limit=0, webhook_disable_threshold=3)
-    server.freeze_clock()
-    api = api_for(server)
-    subscribe(api, receiver.url, "update_lead")
+    server, api, lead_id = hooked_lead(make_sandbox, receiver, webhook_disable_threshold=3)
     receiver.default_status = 410
-    lead_id = api.get("/api/v4/leads?limit=1").json()["_embedded"]["leads"][0]["id"]
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 5})
     api.patch(f"/api/v4/leads/{lead_id}", json={"price": 6})
-    receiver.wait(2)
-    assert server.wait_webhooks_idle()
-    server.advance_clock(300)  # both second attempts: four invalid answers within 2 hours
-    receiver.wait(4)
-    assert server.wait_webhooks_idle()
+    settled(server, receiver, 2)
+    # Both second attempts: four invalid answers within 2 hours.
+    after(server, receiver, 300, 4)
     hooks = api.get("/api/v4/webhooks").json()["_embedded"]["webhooks"]
     assert hooks[0]["disabled"] is True
     count = len(receiver.received)
