@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 from sqlalchemy import select
 
@@ -34,14 +36,16 @@ def _api_requests(server, path: str) -> list[dict]:
     return [r for r in server.requests_log() if r["path"].startswith(path)]
 
 
+def _matched(server, owner_id: int, entity: str, model: Any) -> list[tuple[Any, dict]]:
+    """(mirror row, sandbox item) pairs, once the two hold the same ids."""
+    items = {i["id"]: i for i in sandbox_items(server, entity)}
+    rows = {r.id: r for r in db.session.scalars(select(model).where(model.owner_id == owner_id))}
+    assert set(rows) == set(items)
+    return [(rows[i], item) for i, item in items.items()]
+
+
 def assert_mirror_equals_sandbox(server, owner_id: int) -> None:
-    contacts = {c["id"]: c for c in sandbox_items(server, "contacts")}
-    rows = {
-        r.id: r for r in db.session.scalars(select(Contact).where(Contact.owner_id == owner_id))
-    }
-    assert set(rows) == set(contacts)
-    for cid, item in contacts.items():
-        row = rows[cid]
+    for row, item in _matched(server, owner_id, "contacts", Contact):
         assert (row.name, row.first_name, row.last_name) == (
             item["name"],
             item["first_name"] or None,
@@ -63,11 +67,7 @@ def assert_mirror_equals_sandbox(server, owner_id: int) -> None:
         assert row.emails == emails
         assert row.telegram_id == telegram
         assert row.custom_fields_values == item["custom_fields_values"]
-    leads = {lead["id"]: lead for lead in sandbox_items(server, "leads")}
-    lead_rows = {r.id: r for r in db.session.scalars(select(Lead).where(Lead.owner_id == owner_id))}
-    assert set(lead_rows) == set(leads)
-    for lid, item in leads.items():
-        lead_row = lead_rows[lid]
+    for lead_row, item in _matched(server, owner_id, "leads", Lead):
         assert (lead_row.name, lead_row.price, lead_row.pipeline_id, lead_row.status_id) == (
             item["name"],
             item["price"],
@@ -82,11 +82,7 @@ def assert_mirror_equals_sandbox(server, owner_id: int) -> None:
         assert lead_row.main_contact_id == (
             mains[0] if mains else (embedded[0]["id"] if embedded else None)
         )
-    tasks = {t["id"]: t for t in sandbox_items(server, "tasks")}
-    task_rows = {r.id: r for r in db.session.scalars(select(Task).where(Task.owner_id == owner_id))}
-    assert set(task_rows) == set(tasks)
-    for tid, item in tasks.items():
-        task_row = task_rows[tid]
+    for task_row, item in _matched(server, owner_id, "tasks", Task):
         assert (task_row.text, task_row.entity_type, task_row.entity_id, task_row.is_completed) == (
             item["text"],
             item["entity_type"],
@@ -182,8 +178,9 @@ def _check_edits(owner_id: int, edited: dict[str, list[int]]) -> None:
         assert db.session.get(Task, (owner_id, tid)).text == "Новый текст задачи"
 
 
-def test_incremental_sync_picks_up_sandbox_edits(app, make_sandbox, connected):
-    server = make_sandbox(contacts=700, leads=300, tasks=300)
+def _sync_edits(make_sandbox, connected, **options) -> tuple[Any, SyncRun]:
+    """Full sync, edits in the sandbox, incremental sync: (server, that run), mirror checked."""
+    server = make_sandbox(contacts=700, leads=300, tasks=300, **options)
     owner_id = connected(server)
     assert _run(owner_id, full=True).status == "success"
     edited = _edit_some(server)
@@ -192,6 +189,11 @@ def test_incremental_sync_picks_up_sandbox_edits(app, make_sandbox, connected):
     assert run.status == "success", run.error
     _check_edits(owner_id, edited)
     assert_mirror_equals_sandbox(server, owner_id)
+    return server, run
+
+
+def test_incremental_sync_picks_up_sandbox_edits(app, make_sandbox, connected):
+    server, run = _sync_edits(make_sandbox, connected)
     for entity in ("contacts", "leads", "tasks"):
         calls = _api_requests(server, f"/api/v4/{entity}?")
         assert len(calls) == 1, calls
@@ -202,15 +204,7 @@ def test_incremental_sync_picks_up_sandbox_edits(app, make_sandbox, connected):
 
 
 def test_incremental_without_filter_addon_stops_on_older_records(app, make_sandbox, connected):
-    server = make_sandbox(contacts=700, leads=300, tasks=300, api_filter=False)
-    owner_id = connected(server)
-    assert _run(owner_id, full=True).status == "success"
-    edited = _edit_some(server)
-    server.clear_requests()
-    run = _run(owner_id)
-    assert run.status == "success", run.error
-    _check_edits(owner_id, edited)
-    assert_mirror_equals_sandbox(server, owner_id)
+    server, run = _sync_edits(make_sandbox, connected, api_filter=False)
     for entity in ("contacts", "leads", "tasks"):
         # The filter is ignored, but the updated_at order holds: the first page already shows
         # records older than the cursor, so one request is enough.
