@@ -453,19 +453,15 @@ def test_timeout_on_get_exhausted(mocked: responses.RequestsMock, sleeps: list[f
     assert len(mocked.calls) == 3
 
 
-def test_read_timeout_on_post_is_not_retried(
-    mocked: responses.RequestsMock, sleeps: list[float]
+@pytest.mark.parametrize(
+    "failure",
+    [requests.ReadTimeout("read timed out"), requests.ConnectionError("connection aborted")],
+    ids=["read timeout", "connection reset"],
+)
+def test_post_that_may_have_arrived_is_not_retried(
+    mocked: responses.RequestsMock, sleeps: list[float], failure: requests.RequestException
 ) -> None:
-    mocked.post(LEADS, body=requests.ReadTimeout("read timed out"))
-    with pytest.raises(AmoCRMUnavailable):
-        make_client(sleeps).create_lead("x")
-    assert len(mocked.calls) == 1
-
-
-def test_connection_reset_on_post_is_not_retried(
-    mocked: responses.RequestsMock, sleeps: list[float]
-) -> None:
-    mocked.post(LEADS, body=requests.ConnectionError("connection aborted"))
+    mocked.post(LEADS, body=failure)
     with pytest.raises(AmoCRMUnavailable):
         make_client(sleeps).create_lead("x")
     assert len(mocked.calls) == 1
