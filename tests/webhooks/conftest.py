@@ -17,8 +17,6 @@ from sqlalchemy import func, select
 
 from crm_app.extensions import db
 from crm_app.models import (
-    AmoConfig,
-    ConnectionStatus,
     Contact,
     InboxStatus,
     Lead,
@@ -27,6 +25,7 @@ from crm_app.models import (
     WebhookEventKey,
 )
 from crm_app.sandbox.server import SandboxServer
+from testkit.sandbox_link import connect_owner_to_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests" / "fixtures" / "amocrm"  # documented examples, see its README
@@ -81,46 +80,16 @@ def sandbox(make_sandbox) -> SandboxServer:
     return make_sandbox(contacts=30, leads=30, tasks=20)
 
 
-def connect_owner(
-    app, server: SandboxServer, name: str = "acme", user_id: int | None = None
-) -> int:
+def connect_owner(server: SandboxServer, name: str = "acme", user_id: int | None = None) -> int:
     """Owner + AmoConfig matching the sandbox + tokens from a real code exchange.
 
     Users are left to the tests that sign in (`make_user(..., owner=name)`): hashing a password
     costs most of a second.
     """
-    from crm_app.amocrm.hosts import AmoHosts
-    from crm_app.amocrm.oauth import OAuthClient
     from crm_app.commands.users import get_or_create_owner
-    from crm_app.services.tokens import save_tokens
 
-    app.config["AMOCRM_BASE_URL"] = server.url
     owner_id = get_or_create_owner(name).id
-    acc = server.account
-    cfg = server.config
-    db.session.add(
-        AmoConfig(
-            owner_id=owner_id,
-            subdomain=acc.subdomain,
-            domain=cfg.base_domain,
-            client_id=cfg.client_id,
-            client_secret=cfg.client_secret,
-            redirect_uri=cfg.redirect_uri,
-            status=ConnectionStatus.CONNECTED,
-            account_id=acc.id,
-        )
-    )
-    db.session.commit()
-    code = requests.post(
-        f"{server.url}/_sandbox/auth-code",
-        json={"client_id": cfg.client_id, "user_id": user_id or acc.admin.id},
-        timeout=5,
-    ).json()["code"]
-    hosts = AmoHosts(acc.subdomain, cfg.base_domain, base_url=server.url)
-    tokens = OAuthClient(hosts, cfg.client_id, cfg.client_secret, cfg.redirect_uri).exchange_code(
-        code
-    )
-    save_tokens(owner_id, tokens)
+    connect_owner_to_sandbox(owner_id, server, user_id=user_id)
     return owner_id
 
 
@@ -169,7 +138,7 @@ class Owner:
 
 @pytest.fixture
 def owner(app, client, sandbox) -> Owner:
-    return Owner(app, client, sandbox, connect_owner(app, sandbox))
+    return Owner(app, client, sandbox, connect_owner(sandbox))
 
 
 # -- database helpers -------------------------------------------------------------------------------

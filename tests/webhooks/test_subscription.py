@@ -111,7 +111,7 @@ def test_disconnect_unsubscribes(owner: Owner) -> None:
 
 def test_no_admin_rights_means_manual_set_up(app, sandbox) -> None:
     manager = next(u for u in sandbox.account.users if not u.is_admin)
-    owner_id = connect_owner(app, sandbox, "managers", user_id=manager.id)
+    owner_id = connect_owner(sandbox, "managers", user_id=manager.id)
     state = subscribe(owner_id)
     assert state["subscribed"] is False and state["manual"] is True
     cfg = _cfg(owner_id)
