@@ -51,6 +51,15 @@ def _option(
     group.add_argument(flag, dest=dest, default=default, help=help, **extra)
 
 
+def _switch(group: argparse._ArgumentGroup, flag: str, help: str) -> None:
+    """An on/off switch for a SandboxConfig flag: `--name` turns it on, `--no-name` off."""
+    if flag.startswith("--no-"):
+        dest, action = flag.removeprefix("--no-").replace("-", "_"), "store_false"
+    else:
+        dest, action = flag.removeprefix("--").replace("-", "_"), "store_true"
+    group.add_argument(flag, dest=dest, action=action, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m crm_app.sandbox",
@@ -84,17 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     _option(g, "--code-ttl", "authorization code, seconds")
     _option(g, "--access-ttl", "expires_in, seconds")
     _option(g, "--refresh-ttl", "refresh token, seconds")
-    g.add_argument(
-        "--refresh-grace",
-        action="store_true",
-        help="Kommo rule: an old refresh token works until the new one is used",
+    _switch(
+        g, "--refresh-grace", "Kommo rule: an old refresh token works until the new one is used"
     )
-    g.add_argument(
-        "--no-server-time",
-        dest="server_time",
-        action="store_false",
-        help="leave server_time out of token responses",
-    )
+    _switch(g, "--no-server-time", "leave server_time out of token responses")
     _option(
         g,
         "--oauth-client-errors",
@@ -106,21 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     _option(g, "--max-limit", "largest page size")
     _option(g, "--over-limit", "limit>max: cap it, or fall back to the default size")
     _option(g, "--next-link", "_links.next only while more data exists, or on every full page")
-    g.add_argument(
+    _switch(
+        g,
         "--no-api-filter",
-        dest="api_filter",
-        action="store_false",
-        help="no paid filter add-on: filter[...] silently ignored on leads/contacts/companies",
+        "no paid filter add-on: filter[...] silently ignored on leads/contacts/companies",
     )
-    g.add_argument(
+    _switch(
+        g,
         "--duplicate-control",
-        action="store_true",
-        help="complex add merges a new contact into one with the same phone/email",
+        "complex add merges a new contact into one with the same phone/email",
     )
-    g.add_argument(
+    _switch(
+        g,
         "--complex-merge-in-batch",
-        action="store_true",
-        help="with --duplicate-control: items of one complex request sharing a phone/email "
+        "with --duplicate-control: items of one complex request sharing a phone/email "
         "become one deal naming all their request_ids (UNCONFIRMED)",
     )
     _option(g, "--payment-required", "expired subscription: 402 on writes or on all")
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(
         g, "--429-body", "Kommo's JSON with retry_after, or an nginx HTML page", dest="body_429"
     )
-    g.add_argument("--retry-after-header", action="store_true", help="add Retry-After to 429s")
+    _switch(g, "--retry-after-header", "add Retry-After to 429s")
     _option(
         g, "--block-after", "429s within --block-window that block the account (403); 0 = never"
     )
@@ -159,16 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-text-values",
         "plain custom field values as bare strings (RU sample) or {value: …}",
     )
-    g.add_argument(
-        "--webhook-status-also-update",
-        action="store_true",
-        help="a status change also sends leads[update]",
-    )
-    g.add_argument(
-        "--webhook-old-pipeline-id",
-        action="store_true",
-        help="add old_pipeline_id to leads[status]",
-    )
+    _switch(g, "--webhook-status-also-update", "a status change also sends leads[update]")
+    _switch(g, "--webhook-old-pipeline-id", "add old_pipeline_id to leads[status]")
     _option(
         g,
         "--webhook-disable-threshold",
