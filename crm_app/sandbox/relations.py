@@ -40,15 +40,14 @@ class Relations(Writer):
         default) items whose new contacts share a phone or e-mail become one deal whose
         ``request_id`` array lists them all, ``merged: true`` (§4.5 reads both ways)."""
         in_batch = self.sb.config.duplicate_control and self.sb.config.complex_merge_in_batch
-        phone = self.acc.field_by_code("contacts", "PHONE")
-        email = self.acc.field_by_code("contacts", "EMAIL")
+        fields = self._key_fields()
         seen: dict[str, dict[str, Any]] = {}
         results: list[dict[str, Any]] = []
         for plan, rid in plans:
             entry = plan.get("contact")
             keys: list[str] = []
             if in_batch and entry is not None and entry[0] == "new":
-                keys = contact_keys(entry[1], phone.id if phone else 0, email.id if email else 0)
+                keys = contact_keys(entry[1], *fields)
             target = next((seen[k] for k in keys if k in seen), None)
             if target is not None:
                 target["request_id"].append(rid)
@@ -126,21 +125,25 @@ class Relations(Writer):
             "merged": plan["merged"],
         }
 
-    def _contact_index(self) -> dict[str, int]:
+    def _key_fields(self) -> tuple[int, int]:
+        """Ids of the contacts' PHONE and EMAIL fields that duplicate control compares (0: none)."""
         phone = self.acc.field_by_code("contacts", "PHONE")
         email = self.acc.field_by_code("contacts", "EMAIL")
+        return (phone.id if phone else 0, email.id if email else 0)
+
+    def _contact_index(self) -> dict[str, int]:
+        fields = self._key_fields()
         index: dict[str, int] = {}
         for record in self.acc.tables["contacts"].records.values():
-            for key in contact_keys(record, phone.id if phone else 0, email.id if email else 0):
+            for key in contact_keys(record, *fields):
                 index.setdefault(key, record["id"])
         return index
 
     def _duplicate(self, record: Record, known: dict[str, int] | None) -> int | None:
         if not known:
             return None
-        phone = self.acc.field_by_code("contacts", "PHONE")
-        email = self.acc.field_by_code("contacts", "EMAIL")
-        for key in contact_keys(record, phone.id if phone else 0, email.id if email else 0):
+        fields = self._key_fields()
+        for key in contact_keys(record, *fields):
             if key in known:
                 return known[key]
         return None
