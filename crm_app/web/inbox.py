@@ -149,14 +149,14 @@ def channel_save() -> Response:
             "inbox/_channel.html",
             status=422,
             channel=channel_view(ctx.owner_id),
-            errors=exc.errors,
+            errors={k: _(v) for k, v in exc.errors.items()},
             form=form,
         )
     try:
         connect_channel(ctx.owner_id)
     except ChannelNotReady as exc:
         return action_done(
-            _("Канал сохранён, но не подключён: %(e)s", e=str(exc)), category="error"
+            _("Канал сохранён, но не подключён: %(e)s", e=_(str(exc))), category="error"
         )
     except AmoCRMAPIError as exc:  # amoCRM refused or is unreachable: shown, settings kept
         return action_done(
