@@ -448,6 +448,10 @@ def deal_move(lead_id: int) -> Response:
         return respond(
             "workspace/_board.html", status=422, ask_reason=view.deal, ask_status=status_id, **vm
         )
+    view = cards.deal_card(ctx.owner_id, lead_id)
+    if view is not None and view.deal.status_id == status_id and reason is None:
+        # The menu opens on the card's own stage: pressing "move" unchanged is not a change.
+        return respond("workspace/_board.html", message=_("Сделка уже на этом этапе."), **vm)
     changes: dict[str, Any] = {"status_id": status_id}
     if reason is not None:
         changes["loss_reason_id"] = reason

@@ -335,3 +335,62 @@ def test_reading_another_owners_card_is_404(people: Owner, client, login) -> Non
     assert client.get(f"/admin/crm/deals/{lead.id}").status_code == 404
     assert client.get(f"/admin/crm/deals/{lead.id}?owner_id={people.id}").status_code == 404
     assert client.get(f"/admin/crm/people/{people.ids('contacts')[0]}").status_code == 404
+
+
+def _selected_stage(html: str) -> int:
+    select_html = re.search(r'<select id="deal-status".*?</select>', html, re.S)
+    assert select_html, "no stage select on the card"
+    chosen = re.search(r'<option value="(\d+)" selected>', select_html.group(0))
+    assert chosen, "no stage is selected"
+    return int(chosen.group(1))
+
+
+def test_a_deal_in_incoming_leads_keeps_its_stage_when_edited(
+    people: Owner, client, login, kicks
+) -> None:
+    """The edit form cannot offer "Incoming leads" as a target, but a deal standing there must
+    show it selected: saving a new price must not move the deal to the first stage offered."""
+    login("ann")
+    lead = _lead(people)
+    unsorted = db.session.scalar(
+        select(PipelineStatus.id).where(
+            PipelineStatus.owner_id == people.id,
+            PipelineStatus.pipeline_id == lead.pipeline_id,
+            PipelineStatus.type == 1,
+        )
+    )
+    if unsorted is None:
+        pytest.skip("the sandbox pipeline has no incoming-leads stage")
+    lead.status_id = unsorted
+    db.session.commit()
+    before = people.record("leads", lead.id)["status_id"]
+    html = client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True)
+    assert _selected_stage(html) == unsorted
+    form = {
+        "csrf_token": _csrf(html),
+        "updated_at": lead.updated_at,
+        "was_status_id": unsorted,
+        "status_id": _selected_stage(html),
+        "was_price": lead.price or 0,
+        "price": (lead.price or 0) + 1,
+    }
+    resp = client.post(f"/admin/crm/deals/{lead.id}/edit", data=form, headers=HX)
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:400]
+    record = people.record("leads", lead.id)
+    assert record["price"] == (lead.price or 0) + 1
+    assert record["status_id"] == before
+
+
+def test_moving_a_deal_to_its_own_stage_sends_nothing(people: Owner, client, login, kicks) -> None:
+    login("ann")
+    lead = _lead(people)
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    data = {"csrf_token": token, "status_id": lead.status_id, "updated_at": lead.updated_at}
+    resp = client.post(
+        f"/admin/crm/deals/{lead.id}/move",
+        data={**data, "pipeline_id": lead.pipeline_id},
+        headers=HX,
+    )
+    assert resp.status_code == 200
+    assert "Сделка уже на этом этапе." in resp.get_data(as_text=True)
+    assert people.api_requests(method="PATCH") == []
