@@ -179,6 +179,11 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     _shot(mobile, "workspace-board-phone")
     mobile.goto(f"{base}/admin/crm/deals/{lead_id}")
     _shot(mobile, "workspace-deal-phone")
+    # The note form is far below the top on a phone: the answer still shows on the screen.
+    mobile.fill("#note-text", "Noted from the phone")
+    mobile.click("#note-add")
+    expect(mobile.locator("#ws-notes")).to_contain_text("Noted from the phone")
+    expect(mobile.locator("#flash .flash")).to_be_in_viewport()
     phone.close()
 
     # A guest sees everything and finds no way to write.
