@@ -167,7 +167,7 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
 
     # English and the phone layout.
     page.goto(f"{base}/admin/crm/deals?lang=en")
-    expect(page.locator("#nav-deals")).to_have_text("Leads")
+    expect(page.locator("#nav-deals")).to_have_text("Deals")
     _shot(page, "workspace-board-en")
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     mobile = phone.new_page()
