@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, abort, jsonify, render_template, request
 from flask_babel import get_locale, lazy_gettext
 from flask_babel.speaklater import LazyString
 from sqlalchemy.exc import DataError, DBAPIError
@@ -53,6 +54,12 @@ def _page_detail(exc: HTTPException) -> str | None:
         return None
     locale = get_locale()
     return str(detail) if locale is not None and locale.language == "en" else None
+
+
+def refuse(status: int, message: str, **params: object) -> NoReturn:
+    """abort() with a message written for the page (marked with `_n`): passed on lazily, so the
+    error page and the htmx flash show it in the page's language instead of a generic text."""
+    abort(status, description=lazy_gettext(message, **params))
 
 
 def problem(status: int, title: str, detail: str, **extra: object) -> Response:

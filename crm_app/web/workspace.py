@@ -41,6 +41,7 @@ from crm_app.services.workspace import (
 )
 from crm_app.services.workspace import board as boards
 from crm_app.web.context import request_context
+from crm_app.web.errors import refuse
 from crm_app.web.respond import respond, wants_fragment
 
 bp = Blueprint("workspace", __name__)
@@ -59,7 +60,7 @@ def _int(name: str, source: Any = None) -> int | None:
     if not raw:
         return None
     if not raw.lstrip("-").isdigit() or len(raw) > 18:
-        abort(400, description=_("Поле %(f)s должно быть числом.", f=name))
+        refuse(400, _n("Поле %(f)s должно быть числом."), f=name)
     return int(raw)
 
 
@@ -71,7 +72,7 @@ def _day(name: str, end: bool = False) -> int | None:
     try:
         day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
-        abort(400, description=_("Дата %(f)s: нужен формат ГГГГ-ММ-ДД.", f=name))
+        refuse(400, _n("Дата %(f)s: нужен формат ГГГГ-ММ-ДД."), f=name)
     return int(day.timestamp()) + (86399 if end else 0)
 
 
@@ -162,7 +163,7 @@ def board_column(pipeline_id: int, status_id: int) -> Response:
         totals=False,
     )
     if column is None:
-        abort(404, description=_("Такого этапа нет."))
+        refuse(404, _n("Такого этапа нет."))
     return respond(
         "workspace/_cards.html",
         column=column,
@@ -286,7 +287,7 @@ def _card_vm(entity_type: str, entity_id: int, **extra: Any) -> dict[str, Any]:
     _template, read, endpoint, arg, _section_name, missing = CARDS[entity_type]
     view = read(ctx.owner_id, entity_id)
     if view is None:
-        abort(404, description=_t(missing))
+        refuse(404, missing)
     return {
         "view": view,
         "kind": entity_type,
@@ -365,14 +366,14 @@ def _result(entity_type: str, entity_id: int, outcome: Outcome, form: str) -> Re
         return _card(
             entity_type, entity_id, status=422, errors=errors, form_values=request.form.to_dict()
         )
-    abort(404, description=_("Такой записи нет."))
+    refuse(404, _n("Такой записи нет."))
 
 
 def _safely(run: Any) -> Outcome:
     try:
         outcome: Outcome = run()
     except NotConfigured:
-        abort(409, description=_("amoCRM не подключён: подключите аккаунт в разделе «Интеграция»."))
+        refuse(409, _n("amoCRM не подключён: подключите аккаунт в разделе «Интеграция»."))
     return outcome
 
 
@@ -406,7 +407,7 @@ def deal_edit(lead_id: int) -> Response:
     ctx = request_context(write=True)
     view = cards.deal_card(ctx.owner_id, lead_id)
     if view is None:
-        abort(404, description=_("Такой сделки нет."))
+        refuse(404, _n("Такой сделки нет."))
     d = view.deal
     current = {
         "name": d.name,
@@ -440,11 +441,11 @@ def deal_move(lead_id: int) -> Response:
     pipeline_id = _int("pipeline_id", request.form)
     vm = _board_vm(pipeline_id)
     if status_id is None:
-        abort(400, description=_("Выберите этап."))
+        refuse(400, _n("Выберите этап."))
     if _needs_reason(status_id, reason, vm["choices"].loss_reasons):
         view = cards.deal_card(ctx.owner_id, lead_id)
         if view is None:
-            abort(404, description=_("Такой сделки нет."))
+            refuse(404, _n("Такой сделки нет."))
         return respond(
             "workspace/_board.html", status=422, ask_reason=view.deal, ask_status=status_id, **vm
         )
@@ -472,7 +473,7 @@ def deal_move(lead_id: int) -> Response:
         message = "; ".join(outcome.fields.values()) or outcome.detail
         category, status = "error", 422
     elif not isinstance(outcome, Applied):
-        abort(404, description=_("Такой сделки нет."))
+        refuse(404, _n("Такой сделки нет."))
     vm = _board_vm(pipeline_id)  # after the write: the card is in its new column
     return respond("workspace/_board.html", status=status, message=message, category=category, **vm)
 
@@ -483,7 +484,7 @@ def deal_create() -> Response:
     ctx = request_context(write=True)
     name = _text("name")
     if not name:
-        abort(400, description=_("Укажите название сделки."))
+        refuse(400, _n("Укажите название сделки."))
     contact_id = _int("contact_id", request.form)
     contact = None
     if contact_id is None and (_text("contact_name") or _text("phone") or _text("email")):
@@ -512,7 +513,8 @@ def deal_create() -> Response:
             _("amoCRM недоступен: сделка будет создана, как только он ответит."), "error"
         )
     if isinstance(outcome, Invalid):
-        abort(422, description="; ".join(f"{k}: {v}" for k, v in outcome.fields.items()))
+        detail = "; ".join(str(v) for v in outcome.fields.values()) or outcome.detail
+        refuse(422, _n("amoCRM не принял сделку: %(e)s"), e=detail)
     abort(404)
 
 
@@ -590,7 +592,7 @@ def task_complete(task_id: int) -> Response:
     elif isinstance(outcome, Invalid):
         message, category, status = outcome.detail, "error", 422
     elif not isinstance(outcome, Applied):
-        abort(404, description=_("Такой задачи нет."))
+        refuse(404, _n("Такой задачи нет."))
     return respond(
         "workspace/_tasks.html", status=status, message=message, category=category, **_tasks_vm()
     )
@@ -610,7 +612,7 @@ def contact_edit(contact_id: int) -> Response:
     ctx = request_context(write=True)
     view = cards.contact_card(ctx.owner_id, contact_id)
     if view is None:
-        abort(404, description=_("Такого контакта нет."))
+        refuse(404, _n("Такого контакта нет."))
     # Compared with what the person saw (`was_*`), so a field changed meanwhile is not resent.
     changes: dict[str, Any] = {}
     was_name = _text("was_name") if "was_name" in request.form else view.name
@@ -642,10 +644,10 @@ def outbox_action(outbox_id: int, action: str) -> Response:
     entity_type = request.form.get("entity_type", "")
     entity_id = _int("entity_id", request.form)
     if entity_type not in CARDS or entity_id is None:
-        abort(400, description=_("Не указано, к чему относится правка."))
+        refuse(400, _n("Не указано, к чему относится правка."))
     if action == "dismiss":
         if not cards.dismiss(ctx.owner_id, outbox_id):
-            abort(404, description=_("Такой правки нет."))
+            refuse(404, _n("Такой правки нет."))
         return _card(entity_type, entity_id, message=_("Ваша правка отброшена."))
     outcome = _safely(lambda: cards.reapply(ctx.owner_id, outbox_id, user_id=_user_id()))
     return _result(entity_type, entity_id, outcome, "edit")

@@ -394,3 +394,18 @@ def test_moving_a_deal_to_its_own_stage_sends_nothing(people: Owner, client, log
     assert resp.status_code == 200
     assert "Сделка уже на этом этапе." in resp.get_data(as_text=True)
     assert people.api_requests(method="PATCH") == []
+
+
+def test_a_refused_write_says_why_in_the_page_language(people: Owner, client, login) -> None:
+    """A deal without a name is refused with that reason (not the generic "could not parse"),
+    in Russian on the Russian page and in English on the English one."""
+    login("ann")
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    form = {"csrf_token": token, "name": "   ", "contact_name": "Ольга"}
+    ru = client.post("/admin/crm/deals/new", data=form, headers=HX)
+    assert ru.status_code == 400
+    assert "data-error-detail>Укажите название сделки.<" in ru.get_data(as_text=True)
+    client.get("/admin/crm/deals?lang=en")
+    en = client.post("/admin/crm/deals/new", data=form, headers=HX)
+    assert "data-error-detail>Enter the deal name.<" in en.get_data(as_text=True)
+    assert people.api_requests(method="POST") == []
