@@ -7,6 +7,7 @@ edit. Open boards and cards poll with an ETag and get an empty 304 while nothing
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -601,6 +602,9 @@ def task_complete(task_id: int) -> Response:
 # -- contact writes -------------------------------------------------------------------------
 
 
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
 def _lines(name: str) -> list[str]:
     raw = request.form.get(name, "")
     return [v.strip() for v in raw.replace(",", "\n").splitlines() if v.strip()][:20]
@@ -624,6 +628,12 @@ def contact_edit(contact_id: int) -> Response:
             changes[field] = _lines(field)
     if not changes:
         return _card("contacts", contact_id, message=_("Изменений нет."))
+    # amoCRM drops a malformed e-mail without a word: say so, and keep what was typed.
+    bad = [v for v in changes.get("emails", []) if not _EMAIL_RE.match(v)]
+    if bad:
+        errors = {"edit.emails": _("Это не похоже на адрес e-mail: %(v)s", v=", ".join(bad))}
+        form_values = request.form.to_dict()
+        return _card("contacts", contact_id, status=422, errors=errors, form_values=form_values)
     seen = _int("updated_at", request.form)
     outcome = _safely(
         lambda: workspace.update_contact(

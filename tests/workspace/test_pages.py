@@ -409,3 +409,18 @@ def test_a_refused_write_says_why_in_the_page_language(people: Owner, client, lo
     en = client.post("/admin/crm/deals/new", data=form, headers=HX)
     assert "data-error-detail>Enter the deal name.<" in en.get_data(as_text=True)
     assert people.api_requests(method="POST") == []
+
+
+def test_a_malformed_email_is_refused_and_the_form_keeps_what_was_typed(
+    people: Owner, client, login, kicks
+) -> None:
+    login("ann")
+    contact_id = people.ids("contacts")[0]
+    token = _csrf(client.get(f"/admin/crm/people/{contact_id}").get_data(as_text=True))
+    form = {"csrf_token": token, "name": "Анна Новая", "emails": "not-an-email"}
+    resp = client.post(f"/admin/crm/people/{contact_id}/edit", data=form, headers=HX)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 422
+    assert 'id="err-edit-emails"' in html and "not-an-email" in html
+    assert 'value="Анна Новая"' in html
+    assert people.api_requests(method="PATCH") == []
