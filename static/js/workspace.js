@@ -67,6 +67,25 @@
     });
   }
 
+  // After a move the board is drawn anew: keep the keyboard on the moved card (in its new
+  // column) instead of dropping focus to the page; a loss-reason form takes it by autofocus.
+  var movedCard = null;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (!elt || !elt.classList || !elt.classList.contains("ws-move-form")) return;
+    var card = elt.closest(".ws-card");
+    movedCard = card ? card.id : null;
+  });
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var elt = event.detail.elt;
+    if (!movedCard || !elt || elt.id !== "ws-board") return;
+    var id = movedCard;
+    movedCard = null;
+    if (elt.querySelector("[autofocus]")) return;
+    var link = document.querySelector("#" + id + " .ws-card-name");
+    if (link) link.focus();
+  });
+
   document.addEventListener("htmx:load", function (event) {
     initBoard(event.detail && event.detail.elt);
   });

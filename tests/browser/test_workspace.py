@@ -94,6 +94,8 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     page.keyboard.press("Enter")
     _wait(lambda: _record(sandbox, lead_id)["status_id"] == target)
     expect(page.locator(f'ol[data-status-id="{target}"] #deal-{lead_id}')).to_be_visible()
+    # The keyboard stays on the moved card, in its new column.
+    expect(page.locator(f"#deal-{lead_id} .ws-card-name")).to_be_focused()
 
     # Drag: the card's handle onto another column.
     moved = lead_id
