@@ -186,6 +186,12 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     mobile.click("#note-add")
     expect(mobile.locator("#ws-notes")).to_contain_text("Noted from the phone")
     expect(mobile.locator("#flash .flash")).to_be_in_viewport()
+    # Contacts on a phone: one block per person, nothing to scroll sideways.
+    mobile.goto(f"{base}/admin/crm/people")
+    table = mobile.locator("#ws-section table").first
+    expect(table).to_be_visible()
+    assert table.evaluate("el => el.scrollWidth <= el.parentElement.clientWidth")
+    assert mobile.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     phone.close()
 
     # A guest sees everything and finds no way to write.
