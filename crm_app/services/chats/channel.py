@@ -204,6 +204,8 @@ def disconnect_channel(owner_id: int) -> None:
 def channel_for_scope(scope_id: str) -> ChatChannel | None:
     from sqlalchemy import select
 
+    if "\x00" in scope_id:  # PostgreSQL refuses NUL in a text parameter: no channel has one
+        return None
     found: ChatChannel | None = db.session.scalars(
         select(ChatChannel).where(ChatChannel.scope_id == scope_id)
     ).first()
