@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 _MACHINE_PREFIXES = ("/api/", "/webhooks/", "/auth/token", "/admin/crm/", "/healthz", "/readyz")
 _HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
+# The workspace and the inbox are pages under the machine prefix: a browser that opened one
+# gets its error as a page, not as raw problem+json.
+_PAGE_BLUEPRINTS = ("workspace", "inbox")
 
 
 def _prefers_html() -> bool:
@@ -33,6 +36,8 @@ def wants_json() -> bool:
     if path.startswith(_HTML_PREFIXES) or is_htmx():
         return False
     if path.startswith(_MACHINE_PREFIXES):
+        if request.blueprint in _PAGE_BLUEPRINTS and _prefers_html():
+            return False
         # A machine route always answers JSON; an unknown URL under those prefixes (no route
         # matched) is shown as a page to a browser that typed it.
         return request.url_rule is not None or not _prefers_html()

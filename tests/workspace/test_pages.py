@@ -424,3 +424,18 @@ def test_a_malformed_email_is_refused_and_the_form_keeps_what_was_typed(
     assert 'id="err-edit-emails"' in html and "not-an-email" in html
     assert 'value="Анна Новая"' in html
     assert people.api_requests(method="PATCH") == []
+
+
+def test_a_browser_gets_workspace_errors_as_pages(people: Owner, client, login) -> None:
+    """A missing deal or a bad filter opened in a browser is an error page in the page's
+    language; an API client asking for JSON still gets problem+json."""
+    login("ann")
+    page = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    missing = client.get("/admin/crm/deals/999999999", headers=page)
+    assert missing.status_code == 404
+    assert missing.mimetype == "text/html"
+    assert "Такой сделки нет." in missing.get_data(as_text=True)
+    bad = client.get("/admin/crm/deals/table?created_from=yesterday", headers=page)
+    assert bad.status_code == 400 and bad.mimetype == "text/html"
+    machine = client.get("/admin/crm/deals/999999999", headers={"Accept": "application/json"})
+    assert machine.status_code == 404 and machine.mimetype == "application/problem+json"
