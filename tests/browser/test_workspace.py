@@ -157,6 +157,15 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     expect(page.locator(".ws-task.is-done", has_text="Send the offer")).to_be_visible()
     _shot(page, "workspace-deal")
 
+    # From the task list with the keyboard: Enter completes, the next task's field has focus.
+    page.goto(f"{base}/admin/crm/agenda?who=all")
+    field = page.locator(".ws-complete input[name=result]").first
+    field_id = field.get_attribute("id")
+    field.fill("Done from the list")
+    field.press("Enter")
+    expect(page.locator(f"#{field_id}")).to_have_count(0)
+    expect(page.locator(".ws-complete input[name=result]:focus")).to_have_count(1)
+
     # A new deal with a new contact, from the board.
     page.click("#nav-deals")
     page.click("#ws-new-deal summary")
