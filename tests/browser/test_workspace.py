@@ -195,6 +195,14 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     mobile.click("#note-add")
     expect(mobile.locator("#ws-notes")).to_contain_text("Noted from the phone")
     expect(mobile.locator("#flash .flash")).to_be_in_viewport()
+    # The deals table scrolls sideways on a phone; the deal's name stays where it is.
+    mobile.goto(f"{base}/admin/crm/deals/table")
+    name_cell = mobile.locator(".ws-deals tbody td").first
+    before = name_cell.bounding_box()
+    mobile.locator(".table-scroll").evaluate("el => { el.scrollLeft = 200; }")
+    assert mobile.locator(".table-scroll").evaluate("el => el.scrollLeft") > 0
+    after = name_cell.bounding_box()
+    assert before and after and abs(after["x"] - before["x"]) < 1
     # Contacts on a phone: one block per person, nothing to scroll sideways.
     mobile.goto(f"{base}/admin/crm/people")
     table = mobile.locator("#ws-section table").first
