@@ -81,7 +81,9 @@ def stored(owner_id: int) -> list[tuple[Any, ...]]:
     conv = db.session.scalars(select(Conversation).where(Conversation.owner_id == owner_id)).one()
     fields = "conversation_id author_name text media amojo_msgid source_key to_amo to_person"
     fields += " direction"
-    return [tuple(getattr(m, f) for f in fields.split()) for m in rows] + [("preview", conv.last_text)]
+    return [tuple(getattr(m, f) for f in fields.split()) for m in rows] + [
+        ("preview", conv.last_text)
+    ]
 
 
 def test_fast_path_and_view_answer_and_store_alike(
