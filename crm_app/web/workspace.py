@@ -797,7 +797,9 @@ def _note_text(note: Any) -> str:
         return str(note.text)
     params = note.params or {}
     if "phone" in params:
-        return f"{params.get('phone')} · {params.get('duration', 0)} s"
+        return _(
+            "%(phone)s · звонок %(n)s с", phone=params.get("phone"), n=params.get("duration", 0)
+        )
     return str(params.get("text") or params.get("service") or "")
 
 
