@@ -188,6 +188,12 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     page.goto(f"{base}/admin/crm/deals?lang=en")
     expect(page.locator("#nav-deals")).to_have_text("Deals")
     _shot(page, "workspace-board-en")
+    page.goto(f"{base}/admin/crm/deals/table?lang=en")
+    page.wait_for_selector(".ws-deals tbody td")
+    _shot(page, "workspace-table-en")
+    page.goto(f"{base}/admin/crm/deals/{lead_id}?lang=en")
+    expect(page.locator("#deal-title")).to_be_visible()
+    _shot(page, "workspace-deal-en")
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     mobile = phone.new_page()
     _login(mobile, base, "admin")
@@ -211,6 +217,8 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     assert mobile.locator(".table-scroll").evaluate("el => el.scrollLeft") > 0
     after = name_cell.bounding_box()
     assert before and after and abs(after["x"] - before["x"]) < 1
+    mobile.locator(".table-scroll").evaluate("el => { el.scrollLeft = 0; }")
+    _shot(mobile, "workspace-table-phone")
     # Contacts on a phone: one block per person, nothing to scroll sideways.
     mobile.goto(f"{base}/admin/crm/people")
     table = mobile.locator("#ws-section table").first
