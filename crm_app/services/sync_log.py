@@ -206,7 +206,7 @@ def summarize(operation: str, status: str, details: Any) -> str:
         parts = []
     error = d.get("error") if status == "error" else None
     if error:
-        reason = _t("amoCRM не подключён") if error == "not connected" else str(error)
+        reason = _t("amoCRM не подключён") if error == "not connected" else _t(str(error))
         parts.append(_t("ошибка: %(reason)s", reason=reason))
     if not parts and not isinstance(details, dict) and details:
         parts.append(str(details))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, abort, jsonify, render_template, request
 from flask_babel import get_locale, lazy_gettext
 from flask_babel.speaklater import LazyString
 from sqlalchemy.exc import DataError, DBAPIError
@@ -19,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 _MACHINE_PREFIXES = ("/api/", "/webhooks/", "/auth/token", "/admin/crm/", "/healthz", "/readyz")
 _HTML_PREFIXES = ("/admin/crm/ui/", "/admin/crm/callback")
+# The workspace and the inbox are pages under the machine prefix: a browser that opened one
+# gets its error as a page, not as raw problem+json.
+_PAGE_BLUEPRINTS = ("workspace", "inbox")
 
 
 def _prefers_html() -> bool:
@@ -32,6 +36,8 @@ def wants_json() -> bool:
     if path.startswith(_HTML_PREFIXES) or is_htmx():
         return False
     if path.startswith(_MACHINE_PREFIXES):
+        if request.blueprint in _PAGE_BLUEPRINTS and _prefers_html():
+            return False
         # A machine route always answers JSON; an unknown URL under those prefixes (no route
         # matched) is shown as a page to a browser that typed it.
         return request.url_rule is not None or not _prefers_html()
@@ -53,6 +59,12 @@ def _page_detail(exc: HTTPException) -> str | None:
         return None
     locale = get_locale()
     return str(detail) if locale is not None and locale.language == "en" else None
+
+
+def refuse(status: int, message: str, **params: object) -> NoReturn:
+    """abort() with a message written for the page (marked with `_n`): passed on lazily, so the
+    error page and the htmx flash show it in the page's language instead of a generic text."""
+    abort(status, description=lazy_gettext(message, **params))
 
 
 def problem(status: int, title: str, detail: str, **extra: object) -> Response:

@@ -6,11 +6,12 @@ empty 304, and no gunicorn thread is held open (a stream per open page would sta
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, make_response, render_template, request
+from flask import Blueprint, Response, make_response, render_template, request
 from flask_babel import gettext as _
 
 from crm_app.amocrm.errors import AmoCRMAPIError
 from crm_app.auth.access import page_login_required
+from crm_app.i18n import mark as _n
 from crm_app.services.chats import messages, read
 from crm_app.services.chats.channel import (
     ChannelInvalid,
@@ -20,6 +21,7 @@ from crm_app.services.chats.channel import (
     save_channel,
 )
 from crm_app.web.context import request_context
+from crm_app.web.errors import refuse
 from crm_app.web.respond import action_done, is_htmx, respond
 
 bp = Blueprint("inbox", __name__)
@@ -80,7 +82,7 @@ def thread_view(conversation_id: int) -> Response:
         return hit
     current = read.thread(ctx.owner_id, conversation_id)
     if current is None:
-        abort(404, description=_("Такого разговора нет."))
+        refuse(404, _n("Такого разговора нет."))
     if ctx.can_write and current.conversation.unread:
         messages.mark_read(ctx.owner_id, conversation_id)
     resp = respond("inbox/_thread.html", page=lambda: _page(conversation_id), thread=current)
@@ -101,10 +103,10 @@ def reply(conversation_id: int) -> Response:
         try:
             messages.record_from_operator(ctx.owner_id, conversation_id, text, ctx.actor.username)
         except LookupError:
-            abort(404, description=_("Такого разговора нет."))
+            refuse(404, _n("Такого разговора нет."))
     current = read.thread(ctx.owner_id, conversation_id)
     if current is None:
-        abort(404, description=_("Такого разговора нет."))
+        refuse(404, _n("Такого разговора нет."))
     return respond(
         "inbox/_thread.html",
         status=422 if error else 200,
@@ -149,14 +151,14 @@ def channel_save() -> Response:
             "inbox/_channel.html",
             status=422,
             channel=channel_view(ctx.owner_id),
-            errors=exc.errors,
+            errors={k: _(v) for k, v in exc.errors.items()},
             form=form,
         )
     try:
         connect_channel(ctx.owner_id)
     except ChannelNotReady as exc:
         return action_done(
-            _("Канал сохранён, но не подключён: %(e)s", e=str(exc)), category="error"
+            _("Канал сохранён, но не подключён: %(e)s", e=_(str(exc))), category="error"
         )
     except AmoCRMAPIError as exc:  # amoCRM refused or is unreachable: shown, settings kept
         return action_done(

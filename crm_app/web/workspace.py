@@ -7,6 +7,7 @@ edit. Open boards and cards poll with an ETag and get an empty 304 while nothing
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +43,7 @@ from crm_app.services.workspace import (
 )
 from crm_app.services.workspace import board as boards
 from crm_app.web.context import request_context
+from crm_app.web.errors import refuse
 from crm_app.web.respond import respond, wants_fragment
 
 bp = Blueprint("workspace", __name__)
@@ -61,7 +63,7 @@ def _int(name: str, source: Any = None) -> int | None:
     if not raw:
         return None
     if not raw.lstrip("-").isdigit() or len(raw) > 18:
-        abort(400, description=_("Поле %(f)s должно быть числом.", f=name))
+        refuse(400, _n("Поле %(f)s должно быть числом."), f=name)
     return int(raw)
 
 
@@ -73,7 +75,7 @@ def _day(name: str, end: bool = False) -> int | None:
     try:
         day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
-        abort(400, description=_("Дата %(f)s: нужен формат ГГГГ-ММ-ДД.", f=name))
+        refuse(400, _n("Дата %(f)s: нужен формат ГГГГ-ММ-ДД."), f=name)
     return int(day.timestamp()) + (86399 if end else 0)
 
 
@@ -195,7 +197,7 @@ def board_column(pipeline_id: int, status_id: int) -> Response:
         totals=False,
     )
     if column is None:
-        abort(404, description=_("Такого этапа нет."))
+        refuse(404, _n("Такого этапа нет."))
     return respond(
         "workspace/_cards.html",
         column=column,
@@ -353,7 +355,7 @@ def _card_vm(entity_type: str, entity_id: int, **extra: Any) -> dict[str, Any]:
     down_to = _int("notes_to", request.args) if request.method == "GET" else None
     view = read(ctx.owner_id, entity_id, notes_before=before, notes_down_to=down_to)
     if view is None:
-        abort(404, description=_t(missing))
+        refuse(404, missing)
     live = {"part": "live", **({"notes_before": before} if before else {})}
     return {
         "view": view,
@@ -450,7 +452,7 @@ def _result(entity_type: str, entity_id: int, outcome: Outcome, form: str) -> Re
         return _card(entity_type, entity_id, status=409, conflict=conflict)
     if isinstance(outcome, Invalid):
         return _refused(entity_type, entity_id, form, outcome.fields)
-    abort(404, description=_("Такой записи нет."))
+    refuse(404, _n("Такой записи нет."))
 
 
 def _refused(entity_type: str, entity_id: int, form: str, fields: dict[str, str]) -> Response:
@@ -470,7 +472,7 @@ def _safely(run: Any) -> Outcome:
     try:
         outcome: Outcome = run()
     except NotConfigured:
-        abort(409, description=_("amoCRM не подключён: подключите аккаунт в разделе «Интеграция»."))
+        refuse(409, _n("amoCRM не подключён: подключите аккаунт в разделе «Интеграция»."))
     return outcome
 
 
@@ -504,7 +506,7 @@ def deal_edit(lead_id: int) -> Response:
     ctx = request_context(write=True)
     view = cards.deal_card(ctx.owner_id, lead_id)
     if view is None:
-        abort(404, description=_("Такой сделки нет."))
+        refuse(404, _n("Такой сделки нет."))
     d = view.deal
     current = {
         "name": d.name,
@@ -539,14 +541,18 @@ def deal_move(lead_id: int) -> Response:
     shown = _shown()
     vm = _board_vm(pipeline_id, shown)
     if status_id is None:
-        abort(400, description=_("Выберите этап."))
+        refuse(400, _n("Выберите этап."))
     if _needs_reason(status_id, reason, vm["choices"].loss_reasons):
         view = cards.deal_card(ctx.owner_id, lead_id)
         if view is None:
-            abort(404, description=_("Такой сделки нет."))
+            refuse(404, _n("Такой сделки нет."))
         return respond(
             "workspace/_board.html", status=422, ask_reason=view.deal, ask_status=status_id, **vm
         )
+    view = cards.deal_card(ctx.owner_id, lead_id)
+    if view is not None and view.deal.status_id == status_id and reason is None:
+        # The menu opens on the card's own stage: pressing "move" unchanged is not a change.
+        return respond("workspace/_board.html", message=_("Сделка уже на этом этапе."), **vm)
     changes: dict[str, Any] = {"status_id": status_id}
     if reason is not None:
         changes["loss_reason_id"] = reason
@@ -567,7 +573,7 @@ def deal_move(lead_id: int) -> Response:
         message = "; ".join(outcome.fields.values()) or outcome.detail
         category, status = "error", 422
     elif not isinstance(outcome, Applied):
-        abort(404, description=_("Такой сделки нет."))
+        refuse(404, _n("Такой сделки нет."))
     vm = _board_vm(pipeline_id, shown)  # after the write: the card is in its new column
     return respond("workspace/_board.html", status=status, message=message, category=category, **vm)
 
@@ -578,7 +584,7 @@ def deal_create() -> Response:
     ctx = request_context(write=True)
     name = _text("name")
     if not name:
-        abort(400, description=_("Укажите название сделки."))
+        refuse(400, _n("Укажите название сделки."))
     contact_id = _int("contact_id", request.form)
     contact = None
     if contact_id is None and (_text("contact_name") or _text("phone") or _text("email")):
@@ -607,7 +613,8 @@ def deal_create() -> Response:
             _("amoCRM недоступен: сделка будет создана, как только он ответит."), "error"
         )
     if isinstance(outcome, Invalid):
-        abort(422, description="; ".join(f"{k}: {v}" for k, v in outcome.fields.items()))
+        detail = "; ".join(str(v) for v in outcome.fields.values()) or outcome.detail
+        refuse(422, _n("amoCRM не принял сделку: %(e)s"), e=detail)
     abort(404)
 
 
@@ -685,13 +692,16 @@ def task_complete(task_id: int) -> Response:
     elif isinstance(outcome, Invalid):
         message, category, status = outcome.detail, "error", 422
     elif not isinstance(outcome, Applied):
-        abort(404, description=_("Такой задачи нет."))
+        refuse(404, _n("Такой задачи нет."))
     return respond(
         "workspace/_tasks.html", status=status, message=message, category=category, **_tasks_vm()
     )
 
 
 # -- contact writes -------------------------------------------------------------------------
+
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _lines(name: str) -> list[str]:
@@ -705,7 +715,7 @@ def contact_edit(contact_id: int) -> Response:
     ctx = request_context(write=True)
     view = cards.contact_card(ctx.owner_id, contact_id)
     if view is None:
-        abort(404, description=_("Такого контакта нет."))
+        refuse(404, _n("Такого контакта нет."))
     # Compared with what the person saw (`was_*`), so a field changed meanwhile is not resent.
     changes: dict[str, Any] = {}
     was_name = _text("was_name") if "was_name" in request.form else view.name
@@ -717,6 +727,12 @@ def contact_edit(contact_id: int) -> Response:
             changes[field] = _lines(field)
     if not changes:
         return _card("contacts", contact_id, message=_("Изменений нет."))
+    # amoCRM drops a malformed e-mail without a word: say so, and keep what was typed.
+    bad = [v for v in changes.get("emails", []) if not _EMAIL_RE.match(v)]
+    if bad:
+        errors = {"edit.emails": _("Это не похоже на адрес e-mail: %(v)s", v=", ".join(bad))}
+        form_values = request.form.to_dict()
+        return _card("contacts", contact_id, status=422, errors=errors, form_values=form_values)
     seen = _int("updated_at", request.form)
     outcome = _safely(
         lambda: workspace.update_contact(
@@ -737,10 +753,10 @@ def outbox_action(outbox_id: int, action: str) -> Response:
     entity_type = request.form.get("entity_type", "")
     entity_id = _int("entity_id", request.form)
     if entity_type not in CARDS or entity_id is None:
-        abort(400, description=_("Не указано, к чему относится правка."))
+        refuse(400, _n("Не указано, к чему относится правка."))
     if action == "dismiss":
         if not cards.dismiss(ctx.owner_id, outbox_id):
-            abort(404, description=_("Такой правки нет."))
+            refuse(404, _n("Такой правки нет."))
         return _card(entity_type, entity_id, message=_("Ваша правка отброшена."))
     outcome = _safely(lambda: cards.reapply(ctx.owner_id, outbox_id, user_id=_user_id()))
     return _result(entity_type, entity_id, outcome, "edit")
@@ -781,7 +797,9 @@ def _note_text(note: Any) -> str:
         return str(note.text)
     params = note.params or {}
     if "phone" in params:
-        return f"{params.get('phone')} · {params.get('duration', 0)} s"
+        return _(
+            "%(phone)s · звонок %(n)s с", phone=params.get("phone"), n=params.get("duration", 0)
+        )
     return str(params.get("text") or params.get("service") or "")
 
 

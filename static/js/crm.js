@@ -209,13 +209,49 @@
     });
   }
 
+  // The flash region sticks to the top of the screen: a success notice leaves by itself after a
+  // while, an error stays until clicked (or replaced by the next answer).
+  function settleFlash() {
+    document.querySelectorAll("#flash .flash-success:not([data-timed])").forEach(function (el) {
+      el.setAttribute("data-timed", "1");
+      window.setTimeout(function () {
+        el.remove();
+      }, 8000);
+    });
+  }
+
+  document.addEventListener("click", function (event) {
+    var item = event.target.closest && event.target.closest("#flash .flash");
+    if (item) item.remove();
+  });
+
+  // The open conversation is marked in the list, also after the list polls itself anew.
+  function markOpenConversation() {
+    document.querySelectorAll(".inbox-item").forEach(function (li) {
+      var link = li.querySelector("a");
+      var open = !!link && link.pathname === window.location.pathname;
+      li.classList.toggle("is-open", open);
+      if (link) {
+        if (open) link.setAttribute("aria-current", "page");
+        else link.removeAttribute("aria-current");
+      }
+    });
+  }
+
   document.addEventListener("htmx:afterSettle", function (event) {
     localizeTimes(event.detail && event.detail.elt);
     zoneFields(document);
+    settleFlash();
+    markOpenConversation();
   });
+
+  document.addEventListener("htmx:oobAfterSwap", settleFlash);
+  document.addEventListener("htmx:historyRestore", markOpenConversation);
 
   document.addEventListener("DOMContentLoaded", function () {
     localizeTimes(document);
     zoneFields(document);
+    settleFlash();
+    markOpenConversation();
   });
 })();

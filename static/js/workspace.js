@@ -138,6 +138,44 @@
     });
   }
 
+  // After a move the board is drawn anew: keep the keyboard on the moved card (in its new
+  // column) instead of dropping focus to the page; a loss-reason form takes it by autofocus.
+  var movedCard = null;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (!elt || !elt.classList || !elt.classList.contains("ws-move-form")) return;
+    var card = elt.closest(".ws-card");
+    movedCard = card ? card.id : null;
+  });
+  // Completing a task redraws its list: the keyboard goes on to the next open task's result
+  // field instead of falling to the page.
+  var completed = null;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.detail.elt;
+    if (!form || !form.classList || !form.classList.contains("ws-complete")) return;
+    var list = form.closest(".ws-task-list");
+    var forms = list ? Array.prototype.slice.call(list.querySelectorAll(".ws-complete")) : [];
+    completed = { index: Math.max(forms.indexOf(form), 0) };
+  });
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var elt = event.detail.elt;
+    if (!completed || !elt || (elt.id !== "ws-tasks" && elt.id !== "ws-card")) return;
+    var index = completed.index;
+    completed = null;
+    var fields = elt.querySelectorAll(".ws-task-list .ws-complete input[name=result]");
+    if (fields.length) fields[Math.min(index, fields.length - 1)].focus();
+  });
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var elt = event.detail.elt;
+    if (!movedCard || !elt || elt.id !== "ws-board") return;
+    var id = movedCard;
+    movedCard = null;
+    if (elt.querySelector("[autofocus]")) return;
+    var link = document.querySelector("#" + id + " .ws-card-name");
+    if (link) link.focus();
+  });
+
   document.addEventListener("htmx:load", function (event) {
     initBoard(event.detail && event.detail.elt);
   });

@@ -121,6 +121,7 @@ def test_inbox_both_ways(app, inbox_app, browser, celery_worker) -> None:
     page.goto(inbox_app["url"] + "/admin/crm/inbox")
     page.get_by_text("Анна Котова").first.click()
     expect(page.locator("#inbox-messages")).to_contain_text("Есть доставка в Казань?")
+    expect(page.locator(".inbox-item.is-open")).to_contain_text("Анна Котова")
 
     # A manager answers in amoCRM: it reaches Telegram and shows delivered in both places.
     requests.post(
@@ -169,6 +170,10 @@ def test_inbox_both_ways(app, inbox_app, browser, celery_worker) -> None:
     _login(phone, inbox_app["url"], "operator")
     phone.goto(page.url)
     _shot(phone, "inbox-phone")
+    lines = phone.eval_on_selector_all(
+        "#inbox-messages time", "els => els.map(el => el.getClientRects().length)"
+    )
+    assert lines and set(lines) == {1}, lines  # a message's time never breaks mid-number
 
     # A guest reads the thread and finds no way to answer.
     guest = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()

@@ -98,6 +98,8 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     page.keyboard.press("Enter")
     _wait(lambda: _record(sandbox, lead_id)["status_id"] == target)
     expect(page.locator(f'ol[data-status-id="{target}"] #deal-{lead_id}')).to_be_visible()
+    # The keyboard stays on the moved card, in its new column.
+    expect(page.locator(f"#deal-{lead_id} .ws-card-name")).to_be_focused()
 
     # Drag: the card's handle onto another column.
     moved = lead_id
@@ -163,6 +165,15 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     expect(page.locator(".ws-task.is-done", has_text="Send the offer")).to_be_visible()
     _shot(page, "workspace-deal")
 
+    # From the task list with the keyboard: Enter completes, the next task's field has focus.
+    page.goto(f"{base}/admin/crm/agenda?who=all")
+    field = page.locator(".ws-complete input[name=result]").first
+    field_id = field.get_attribute("id")
+    field.fill("Done from the list")
+    field.press("Enter")
+    expect(page.locator(f"#{field_id}")).to_have_count(0)
+    expect(page.locator(".ws-complete input[name=result]:focus")).to_have_count(1)
+
     # A new deal with a new contact, from the board.
     page.click("#nav-deals")
     page.click("#ws-new-deal summary")
@@ -175,8 +186,14 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
 
     # English and the phone layout.
     page.goto(f"{base}/admin/crm/deals?lang=en")
-    expect(page.locator("#nav-deals")).to_have_text("Leads")
+    expect(page.locator("#nav-deals")).to_have_text("Deals")
     _shot(page, "workspace-board-en")
+    page.goto(f"{base}/admin/crm/deals/table?lang=en")
+    page.wait_for_selector(".ws-deals tbody td")
+    _shot(page, "workspace-table-en")
+    page.goto(f"{base}/admin/crm/deals/{lead_id}?lang=en")
+    expect(page.locator("#deal-title")).to_be_visible()
+    _shot(page, "workspace-deal-en")
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     mobile = phone.new_page()
     _login(mobile, base, "admin")
@@ -187,6 +204,27 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     _shot(mobile, "workspace-board-phone")
     mobile.goto(f"{base}/admin/crm/deals/{lead_id}")
     _shot(mobile, "workspace-deal-phone")
+    # The note form is far below the top on a phone: the answer still shows on the screen.
+    mobile.fill("#note-text", "Noted from the phone")
+    mobile.click("#note-add")
+    expect(mobile.locator("#ws-notes")).to_contain_text("Noted from the phone")
+    expect(mobile.locator("#flash .flash")).to_be_in_viewport()
+    # The deals table scrolls sideways on a phone; the deal's name stays where it is.
+    mobile.goto(f"{base}/admin/crm/deals/table")
+    name_cell = mobile.locator(".ws-deals tbody td").first
+    before = name_cell.bounding_box()
+    mobile.locator(".table-scroll").evaluate("el => { el.scrollLeft = 200; }")
+    assert mobile.locator(".table-scroll").evaluate("el => el.scrollLeft") > 0
+    after = name_cell.bounding_box()
+    assert before and after and abs(after["x"] - before["x"]) < 1
+    mobile.locator(".table-scroll").evaluate("el => { el.scrollLeft = 0; }")
+    _shot(mobile, "workspace-table-phone")
+    # Contacts on a phone: one block per person, nothing to scroll sideways.
+    mobile.goto(f"{base}/admin/crm/people")
+    table = mobile.locator("#ws-section table").first
+    expect(table).to_be_visible()
+    assert table.evaluate("el => el.scrollWidth <= el.parentElement.clientWidth")
+    assert mobile.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     phone.close()
 
     # A guest sees everything and finds no way to write.

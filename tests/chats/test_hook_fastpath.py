@@ -48,6 +48,7 @@ def sequence(scope: str, key: str, ref: str) -> list[tuple[bytes, str, str | Non
         hook(None, {"client_id": key}),  # typing: acknowledged, nothing stored
         hook({"id": "m-4", "type": "text", "text": "?"}, {"client_id": "c-nobody"}),
         hook(picture, {"client_id": key, "id": ref}),
+        hook({"id": "m-7", "type": "text", "text": "NUL\u0000inside"}, {"client_id": key}),
         b"not json",
         b"[1, 2]",
     ):
@@ -81,7 +82,9 @@ def stored(owner_id: int) -> list[tuple[Any, ...]]:
     conv = db.session.scalars(select(Conversation).where(Conversation.owner_id == owner_id)).one()
     fields = "conversation_id author_name text media amojo_msgid source_key to_amo to_person"
     fields += " direction"
-    return [tuple(getattr(m, f) for f in fields.split()) for m in rows] + [("preview", conv.last_text)]
+    return [tuple(getattr(m, f) for f in fields.split()) for m in rows] + [
+        ("preview", conv.last_text)
+    ]
 
 
 def test_fast_path_and_view_answer_and_store_alike(
@@ -114,15 +117,16 @@ def test_fast_path_and_view_answer_and_store_alike(
     assert len(through_view) == len(cases) - 1  # all but the 413, refused before the view
     assert slow == fast
     assert stored(inbox_owner) == fast_rows
-    assert [a[0] for a in fast] == [200, 200, 200, 200, 200, 200, 400, 400, 401, 401, 404, 413]
-    assert [a[1] for a in fast[:6]] == [True, False, True, False, False, True]
-    assert [r[4] for r in fast_rows[:-1]] == ["m-1", "m-2", "m-3"]
+    assert [a[0] for a in fast] == [200] * 7 + [400, 400, 401, 401, 404, 413]
+    assert [a[1] for a in fast[:7]] == [True, False, True, False, False, True, True]
+    assert [r[4] for r in fast_rows[:-1]] == ["m-1", "m-2", "m-3", "m-7"]
+    assert fast_rows[3][2] == "NULinside"  # PostgreSQL text cannot hold NUL: dropped, not a 500
     assert fast_rows[2][3] == {
         "type": "picture",
         "media": "https://x.example/p.png",
         "file_size": 5,
     }
-    assert fast_rows[-1] == ("preview", "[picture]")
+    assert fast_rows[-1] == ("preview", "NULinside")
 
 
 def test_a_reply_taken_by_the_fast_path_reaches_telegram_through_the_worker(

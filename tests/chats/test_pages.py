@@ -92,3 +92,19 @@ def test_channel_settings_validate_and_never_show_secrets(
     )
     assert bad.status_code == 422
     assert "field-error" in bad.get_data(as_text=True)
+
+
+def test_channel_errors_speak_the_page_language(client, login, make_user, inbox_owner: int) -> None:
+    """The card's field errors are in Russian, and in English on the English page."""
+    _login(login, make_user, "user")
+    token = _csrf(client)
+    form = {"channel_id": "no", "bot_id": "demo-bot", "mode": "x", "csrf_token": token}
+    hx = {"HX-Request": "true"}
+    ru = client.post("/admin/crm/ui/chat-channel", data=form, headers=hx).get_data(as_text=True)
+    assert "ID канала, который выдал amoCRM (UUID)" in ru
+    assert "ID бота, который выдал amoCRM (UUID)" in ru
+    assert "Выберите, куда писать сообщения" in ru
+    client.get("/admin/crm/inbox?lang=en")
+    en = client.post("/admin/crm/ui/chat-channel", data=form, headers=hx).get_data(as_text=True)
+    assert "The channel id amoCRM issued (a UUID)" in en
+    assert "ID канала" not in en

@@ -162,7 +162,7 @@ def test_auto_create_off_stores_the_request_and_calls_nothing(sandbox, owner, mo
     mark = log_mark(sandbox)
     req = _run(owner, {"channel": "widget", "external_id": "off", "message": "Привет"})
     assert (req.status, req.outcome) == ("failed", "disabled")
-    assert "Auto Create Lead" in req.error
+    assert "Автосоздание сделок выключено" in req.error
     assert api_calls(sandbox, mark) == []
     # Turned on again, the admin's retry sends it.
     cfg = get_config(owner)

@@ -619,3 +619,107 @@ def test_table_filters_several_stages_from_the_url(people: Owner, client, login)
     assert clear and "status_id" not in clear.group(1)
     # Bad values in the URL are ignored, not a 500.
     assert client.get("/admin/crm/deals/table?status_id=abc&status_id=").status_code == 200
+
+
+def _selected_stage(html: str) -> int:
+    select_html = re.search(r'<select id="deal-status".*?</select>', html, re.S)
+    assert select_html, "no stage select on the card"
+    chosen = re.search(r'<option value="(\d+)" selected>', select_html.group(0))
+    assert chosen, "no stage is selected"
+    return int(chosen.group(1))
+
+
+def test_a_deal_in_incoming_leads_keeps_its_stage_when_edited(
+    people: Owner, client, login, kicks
+) -> None:
+    """The edit form cannot offer "Incoming leads" as a target, but a deal standing there must
+    show it selected: saving a new price must not move the deal to the first stage offered."""
+    login("ann")
+    lead = _lead(people)
+    unsorted = db.session.scalar(
+        select(PipelineStatus.id).where(
+            PipelineStatus.owner_id == people.id,
+            PipelineStatus.pipeline_id == lead.pipeline_id,
+            PipelineStatus.type == 1,
+        )
+    )
+    if unsorted is None:
+        pytest.skip("the sandbox pipeline has no incoming-leads stage")
+    lead.status_id = unsorted
+    db.session.commit()
+    before = people.record("leads", lead.id)["status_id"]
+    html = client.get(f"/admin/crm/deals/{lead.id}").get_data(as_text=True)
+    assert _selected_stage(html) == unsorted
+    form = {
+        "csrf_token": _csrf(html),
+        "updated_at": lead.updated_at,
+        "was_status_id": unsorted,
+        "status_id": _selected_stage(html),
+        "was_price": lead.price or 0,
+        "price": (lead.price or 0) + 1,
+    }
+    resp = client.post(f"/admin/crm/deals/{lead.id}/edit", data=form, headers=HX)
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:400]
+    record = people.record("leads", lead.id)
+    assert record["price"] == (lead.price or 0) + 1
+    assert record["status_id"] == before
+
+
+def test_moving_a_deal_to_its_own_stage_sends_nothing(people: Owner, client, login, kicks) -> None:
+    login("ann")
+    lead = _lead(people)
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    data = {"csrf_token": token, "status_id": lead.status_id, "updated_at": lead.updated_at}
+    resp = client.post(
+        f"/admin/crm/deals/{lead.id}/move",
+        data={**data, "pipeline_id": lead.pipeline_id},
+        headers=HX,
+    )
+    assert resp.status_code == 200
+    assert "Сделка уже на этом этапе." in resp.get_data(as_text=True)
+    assert people.api_requests(method="PATCH") == []
+
+
+def test_a_refused_write_says_why_in_the_page_language(people: Owner, client, login) -> None:
+    """A deal without a name is refused with that reason (not the generic "could not parse"),
+    in Russian on the Russian page and in English on the English one."""
+    login("ann")
+    token = _csrf(client.get("/admin/crm/deals").get_data(as_text=True))
+    form = {"csrf_token": token, "name": "   ", "contact_name": "Ольга"}
+    ru = client.post("/admin/crm/deals/new", data=form, headers=HX)
+    assert ru.status_code == 400
+    assert "data-error-detail>Укажите название сделки.<" in ru.get_data(as_text=True)
+    client.get("/admin/crm/deals?lang=en")
+    en = client.post("/admin/crm/deals/new", data=form, headers=HX)
+    assert "data-error-detail>Enter the deal name.<" in en.get_data(as_text=True)
+    assert people.api_requests(method="POST") == []
+
+
+def test_a_malformed_email_is_refused_and_the_form_keeps_what_was_typed(
+    people: Owner, client, login, kicks
+) -> None:
+    login("ann")
+    contact_id = people.ids("contacts")[0]
+    token = _csrf(client.get(f"/admin/crm/people/{contact_id}").get_data(as_text=True))
+    form = {"csrf_token": token, "name": "Анна Новая", "emails": "not-an-email"}
+    resp = client.post(f"/admin/crm/people/{contact_id}/edit", data=form, headers=HX)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 422
+    assert 'id="err-edit-emails"' in html and "not-an-email" in html
+    assert 'value="Анна Новая"' in html
+    assert people.api_requests(method="PATCH") == []
+
+
+def test_a_browser_gets_workspace_errors_as_pages(people: Owner, client, login) -> None:
+    """A missing deal or a bad filter opened in a browser is an error page in the page's
+    language; an API client asking for JSON still gets problem+json."""
+    login("ann")
+    page = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    missing = client.get("/admin/crm/deals/999999999", headers=page)
+    assert missing.status_code == 404
+    assert missing.mimetype == "text/html"
+    assert "Такой сделки нет." in missing.get_data(as_text=True)
+    bad = client.get("/admin/crm/deals/table?created_from=yesterday", headers=page)
+    assert bad.status_code == 400 and bad.mimetype == "text/html"
+    machine = client.get("/admin/crm/deals/999999999", headers={"Accept": "application/json"})
+    assert machine.status_code == 404 and machine.mimetype == "application/problem+json"

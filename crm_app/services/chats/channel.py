@@ -13,6 +13,7 @@ from flask import current_app
 from crm_app.amocrm.chats import ChatsAPIError, ChatsClient, chats_origin
 from crm_app.amocrm.errors import AmoCRMAPIError
 from crm_app.extensions import db
+from crm_app.i18n import mark as _n
 from crm_app.models.chats import ChatChannel, ChatMode
 from crm_app.services.amo import client_for_owner, get_config, hosts_for
 
@@ -98,19 +99,19 @@ def save_channel(owner_id: int, data: dict[str, Any]) -> ChatChannel:
     token = str(data.get("telegram_bot_token") or "").strip()
     callback = str(data.get("widget_callback_url") or "").strip() or None
     if not _UUID_RE.match(channel_id):
-        errors["channel_id"] = "the channel id amoCRM issued (a UUID)"
+        errors["channel_id"] = _n("ID канала, который выдал amoCRM (UUID)")
     if not secret and (ch is None or not ch.secret):
-        errors["secret"] = "the channel secret is required"
+        errors["secret"] = _n("Укажите секрет канала")
     elif secret and not _SECRET_RE.match(secret):
-        errors["secret"] = "the channel secret is 16–128 letters and digits"
+        errors["secret"] = _n("Секрет канала: 16–128 латинских букв и цифр")
     if bot_id and not _UUID_RE.match(bot_id):
-        errors["bot_id"] = "the bot id amoCRM issued (a UUID)"
+        errors["bot_id"] = _n("ID бота, который выдал amoCRM (UUID)")
     if mode not in ChatMode.ALL:
-        errors["mode"] = "one of chat, notes, both"
+        errors["mode"] = _n("Выберите, куда писать сообщения")
     if token and not _BOT_TOKEN_RE.match(token):
-        errors["telegram_bot_token"] = "a Telegram bot token looks like 123456:ABC…"
+        errors["telegram_bot_token"] = _n("Токен Telegram-бота выглядит так: 123456:ABC…")
     if callback and not re.match(r"^https?://[^\s/]+(/\S*)?$", callback):
-        errors["widget_callback_url"] = "an http(s) URL"
+        errors["widget_callback_url"] = _n("Адрес http(s)://…")
     if errors:
         raise ChannelInvalid(errors)
     if ch is None:
@@ -138,7 +139,7 @@ def save_channel(owner_id: int, data: dict[str, Any]) -> ChatChannel:
 def chats_client(ch: ChatChannel) -> ChatsClient:
     cfg = get_config(ch.owner_id)
     if cfg is None or not cfg.subdomain:
-        raise ChannelNotReady("amoCRM is not configured")
+        raise ChannelNotReady(_n("amoCRM не настроен"))
     return ChatsClient(
         chats_origin(hosts_for(cfg)),
         ch.channel_id,
@@ -156,12 +157,12 @@ def connect_channel(owner_id: int) -> str:
     """
     ch = get_channel(owner_id)
     if ch is None:
-        raise ChannelNotReady("no chat channel is set up")
+        raise ChannelNotReady(_n("Канал чатов не настроен"))
     try:
         account = client_for_owner(owner_id).get_account(with_="amojo_id")
         amojo_id = str(account.get("amojo_id") or "")
         if not amojo_id:
-            raise ChannelNotReady("amoCRM did not give the account's amojo_id")
+            raise ChannelNotReady(_n("amoCRM не сообщил amojo_id аккаунта"))
         scope = chats_client(ch).connect(amojo_id, current_app.config.get("CHAT_TITLE"))
     except (AmoCRMAPIError, ChannelNotReady) as exc:
         ch.last_error = str(exc)[:500]
@@ -203,6 +204,8 @@ def disconnect_channel(owner_id: int) -> None:
 def channel_for_scope(scope_id: str) -> ChatChannel | None:
     from sqlalchemy import select
 
+    if "\x00" in scope_id:  # PostgreSQL refuses NUL in a text parameter: no channel has one
+        return None
     found: ChatChannel | None = db.session.scalars(
         select(ChatChannel).where(ChatChannel.scope_id == scope_id)
     ).first()

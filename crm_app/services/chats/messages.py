@@ -133,6 +133,11 @@ class ManagerReply:
         return (self.text or f"[{self.kind}]")[:PREVIEW]
 
 
+def clean(value: Any, size: int | None = None) -> str:
+    """Text for a column: PostgreSQL cannot store NUL, and a hook carrying one is still a message."""
+    return str(value or "").replace("\x00", "")[:size]
+
+
 def manager_reply(hook: dict[str, Any]) -> ManagerReply | None:
     """The message in a channel hook, or None for hooks that carry none (typing, reactions)."""
     body = hook.get("message") if isinstance(hook.get("message"), dict) else None
@@ -140,23 +145,25 @@ def manager_reply(hook: dict[str, Any]) -> ManagerReply | None:
         return None
     inner = body.get("message") if isinstance(body.get("message"), dict) else {}
     conversation = body.get("conversation") if isinstance(body.get("conversation"), dict) else {}
-    amojo_msgid = str(inner.get("id") or "")[:64]
+    amojo_msgid = clean(inner.get("id"), 64)
     if not amojo_msgid:
         return None
     media = None
     if inner.get("media"):
         media = {
-            k: inner.get(k) for k in ("type", "media", "file_name", "file_size") if inner.get(k)
+            k: clean(v) if isinstance(v, str) else v
+            for k in ("type", "media", "file_name", "file_size")
+            if (v := inner.get(k))
         }
     sender = body.get("sender") if isinstance(body.get("sender"), dict) else {}
     return ManagerReply(
         amojo_msgid=amojo_msgid,
-        client_id=str(conversation["client_id"])[:64] if conversation.get("client_id") else None,
-        chat_ref=str(conversation["id"])[:64] if conversation.get("id") else None,
-        text=str(inner.get("text") or ""),
+        client_id=clean(conversation.get("client_id"), 64) or None,
+        chat_ref=clean(conversation.get("id"), 64) or None,
+        text=clean(inner.get("text")),
         media=media,
-        author_name=str(sender.get("name") or "")[:255],
-        kind=str(inner.get("type") or "file"),
+        author_name=clean(sender.get("name"), 255),
+        kind=clean(inner.get("type"), 32) or "file",
     )
 
 

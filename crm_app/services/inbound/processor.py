@@ -49,6 +49,7 @@ from crm_app.amocrm.errors import (
 )
 from crm_app.amocrm.fields import field_value, get_emails, normalize_email, normalize_phone
 from crm_app.extensions import db
+from crm_app.i18n import mark as _n
 from crm_app.models import (
     AmoConfig,
     Contact,
@@ -321,7 +322,7 @@ def process_batch(owner_id: int, requests: Sequence[InboundRequest]) -> list[int
     if cfg is None or not cfg.auto_create_lead:
         off = _Fail(
             InboundOutcome.DISABLED,
-            "Auto Create Lead is off: the request is stored but was not sent to amoCRM",
+            _n("Автосоздание сделок выключено: заявка сохранена, но в amoCRM не отправлена"),
         )
         closing = _Batch(_Context(owner_id, cfg or AmoConfig(owner_id=owner_id)), batch_requests)
         for req in batch_requests:
