@@ -10,7 +10,13 @@
     if (document.body.classList.contains("ws-dragging")) return true;
     if (elt.querySelector("details[open]")) return true;
     var active = document.activeElement;
-    return !!(active && elt.contains(active) && active.matches("input, select, textarea"));
+    if (active && elt.contains(active) && active.matches("input, select, textarea")) return true;
+    // Typed and left (the focus went to a button, or elsewhere): still someone's unsent work.
+    var fields = elt.querySelectorAll("input:not([type=hidden]), textarea");
+    for (var i = 0; i < fields.length; i++) {
+      if (fields[i].value !== fields[i].defaultValue) return true;
+    }
+    return false;
   }
 
   // --- what a refresh must keep: the cards each column shows, the notes the card shows -------
@@ -103,6 +109,14 @@
     }
     var elt = event.detail.elt;
     var target = event.detail.target;
+    var trigger = event.detail.requestConfig && event.detail.requestConfig.triggeringEvent;
+    if (elt && elt.hasAttribute && elt.hasAttribute("data-live") && elt === target &&
+        !(trigger && trigger.type === "submit") && livePollBusy(elt)) {
+      // The poll's answer came after someone started typing: keep their text; the next poll
+      // (its ETag not taken) brings the change once they are done.
+      event.detail.shouldSwap = false;
+      return;
+    }
     if (target && (target.id === "ws-board" || target.id === "ws-table")) {
       kept = keep(target);
     }

@@ -161,6 +161,11 @@ def test_workspace_board_cards_and_guest(live_app, browser, workspace) -> None:
     ]
     assert [t["complete_till"] for t in sent] == [1935385200]  # 2031-05-01 07:00 UTC = 10:00 MSK
     task.locator("input[name=result]").fill("Sent")
+    # Typed and left: a live change arriving meanwhile must not wipe the result.
+    page.locator("#deal-title").click()
+    requests.patch(f"{sandbox.url}/_sandbox/leads/{lead_id}", json={"price": 778}, timeout=5)
+    page.wait_for_timeout(7000)  # two poll intervals: an unguarded poll would have swapped
+    expect(task.locator("input[name=result]")).to_have_value("Sent")
     task.locator("button").click()
     expect(page.locator(".ws-task.is-done", has_text="Send the offer")).to_be_visible()
     _shot(page, "workspace-deal")
