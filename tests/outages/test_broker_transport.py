@@ -79,7 +79,9 @@ def test_messages_stranded_by_a_redis_restart_are_restored(tmp_path) -> None:
         conn.drain_events(timeout=5)
         assert len(taken) == 1
         server.kill()
-        time.sleep(1.1)  # the unacked entry must predate the new server's start by a second
+        # The unacked entry must predate the new server's start by a second (uptime is whole
+        # seconds); twice that absorbs a busy machine's scheduling.
+        time.sleep(2.1)
         server.start()
         time.sleep(1.1)
         fresh = Connection(url, transport="crm_app.broker:Transport")
