@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from crm_app.models.chats import Leg
 from crm_app.services import queue
 from crm_app.services.chats.messages import DELIVER_TASK, ManagerReply, manager_reply
 from crm_app.services.kicker import kicker_for
+from crm_app.services.ttl_cache import cache_for
 from crm_app.services.webhooks import fastpath
 
 logger = logging.getLogger(__name__)
@@ -65,37 +65,22 @@ def checked_reply(secret: str | None, raw: bytes, signature: str | None) -> Mana
 class _Scope:
     owner_id: int
     secret: str
-    expires: float
 
 
-class ScopeCache:
-    """scope_id → (owner, secret) for a few seconds (WEBHOOK_TOKEN_CACHE_SECONDS).
+def _scope(app: Flask, scope_id: str) -> _Scope | None:
+    """The channel behind a scope: cached for a few seconds (hits only, see ``ttl_cache``)."""
+    cache = cache_for(app, "crm_chat_scopes")
+    hit: _Scope | None = cache.get(scope_id)
+    if hit is not None:
+        return hit
+    from crm_app.services.chats.channel import channel_for_scope
 
-    Only hits are cached, so a newly connected channel works at once; a changed secret or a
-    disconnect is seen at most the TTL later.
-    """
-
-    def __init__(self, ttl: float, size: int = 1024) -> None:
-        self.ttl = ttl
-        self.size = size
-        self.items: dict[str, _Scope] = {}
-
-    def get(self, app: Flask, scope_id: str) -> _Scope | None:
-        hit = self.items.get(scope_id)
-        if hit is not None and hit.expires > time.monotonic():
-            return hit
-        from crm_app.services.chats.channel import channel_for_scope
-
-        with app.app_context():
-            ch = channel_for_scope(scope_id)
-            if ch is None:
-                return None
-            found = _Scope(ch.owner_id, ch.secret, time.monotonic() + self.ttl)
-        if self.ttl > 0:
-            if len(self.items) >= self.size:
-                self.items.clear()  # rare: more live channels than slots; start over
-            self.items[scope_id] = found
-        return found
+    with app.app_context():
+        ch = channel_for_scope(scope_id)
+        found = None if ch is None else _Scope(ch.owner_id, ch.secret)
+    if found is not None:
+        cache.put(scope_id, found)
+    return found
 
 
 # One statement: find the conversation (our key first, then amojo's chat id), insert the message
@@ -136,11 +121,7 @@ def accept_fast(app: Flask, scope_id: str, raw: bytes, signature: str | None) ->
     stack = fastpath.stack_for(fastpath.engine_for(app), sync_commit)
     if stack is None:
         raise RuntimeError("the hook fast path needs PostgreSQL")
-    ttl = float(app.config.get("WEBHOOK_TOKEN_CACHE_SECONDS", 5))
-    cache: ScopeCache | None = app.extensions.get("crm_chat_scopes")
-    if cache is None or cache.ttl != ttl:
-        cache = app.extensions["crm_chat_scopes"] = ScopeCache(ttl)
-    scope = cache.get(app, scope_id)
+    scope = _scope(app, scope_id)
     reply = checked_reply(None if scope is None else scope.secret, raw, signature)
     if reply is None or scope is None:
         return False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -17,6 +16,7 @@ from flask import Flask
 
 from crm_app.models import ConnectionStatus
 from crm_app.services.availability import database_unavailable
+from crm_app.services.ttl_cache import cache_for
 from crm_app.services.webhooks import enqueue, fastpath, inbox
 from crm_app.services.webhooks.parse import MalformedBody, inspect_envelope
 
@@ -35,44 +35,16 @@ class Outcome:
     new: bool = False
 
 
-class TokenCache:
-    """token hash → TokenOwner for a few seconds (WEBHOOK_TOKEN_CACHE_SECONDS).
-
-    Spares a database round trip per delivery during bursts. Only hits are cached (an unknown
-    token always asks the database), so a new owner works at once; a rotated token or a
-    disconnect is seen at most the TTL later. Bounded in size.
-    """
-
-    def __init__(self, ttl: float, size: int = 1024) -> None:
-        self.ttl = ttl
-        self.size = size
-        self.items: dict[str, tuple[float, fastpath.TokenOwner]] = {}
-
-    def get(self, digest: str) -> fastpath.TokenOwner | None:
-        hit = self.items.get(digest)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
-
-    def put(self, digest: str, row: fastpath.TokenOwner) -> None:
-        if len(self.items) >= self.size:
-            self.items.clear()  # rare: more live owners than slots; start over
-        self.items[digest] = (time.monotonic() + self.ttl, row)
-
-
 def lookup(app: Flask, token: str) -> fastpath.TokenOwner | None:
     """The owner of a webhook token (cached for a few seconds)."""
     digest = _token_hash(token)
-    ttl = float(app.config.get("WEBHOOK_TOKEN_CACHE_SECONDS", 5))
-    cache: TokenCache | None = app.extensions.get("crm_webhook_tokens")
-    if cache is None or cache.ttl != ttl:
-        cache = app.extensions["crm_webhook_tokens"] = TokenCache(ttl)
-    row = cache.get(digest) if ttl > 0 else None
+    cache = cache_for(app, "crm_webhook_tokens")
+    row: fastpath.TokenOwner | None = cache.get(digest)
     if row is not None:
         return row
     sync_commit = bool(app.config.get("WEBHOOK_SYNC_COMMIT", False))
     found = fastpath.lookup_token(fastpath.engine_for(app), digest, sync_commit=sync_commit)
-    if found is not None and ttl > 0:
+    if found is not None:
         cache.put(digest, found)
     return found
 
