@@ -297,9 +297,17 @@ def _sync_entity(ctx: RunContext, entity: str) -> None:
                 writer.wait()
                 seen_ids.extend(int(i["id"]) for i in items if isinstance(i.get("id"), int))
                 with ctx.conn.begin():
-                    items = _changed_only(ctx.conn, table, ctx.owner_id, items)
+                    known = _known_versions(ctx.conn, table, ctx.owner_id, items)
+                # Reconcile writes only what the mirror lacks or holds in another version.
+                items = [i for i in items if i.get("id") not in known or _differs(i, known)]
+            else:
+                # Read on a connection of its own before the page is written: the run's
+                # connection belongs to the writer thread, which may still store the last page.
+                with db.engine.connect() as conn:
+                    known = _known_versions(conn, table, ctx.owner_id, items)
             rows = map_items(entity, ctx.owner_id, items, now, ctx.region)
-            created, changed = _news(table, ctx.owner_id, rows)
+            created = len([r for r in rows if r.get("id") not in known])
+            changed = len([r for r in rows if r.get("id") in known and _differs(r, known)])
             state.created += created
             state.changed += changed
             state.page = result.page.page + 1
@@ -392,45 +400,24 @@ def _expected_pages(ctx: RunContext, entity: str, table: Any) -> int | None:
     return math.ceil(rows / PAGE_LIMIT) if rows else None
 
 
-def _news(table: Any, owner_id: int, rows: list[dict[str, Any]]) -> tuple[int, int]:
-    """How many of a page's rows the mirror lacks, and how many it holds in another version.
-
-    Read on a connection of its own before the page is written: the run's connection belongs to
-    the writer thread, which may still be storing the previous page (pages hold other ids).
-    """
-    ids = [r["id"] for r in rows if isinstance(r.get("id"), int)]
-    if not ids or "updated_at" not in table.c or "owner_id" not in table.c:
-        return 0, 0
-    with db.engine.connect() as conn:
-        known: dict[Any, Any] = dict(
-            conn.execute(
-                select(table.c.id, table.c.updated_at).where(
-                    table.c.owner_id == owner_id, table.c.id.in_(ids)
-                )
-            ).all()
-        )
-    created = len([i for i in ids if i not in known])
-    changed = len(
-        [r for r in rows if r.get("id") in known and known[r["id"]] != r.get("updated_at")]
-    )
-    return created, changed
-
-
-def _changed_only(
+def _known_versions(
     conn: Connection, table: Any, owner_id: int, items: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Reconcile writes only what the mirror lacks or holds in an older version."""
+) -> dict[Any, Any]:
+    """id → updated_at the mirror holds for a page's items (one indexed read per page)."""
     ids = [i["id"] for i in items if isinstance(i.get("id"), int)]
-    if not ids:
-        return []
-    known: dict[Any, Any] = dict(
+    if not ids or "updated_at" not in table.c or "owner_id" not in table.c:
+        return {}
+    return dict(
         conn.execute(
             select(table.c.id, table.c.updated_at).where(
                 table.c.owner_id == owner_id, table.c.id.in_(ids)
             )
         ).all()
     )
-    return [i for i in items if i.get("id") not in known or known[i["id"]] != i.get("updated_at")]
+
+
+def _differs(item: dict[str, Any], known: dict[Any, Any]) -> bool:
+    return bool(known[item["id"]] != item.get("updated_at"))
 
 
 def _confirm_and_delete(ctx: RunContext, entity: str, candidates: list[int]) -> int:
